@@ -1,0 +1,331 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// client talks to a kvsse server for the command-line subcommands.
+type client struct {
+	base string
+	http *http.Client
+	cfg  *config
+}
+
+func newClient(cfg *config) *client {
+	return &client{base: strings.TrimSuffix(cfg.server, "/"), http: &http.Client{}, cfg: cfg}
+}
+
+type command func(ctx context.Context, c *client, args []string, stdin io.Reader, stdout, stderr io.Writer) error
+
+var commands = map[string]command{
+	"get":   cmdGet,
+	"put":   cmdPut,
+	"del":   cmdDel,
+	"ls":    cmdLs,
+	"watch": cmdWatch,
+}
+
+// keyURL is the URL of a key, each segment escaped.
+func (c *client) keyURL(key string) string {
+	segs := strings.Split(key, "/")
+	for i, s := range segs {
+		segs[i] = url.PathEscape(s)
+	}
+	return c.base + "/kv/" + strings.Join(segs, "/")
+}
+
+// do sends a request and returns the response when its status is one of
+// ok; otherwise the server's error text, as an exitError with status 1
+// for 404 and 2 for the rest.
+func (c *client) do(req *http.Request, ok ...int) (*http.Response, error) {
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, &exitError{code: 2, err: err}
+	}
+	for _, s := range ok {
+		if resp.StatusCode == s {
+			return resp, nil
+		}
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var e struct {
+		Error string `json:"error"`
+	}
+	msg := strings.TrimSpace(string(body))
+	if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		msg = e.Error
+	}
+	code := 2
+	if resp.StatusCode == http.StatusNotFound {
+		code = 1
+	}
+	return nil, &exitError{code: code, err: fmt.Errorf("%s: %s", resp.Status, msg)}
+}
+
+func wantArgs(args []string, lo, hi int, usage string) error {
+	if len(args) < lo || len(args) > hi {
+		return usageErr("usage: kvsse %s", usage)
+	}
+	return nil
+}
+
+func (c *client) ifRev(req *http.Request) {
+	if c.cfg.ifRev > 0 {
+		req.Header.Set("If-Match", `"`+strconv.FormatInt(c.cfg.ifRev, 10)+`"`)
+	}
+}
+
+func cmdGet(ctx context.Context, c *client, args []string, _ io.Reader, stdout, _ io.Writer) error {
+	if err := wantArgs(args, 1, 1, "get KEY"); err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.keyURL(args[0]), nil)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	resp, err := c.do(req, http.StatusOK)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(stdout, resp.Body); err != nil {
+		return fmt.Errorf("get: %w", err)
+	}
+	return nil
+}
+
+func cmdPut(ctx context.Context, c *client, args []string, stdin io.Reader, stdout, _ io.Writer) error {
+	if err := wantArgs(args, 1, 2, "put KEY [VALUE] (VALUE from stdin when absent)"); err != nil {
+		return err
+	}
+	var body io.Reader = stdin
+	if len(args) == 2 {
+		body = strings.NewReader(args[1])
+	}
+	value, err := io.ReadAll(body)
+	if err != nil {
+		return fmt.Errorf("put: read value: %w", err)
+	}
+	u := c.keyURL(args[0])
+	if c.cfg.ttl != "" {
+		u += "?ttl=" + url.QueryEscape(c.cfg.ttl)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, bytes.NewReader(value))
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	c.ifRev(req)
+	resp, err := c.do(req, http.StatusOK, http.StatusCreated)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	fmt.Fprintln(stdout, resp.Header.Get("Kvsse-Revision"))
+	return nil
+}
+
+func cmdDel(ctx context.Context, c *client, args []string, _ io.Reader, _, _ io.Writer) error {
+	if err := wantArgs(args, 1, 1, "del KEY"); err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, c.keyURL(args[0]), nil)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	c.ifRev(req)
+	resp, err := c.do(req, http.StatusNoContent)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+func cmdLs(ctx context.Context, c *client, args []string, _ io.Reader, stdout, _ io.Writer) error {
+	if err := wantArgs(args, 0, 1, "ls [PREFIX]"); err != nil {
+		return err
+	}
+	q := url.Values{"limit": {"1000"}}
+	if len(args) == 1 {
+		q.Set("prefix", args[0])
+	}
+	w := bufio.NewWriter(stdout)
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/kv?"+q.Encode(), nil)
+		if err != nil {
+			return usageErr("%v", err)
+		}
+		resp, err := c.do(req, http.StatusOK)
+		if err != nil {
+			return err
+		}
+		var page struct {
+			Items []struct {
+				Key string `json:"key"`
+			} `json:"items"`
+			Next string `json:"next"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&page)
+		resp.Body.Close()
+		if err != nil {
+			return fmt.Errorf("ls: %w", err)
+		}
+		for _, it := range page.Items {
+			fmt.Fprintln(w, it.Key)
+		}
+		if page.Next == "" {
+			return w.Flush()
+		}
+		q.Set("after", page.Next)
+	}
+}
+
+// watchEvent is one NDJSON object of a stream.
+type watchEvent struct {
+	Event    string `json:"event"`
+	Key      string `json:"key"`
+	Value    string `json:"value"`
+	Encoding string `json:"encoding"`
+	Revision int64  `json:"revision"`
+	Reason   string `json:"reason"`
+}
+
+// cmdWatch prints the changes of the keys matching the patterns until ctx
+// ends. It reconnects by itself, with backoff, and resumes after the last
+// revision it saw, so no change is missed or printed twice.
+func cmdWatch(ctx context.Context, c *client, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageErr("usage: kvsse watch PATTERN...")
+	}
+	q := url.Values{"pattern": args, "format": {"ndjson"}}
+	if c.cfg.snapshot {
+		q.Set("snapshot", "1")
+	}
+	last := int64(-1)
+	if c.cfg.since >= 0 {
+		last = c.cfg.since
+	}
+	w := bufio.NewWriter(stdout)
+	backoff := 100 * time.Millisecond
+	for {
+		connected, err := c.watchOnce(ctx, q, &last, w, stderr)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var ee *exitError
+		if errors.As(err, &ee) && !strings.HasPrefix(ee.Error(), "5") {
+			return err // the server refused the request itself: retrying will not help
+		}
+		if connected {
+			backoff = 100 * time.Millisecond
+		}
+		fmt.Fprintf(stderr, "kvsse: watch: %v; reconnecting in %v\n", err, backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// watchOnce follows one connection. It reports whether it got a stream.
+func (c *client) watchOnce(ctx context.Context, q url.Values, last *int64, w *bufio.Writer, stderr io.Writer) (bool, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/watch?"+q.Encode(), nil)
+	if err != nil {
+		return false, usageErr("%v", err)
+	}
+	if *last >= 0 {
+		req.Header.Set("Last-Event-ID", strconv.FormatInt(*last, 10))
+	}
+	resp, err := c.do(req, http.StatusOK)
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	// Before the sync, the events are a replay (changes, when resuming) or
+	// a snapshot (keys at their own revisions, which are no position in
+	// the stream): only the first move last.
+	replaying, synced := *last >= 0, false
+	for sc.Scan() {
+		var ev watchEvent
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return true, fmt.Errorf("bad event %q: %w", sc.Text(), err)
+		}
+		switch ev.Event {
+		case "put", "delete":
+			if synced || replaying {
+				*last = max(*last, ev.Revision)
+			}
+		case "sync":
+			synced = true
+			*last = max(*last, ev.Revision)
+		case "heartbeat":
+			*last = max(*last, ev.Revision)
+		case "reset":
+			replaying = false
+			fmt.Fprintf(stderr, "kvsse: watch: history reset at revision %d (%s): a snapshot follows\n", ev.Revision, ev.Reason)
+		}
+		if c.cfg.json {
+			w.Write(sc.Bytes())
+			w.WriteByte('\n')
+		} else if ev.Event == "put" || ev.Event == "delete" {
+			printEvent(w, &ev)
+		}
+		if err := w.Flush(); err != nil {
+			return true, err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return true, err
+	}
+	return true, errors.New("stream ended")
+}
+
+// printEvent prints a change as "<revision> put <key> <value>" or
+// "<revision> delete <key>". A value that is not one line of printable
+// UTF-8 is printed as a JSON string; a binary one as "base64:" and its
+// base64.
+func printEvent(w io.Writer, ev *watchEvent) {
+	if ev.Event != "put" {
+		fmt.Fprintf(w, "%d %s %s\n", ev.Revision, ev.Event, ev.Key)
+		return
+	}
+	v := ev.Value
+	switch {
+	case ev.Encoding == "base64":
+		v = "base64:" + v
+	case !printable(v):
+		b, _ := json.Marshal(v)
+		v = string(b)
+	}
+	fmt.Fprintf(w, "%d put %s %s\n", ev.Revision, ev.Key, v)
+}
+
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) && r != ' ' {
+			return false
+		}
+	}
+	return true
+}

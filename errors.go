@@ -1,0 +1,81 @@
+package main
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+
+	"kvsse/kv"
+	"kvsse/sse"
+)
+
+// Errors of the HTTP layer; kv's sentinels are mapped beside them.
+var (
+	errBadParam     = errors.New("bad parameter")
+	errTooLarge     = errors.New("value too large")
+	errMethod       = errors.New("method not allowed")
+	errNoRoute      = errors.New("no such route")
+	errStarting     = errors.New("the server is starting")
+	errShuttingDown = errors.New("the server is shutting down")
+	errTooManySubs  = errors.New("too many subscribers")
+)
+
+// paramError is a bad request parameter, with a message for the user.
+type paramError struct{ msg string }
+
+func (e *paramError) Error() string        { return e.msg }
+func (e *paramError) Is(target error) bool { return target == errBadParam }
+
+func badParam(msg string) error { return &paramError{msg: msg} }
+
+// errorTable maps errors to a status and a code, first match wins.
+var errorTable = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{kv.ErrInvalidKey, http.StatusBadRequest, "invalid_key"},
+	{kv.ErrInvalidPattern, http.StatusBadRequest, "invalid_pattern"},
+	{kv.ErrInvalidRevision, http.StatusBadRequest, "invalid_revision"},
+	{errBadParam, http.StatusBadRequest, "bad_parameter"},
+	{kv.ErrNotFound, http.StatusNotFound, "not_found"},
+	{errNoRoute, http.StatusNotFound, "no_route"},
+	{errMethod, http.StatusMethodNotAllowed, "method_not_allowed"},
+	{kv.ErrPrecondition, http.StatusPreconditionFailed, "precondition_failed"},
+	{errTooLarge, http.StatusRequestEntityTooLarge, "too_large"},
+	{errTooManySubs, http.StatusTooManyRequests, "too_many_subscribers"},
+	{errStarting, http.StatusServiceUnavailable, "starting"},
+	{errShuttingDown, http.StatusServiceUnavailable, "shutting_down"},
+	{kv.ErrClosed, http.StatusServiceUnavailable, "shutting_down"},
+	{kv.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
+}
+
+// writeError answers err as the JSON {"error","code"} with its status; a
+// failed precondition adds the key's current "revision". Errors not in the
+// table are 500 with a plain message; the details go to the log only.
+func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err error) {
+	status, code, msg := http.StatusInternalServerError, "internal", "internal error"
+	for _, e := range errorTable {
+		if errors.Is(err, e.err) {
+			status, code, msg = e.status, e.code, err.Error()
+			break
+		}
+	}
+	if status == http.StatusInternalServerError {
+		logger.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	b := sse.AppendString([]byte(`{"error":`), msg)
+	b = append(b, `,"code":"`...)
+	b = append(b, code...)
+	b = append(b, '"')
+	var ce *kv.ConflictError
+	if errors.As(err, &ce) {
+		b = append(b, `,"revision":`...)
+		b = strconv.AppendInt(b, ce.Revision, 10)
+	}
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	writeJSON(w, status, append(b, '}'))
+}

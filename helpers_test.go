@@ -1,0 +1,181 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// testServer is a kvsse server running in this process through run.
+type testServer struct {
+	URL    string
+	Dir    string
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startServer runs the server on 127.0.0.1:0 with a fresh data directory
+// (or the one given with -data in args) and waits until it serves.
+func startServer(t testing.TB, args ...string) *testServer {
+	t.Helper()
+	dir := t.TempDir()
+	full := []string{"-addr", "127.0.0.1:0", "-data", dir, "-log-level", "warn"}
+	for i, a := range args {
+		if a == "-data" && i+1 < len(args) {
+			dir = args[i+1]
+		}
+	}
+	full = append(full, args...)
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	ts := &testServer{Dir: dir, cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		err := run(ctx, full, func(string) string { return "" }, strings.NewReader(""), pw, io.Discard)
+		pw.CloseWithError(fmt.Errorf("server ended: %v", err))
+		ts.done <- err
+	}()
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		cancel()
+		t.Fatalf("server did not start: %v", err)
+	}
+	go io.Copy(io.Discard, pr)
+	ts.URL = strings.TrimSpace(strings.TrimPrefix(line, "kvsse listening on "))
+	waitReady(t, ts.URL)
+	t.Cleanup(func() { ts.stop(t) })
+	return ts
+}
+
+// waitReady polls /healthz until it answers 200.
+func waitReady(t testing.TB, url string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server at %s not ready: %v", url, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// stop shuts the server down gracefully and checks that run returned nil.
+// It is idempotent.
+func (ts *testServer) stop(t testing.TB) {
+	t.Helper()
+	if ts.cancel == nil {
+		return
+	}
+	ts.cancel()
+	ts.cancel = nil
+	select {
+	case err := <-ts.done:
+		if err != nil {
+			t.Errorf("run returned %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("server did not stop")
+	}
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// kvsseBinary builds the kvsse binary once per test run and returns its
+// path.
+func kvsseBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "kvsse-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "kvsse")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+// proc is a kvsse binary running as a child process.
+type proc struct {
+	URL string
+	cmd *exec.Cmd
+}
+
+// startProc runs the built binary as a server on 127.0.0.1:0 with the
+// given extra args and waits until it serves.
+func startProc(t testing.TB, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(kvsseBinary(t), append([]string{"-addr", "127.0.0.1:0", "-log-level", "warn"}, args...)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &syncWriter{w: &stderr}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("server did not start: %v; stderr:\n%s", err, stderr.String())
+	}
+	p := &proc{URL: strings.TrimSpace(strings.TrimPrefix(line, "kvsse listening on ")), cmd: cmd}
+	t.Cleanup(func() { p.kill() })
+	waitReady(t, p.URL)
+	return p
+}
+
+// kill ends the process with SIGKILL and reaps it.
+func (p *proc) kill() {
+	if p.cmd.ProcessState == nil {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
+}

@@ -1,0 +1,360 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"kvsse/kv"
+	"kvsse/sse"
+)
+
+// store is what the HTTP layer needs from the data: the embedded kv.Store
+// is one implementation.
+type store interface {
+	Get(ctx context.Context, key string) (kv.Entry, error)
+	Put(ctx context.Context, key string, value []byte, opts kv.PutOptions) (kv.Result, error)
+	Delete(ctx context.Context, key string, cond kv.Cond) (kv.Result, error)
+	List(ctx context.Context, prefix, after string, limit int) (kv.Page, error)
+	Watch(opts kv.WatchOptions) (*kv.Subscription, error)
+	Revision() int64
+}
+
+// api serves the HTTP interface of a store.
+type api struct {
+	store  store
+	cfg    *config
+	logger *slog.Logger
+
+	stopOnce sync.Once
+	stopping chan struct{} // closed when the server shuts down
+	subs     chan struct{} // one token per open stream; capacity -max-subscribers
+}
+
+func newAPI(s store, cfg *config, logger *slog.Logger) *api {
+	return &api{
+		store:    s,
+		cfg:      cfg,
+		logger:   logger,
+		stopping: make(chan struct{}),
+		subs:     make(chan struct{}, cfg.maxSubscribers),
+	}
+}
+
+// shutdown makes /healthz answer 503 and ends every stream. It is
+// idempotent.
+func (a *api) shutdown() { a.stopOnce.Do(func() { close(a.stopping) }) }
+
+// routes is every route of the server, in one place.
+func (a *api) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /kv", a.handleList)
+	mux.HandleFunc("GET /kv/{key...}", a.handleGet)
+	mux.HandleFunc("PUT /kv/{key...}", a.handlePut)
+	mux.HandleFunc("DELETE /kv/{key...}", a.handleDelete)
+	mux.HandleFunc("GET /watch", a.handleWatch)
+	mux.HandleFunc("GET /watch/{pattern...}", a.handleWatch)
+	mux.HandleFunc("GET /healthz", a.handleHealth)
+	mux.HandleFunc("/kv/{key...}", a.methodNotAllowed("GET, HEAD, PUT, DELETE"))
+	mux.HandleFunc("/watch/{pattern...}", a.methodNotAllowed("GET, HEAD"))
+	mux.HandleFunc("/", a.handleNotFound)
+	return a.rejectUnclean(mux)
+}
+
+// rejectUnclean answers 400 for keys and patterns in unclean paths ("//",
+// "." or ".." segments, which break the key rules), where ServeMux would
+// answer with a redirect to another key.
+func (a *api) rejectUnclean(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.Path
+		for _, prefix := range []string{"/kv/", "/watch/"} {
+			rest, ok := strings.CutPrefix(p, prefix)
+			if !ok || cleanPath(p) == p {
+				continue
+			}
+			if prefix == "/kv/" {
+				writeError(w, r, a.logger, kv.ValidateKey(rest))
+			} else {
+				_, err := kv.ParsePattern(rest)
+				writeError(w, r, a.logger, err)
+			}
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// cleanPath is the path ServeMux would redirect p to.
+func cleanPath(p string) string {
+	np := path.Clean(p)
+	if strings.HasSuffix(p, "/") && np != "/" {
+		np += "/"
+	}
+	return np
+}
+
+func (a *api) methodNotAllowed(allow string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		writeError(w, r, a.logger, errMethod)
+	}
+}
+
+func (a *api) handleNotFound(w http.ResponseWriter, r *http.Request) {
+	writeError(w, r, a.logger, errNoRoute)
+}
+
+func (a *api) handleHealth(w http.ResponseWriter, r *http.Request) {
+	select {
+	case <-a.stopping:
+		writeError(w, r, a.logger, errShuttingDown)
+		return
+	default:
+	}
+	if st, ok := a.store.(interface{ Err() error }); ok && st.Err() != nil {
+		writeError(w, r, a.logger, st.Err())
+		return
+	}
+	writeJSON(w, http.StatusOK, fmt.Appendf(nil, `{"status":"ok","revision":%d}`, a.store.Revision()))
+}
+
+func etag(rev int64) string { return `"` + strconv.FormatInt(rev, 10) + `"` }
+
+// parseETag reads one strong entity tag holding a revision.
+func parseETag(s string) (int64, bool) {
+	s = strings.TrimSpace(s)
+	if len(s) < 3 || s[0] != '"' || s[len(s)-1] != '"' {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s[1:len(s)-1], 10, 64)
+	return n, err == nil && n > 0
+}
+
+func (a *api) handleGet(w http.ResponseWriter, r *http.Request) {
+	key := r.PathValue("key")
+	if key == "" {
+		a.handleList(w, r)
+		return
+	}
+	e, err := a.store.Get(r.Context(), key)
+	if err != nil {
+		writeError(w, r, a.logger, err)
+		return
+	}
+	h := w.Header()
+	h.Set("ETag", etag(e.Revision))
+	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatches(inm, e.Revision) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	h.Set("Content-Type", e.ContentType)
+	h.Set("Content-Length", strconv.Itoa(len(e.Value)))
+	// A stored value is the user's bytes, not part of this site: browsers
+	// must neither sniff it nor run it with the site's rights.
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", "default-src 'none'; sandbox")
+	w.WriteHeader(http.StatusOK)
+	w.Write(e.Value)
+}
+
+// etagMatches reports whether an If-None-Match list names rev (or is *).
+func etagMatches(list string, rev int64) bool {
+	for _, t := range strings.Split(list, ",") {
+		t = strings.TrimSpace(t)
+		if t == "*" {
+			return true
+		}
+		t = strings.TrimPrefix(t, "W/")
+		if n, ok := parseETag(t); ok && n == rev {
+			return true
+		}
+	}
+	return false
+}
+
+// writeCond reads a write's precondition from If-Match / If-None-Match.
+func writeCond(r *http.Request, allowAbsent bool) (kv.Cond, error) {
+	im, inm := r.Header.Get("If-Match"), r.Header.Get("If-None-Match")
+	switch {
+	case im != "" && inm != "":
+		return kv.Cond{}, badParam("give If-Match or If-None-Match, not both")
+	case im == "*":
+		return kv.IfExists(), nil
+	case im != "":
+		rev, ok := parseETag(im)
+		if !ok {
+			return kv.Cond{}, badParam(`If-Match must be one revision in quotes, like "42", or *`)
+		}
+		return kv.IfRevision(rev), nil
+	case inm == "*" && allowAbsent:
+		return kv.IfAbsent(), nil
+	case inm != "":
+		return kv.Cond{}, badParam("If-None-Match on a write accepts only * (create only), and only on PUT")
+	}
+	return kv.Cond{}, nil
+}
+
+// parseTTL reads a positive Go duration or a positive number of seconds.
+func parseTTL(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		f, ferr := strconv.ParseFloat(s, 64)
+		if ferr != nil || f > 1e9 {
+			return 0, badParam("ttl must be a positive Go duration (30s, 5m) or a number of seconds")
+		}
+		d = time.Duration(f * float64(time.Second))
+	}
+	if d <= 0 {
+		return 0, badParam("ttl must be positive")
+	}
+	return d, nil
+}
+
+func (a *api) handlePut(w http.ResponseWriter, r *http.Request) {
+	key := r.PathValue("key")
+	if err := kv.ValidateKey(key); err != nil {
+		writeError(w, r, a.logger, err)
+		return
+	}
+	cond, err := writeCond(r, true)
+	if err != nil {
+		writeError(w, r, a.logger, err)
+		return
+	}
+	ttl, err := parseTTL(r.URL.Query().Get("ttl"))
+	if err != nil {
+		writeError(w, r, a.logger, err)
+		return
+	}
+	ctype := r.Header.Get("Content-Type")
+	if ctype == "" {
+		ctype = "application/octet-stream"
+	} else if _, _, err := mime.ParseMediaType(ctype); err != nil || len(ctype) > 256 || !utf8.ValidString(ctype) {
+		writeError(w, r, a.logger, badParam("Content-Type is not a valid media type"))
+		return
+	}
+	if r.ContentLength > a.cfg.maxValue {
+		writeError(w, r, a.logger, errTooLarge)
+		return
+	}
+	http.NewResponseController(w).SetReadDeadline(time.Now().Add(time.Minute))
+	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.cfg.maxValue))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			err = errTooLarge
+		} else {
+			err = badParam("reading the body: " + err.Error())
+		}
+		writeError(w, r, a.logger, err)
+		return
+	}
+	res, err := a.store.Put(r.Context(), key, value, kv.PutOptions{ContentType: ctype, TTL: ttl, Cond: cond})
+	if err != nil {
+		writeError(w, r, a.logger, err)
+		return
+	}
+	status := http.StatusOK
+	if res.Created() {
+		status = http.StatusCreated
+	}
+	a.writeWritten(w, status, key, res.Revision)
+}
+
+func (a *api) writeWritten(w http.ResponseWriter, status int, key string, rev int64) {
+	h := w.Header()
+	h.Set("ETag", etag(rev))
+	h.Set("Kvsse-Revision", strconv.FormatInt(rev, 10))
+	if status == http.StatusNoContent {
+		w.WriteHeader(status)
+		return
+	}
+	b := sse.AppendString([]byte(`{"key":`), key)
+	b = append(b, `,"revision":`...)
+	b = strconv.AppendInt(b, rev, 10)
+	writeJSON(w, status, append(b, '}'))
+}
+
+func (a *api) handleDelete(w http.ResponseWriter, r *http.Request) {
+	key := r.PathValue("key")
+	if err := kv.ValidateKey(key); err != nil {
+		writeError(w, r, a.logger, err)
+		return
+	}
+	cond, err := writeCond(r, false)
+	if err != nil {
+		writeError(w, r, a.logger, err)
+		return
+	}
+	res, err := a.store.Delete(r.Context(), key, cond)
+	if err != nil {
+		writeError(w, r, a.logger, err)
+		return
+	}
+	w.Header().Set("Kvsse-Revision", strconv.FormatInt(res.Revision, 10))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+const (
+	defaultLimit = 100
+	maxLimit     = 1000
+)
+
+func (a *api) handleList(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit := defaultLimit
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 {
+			writeError(w, r, a.logger, badParam("limit must be a positive integer"))
+			return
+		}
+		limit = min(n, maxLimit)
+	}
+	prefix, after := q.Get("prefix"), q.Get("after")
+	if len(prefix) > 1024 || len(after) > 1024 || !utf8.ValidString(prefix) || !utf8.ValidString(after) {
+		writeError(w, r, a.logger, badParam("prefix and after must be valid UTF-8 of at most 1024 bytes"))
+		return
+	}
+	page, err := a.store.List(r.Context(), prefix, after, limit)
+	if err != nil {
+		writeError(w, r, a.logger, err)
+		return
+	}
+	b := append(make([]byte, 0, 256), `{"revision":`...)
+	b = strconv.AppendInt(b, page.Revision, 10)
+	b = append(b, `,"items":[`...)
+	for i := range page.Items {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = sse.AppendEntry(b, &page.Items[i], true)
+	}
+	b = append(b, ']')
+	if page.Next != "" {
+		b = append(b, `,"next":`...)
+		b = sse.AppendString(b, page.Next)
+	}
+	writeJSON(w, http.StatusOK, append(b, '}'))
+}
+
+func writeJSON(w http.ResponseWriter, status int, body []byte) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(body)+1))
+	w.WriteHeader(status)
+	w.Write(append(body, '\n'))
+}

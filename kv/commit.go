@@ -1,0 +1,354 @@
+package kv
+
+import (
+	"container/heap"
+	"context"
+	"fmt"
+	"time"
+
+	"kvsse/kv/wal"
+)
+
+// Op is the kind of a change.
+type Op uint8
+
+// The kinds of change.
+const (
+	OpPut    Op = iota + 1 // a key was set
+	OpDelete               // a key was deleted by a client
+	OpExpire               // a key was deleted because its time to live ran out
+)
+
+// Change is one committed write. Changes handed out by the store share
+// their Value with it and must not be modified.
+type Change struct {
+	Op           Op
+	Key          string
+	Value        []byte // OpPut only
+	ContentType  string // OpPut only
+	Expires      int64  // OpPut only: Unix nanoseconds, 0 for never
+	Revision     int64
+	PrevRevision int64 // the key's revision before this change; 0 when it was absent
+}
+
+// Event is the change's event name on the wire: "put" or "delete".
+func (c *Change) Event() string {
+	if c.Op == OpPut {
+		return "put"
+	}
+	return "delete"
+}
+
+// Reason is why a key was deleted: "deleted" or "expired"; "" for a put.
+func (c *Change) Reason() string {
+	switch c.Op {
+	case OpDelete:
+		return "deleted"
+	case OpExpire:
+		return "expired"
+	}
+	return ""
+}
+
+// Cond is a write's precondition. The zero Cond always holds.
+type Cond struct {
+	absent bool
+	exists bool
+	rev    int64
+}
+
+// IfAbsent holds when the key does not exist.
+func IfAbsent() Cond { return Cond{absent: true} }
+
+// IfExists holds when the key exists, at any revision.
+func IfExists() Cond { return Cond{exists: true} }
+
+// IfRevision holds when the key exists at revision rev.
+func IfRevision(rev int64) Cond { return Cond{rev: rev} }
+
+// holds reports whether c holds for the current entry cur (nil: absent).
+func (c Cond) holds(cur *Entry) bool {
+	switch {
+	case c.absent:
+		return cur == nil
+	case c.exists:
+		return cur != nil
+	case c.rev != 0:
+		return cur != nil && cur.Revision == c.rev
+	}
+	return true
+}
+
+// PutOptions qualify a Put.
+type PutOptions struct {
+	ContentType string        // stored and returned with the value
+	TTL         time.Duration // > 0: the key expires this long after the write
+	Cond        Cond
+}
+
+// Result is what a successful write did.
+type Result struct {
+	Revision     int64 // the revision the write took
+	PrevRevision int64 // the key's revision before; 0 when it was absent
+}
+
+// Created reports whether a put created the key.
+func (r Result) Created() bool { return r.PrevRevision == 0 }
+
+// Put sets key to value once the write is durable. The store keeps value:
+// the caller must not modify it afterwards. Errors wrap ErrInvalidKey,
+// ErrPrecondition (a *ConflictError), ErrUnavailable or ErrClosed, or are
+// ctx's error when ctx ended before the write was handed to the committer.
+func (s *Store) Put(ctx context.Context, key string, value []byte, opts PutOptions) (Result, error) {
+	if err := ValidateKey(key); err != nil {
+		return Result{}, err
+	}
+	o := &op{kind: OpPut, key: key, value: value, ctype: opts.ContentType, cond: opts.Cond, done: make(chan result, 1)}
+	if opts.TTL > 0 {
+		o.expires = s.opts.Now().Add(opts.TTL).UnixNano()
+	}
+	r := s.waitOp(ctx, o)
+	if r.err != nil {
+		return Result{}, fmt.Errorf("kv: put %q: %w", key, r.err)
+	}
+	return r.Result, nil
+}
+
+// Delete deletes key once the delete is durable. Errors are those of Put,
+// and ErrNotFound when the key does not exist.
+func (s *Store) Delete(ctx context.Context, key string, cond Cond) (Result, error) {
+	if err := ValidateKey(key); err != nil {
+		return Result{}, err
+	}
+	o := &op{kind: OpDelete, key: key, cond: cond, done: make(chan result, 1)}
+	r := s.waitOp(ctx, o)
+	if r.err != nil {
+		return Result{}, fmt.Errorf("kv: delete %q: %w", key, r.err)
+	}
+	return r.Result, nil
+}
+
+// op is one write waiting for the committer.
+type op struct {
+	kind    Op
+	key     string
+	value   []byte
+	ctype   string
+	expires int64
+	cond    Cond
+	done    chan result // buffered; the committer sends exactly once
+	res     result
+}
+
+type result struct {
+	Result
+	err error
+}
+
+// maxBatch bounds how many writes share one fsync.
+const maxBatch = 4096
+
+// commitLoop is the committer: the one goroutine that writes the log and
+// the maps. It ends when quit is closed.
+func (s *Store) commitLoop() {
+	defer close(s.done)
+	c := committer{s: s, pending: make(map[string]*Entry)}
+	for i := range s.shards {
+		for _, e := range s.shards[i].m {
+			if e.Expires != 0 {
+				c.expiries.push(e)
+			}
+		}
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		c.resetTimer(timer)
+		var batch []*op
+		select {
+		case o := <-s.ops:
+			batch = append(c.batch[:0], o)
+		case <-timer.C:
+			batch = c.batch[:0]
+		case <-s.quit:
+			return
+		}
+	drain:
+		for len(batch) < maxBatch {
+			select {
+			case o := <-s.ops:
+				batch = append(batch, o)
+			default:
+				break drain
+			}
+		}
+		c.batch = batch
+		c.commit(batch)
+	}
+}
+
+// committer is the committer goroutine's state.
+type committer struct {
+	s        *Store
+	batch    []*op
+	changes  []Change
+	pending  map[string]*Entry // the batch's view of keys it changed; nil = deleted
+	buf      []byte
+	expiries expiryHeap
+}
+
+func (c *committer) resetTimer(t *time.Timer) {
+	if len(c.expiries) == 0 {
+		t.Reset(time.Hour)
+		return
+	}
+	t.Reset(time.Until(time.Unix(0, c.expiries[0].expires)))
+}
+
+// lookup returns key's entry as the batch so far sees it.
+func (c *committer) lookup(key string) *Entry {
+	if e, ok := c.pending[key]; ok {
+		return e
+	}
+	return c.s.current(key)
+}
+
+func (c *committer) add(ch Change, e *Entry) {
+	c.changes = append(c.changes, ch)
+	c.pending[ch.Key] = e
+}
+
+// commit runs one batch: decide, log, sync, apply, publish, answer.
+func (c *committer) commit(batch []*op) {
+	s := c.s
+	now := s.opts.Now().UnixNano()
+	rev := s.rev.Load()
+	c.changes = c.changes[:0]
+	clear(c.pending)
+
+	// Keys whose time ran out expire first, each as a write of its own.
+	for len(c.expiries) > 0 && c.expiries[0].expires <= now {
+		x := heap.Pop(&c.expiries).(expiry)
+		if cur := c.lookup(x.key); cur != nil && cur.Revision == x.rev {
+			rev++
+			c.add(Change{Op: OpExpire, Key: x.key, Revision: rev, PrevRevision: cur.Revision}, nil)
+		}
+	}
+	for _, o := range batch {
+		cur := c.lookup(o.key)
+		if cur != nil && cur.expired(now) {
+			rev++
+			c.add(Change{Op: OpExpire, Key: o.key, Revision: rev, PrevRevision: cur.Revision}, nil)
+			cur = nil
+		}
+		var curRev int64
+		if cur != nil {
+			curRev = cur.Revision
+		}
+		switch {
+		case s.Err() != nil:
+			o.res = result{err: s.Err()}
+		case !o.cond.holds(cur):
+			o.res = result{err: &ConflictError{Key: o.key, Revision: curRev}}
+		case o.kind == OpDelete && cur == nil:
+			o.res = result{err: ErrNotFound}
+		default:
+			rev++
+			ch := Change{Op: o.kind, Key: o.key, Revision: rev, PrevRevision: curRev}
+			var e *Entry
+			if o.kind == OpPut {
+				ch.Value, ch.ContentType, ch.Expires = o.value, o.ctype, o.expires
+				e = &Entry{Key: o.key, Value: o.value, ContentType: o.ctype, Revision: rev, Expires: o.expires}
+			}
+			c.add(ch, e)
+			o.res = result{Result: Result{Revision: rev, PrevRevision: curRev}}
+		}
+	}
+	if len(c.changes) > 0 {
+		if err := c.persist(); err != nil {
+			for _, o := range batch {
+				o.res = result{err: err}
+			}
+			c.changes = c.changes[:0]
+		}
+	}
+	if len(c.changes) > 0 {
+		s.orderMu.Lock()
+		for i := range c.changes {
+			ch := &c.changes[i]
+			s.apply(ch)
+			if ch.Op == OpPut && ch.Expires != 0 {
+				c.expiries.push(c.pending[ch.Key])
+			}
+		}
+		// Publish before the revision moves: whoever reads Revision R
+		// knows every change up to R is already in the subscriptions.
+		s.feed.publish(c.changes)
+		s.rev.Store(rev)
+		s.orderMu.Unlock()
+		s.stats.Writes.Add(int64(len(c.changes)))
+	}
+	for _, o := range batch {
+		o.done <- o.res
+	}
+	if s.log != nil && len(c.changes) > 0 {
+		s.log.maybeCompact(rev)
+	}
+}
+
+// persist appends the batch's changes to the log and syncs it. On failure
+// the store refuses every later write: a failed fsync is never retried.
+func (c *committer) persist() error {
+	s := c.s
+	if s.log == nil {
+		return nil
+	}
+	c.buf = c.buf[:0]
+	for i := range c.changes {
+		c.buf = wal.Append(c.buf, recordOf(&c.changes[i]))
+	}
+	if err := s.log.write(c.buf); err != nil {
+		s.failed.CompareAndSwap(nil, fmt.Errorf("%w: %v", ErrUnavailable, err))
+		s.opts.Logger.Error("the log failed: refusing all writes from now on", "err", err)
+		return s.Err()
+	}
+	return nil
+}
+
+func recordOf(c *Change) *wal.Record {
+	r := &wal.Record{Op: wal.OpPut, Rev: c.Revision, PrevRev: c.PrevRevision, Key: []byte(c.Key)}
+	switch c.Op {
+	case OpPut:
+		r.ContentType, r.Expires, r.Value = []byte(c.ContentType), c.Expires, c.Value
+	case OpDelete:
+		r.Op = wal.OpDelete
+	case OpExpire:
+		r.Op = wal.OpExpire
+	}
+	return r
+}
+
+// expiry is a key due to expire at a time, if it is still at rev then.
+type expiry struct {
+	expires int64
+	key     string
+	rev     int64
+}
+
+// expiryHeap is a min-heap of expiries, owned by the committer.
+type expiryHeap []expiry
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].expires < h[j].expires }
+func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(expiry)) }
+func (h *expiryHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+func (h *expiryHeap) push(e *Entry) {
+	heap.Push(h, expiry{expires: e.Expires, key: e.Key, rev: e.Revision})
+}

@@ -1,0 +1,259 @@
+package kv
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"kvsse/kv/wal"
+)
+
+// durability is a store's data directory: the lock, the active log
+// segment, and compaction. The committer owns the segment; a compaction
+// runs in a goroutine of its own and only reads the store and writes and
+// removes files that the committer no longer uses.
+type durability struct {
+	s          *Store
+	dir        string
+	lock       *os.File
+	seg        *wal.Segment
+	compacting atomic.Bool
+	wg         sync.WaitGroup // the running compaction
+}
+
+// openDurability locks the data directory, loads the newest snapshot and
+// replays the log into s, and opens the log for appending.
+func openDurability(s *Store) (*durability, error) {
+	dir := s.opts.Dir
+	lock, err := wal.Lock(dir)
+	if err != nil {
+		return nil, err
+	}
+	d := &durability{s: s, dir: dir, lock: lock}
+	if err := d.load(); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *durability) load() error {
+	s := d.s
+	files, err := wal.List(d.dir)
+	if err != nil {
+		return err
+	}
+	var snapRev int64
+	if n := len(files.Snapshots); n > 0 {
+		snapRev = files.Snapshots[n-1]
+		path := wal.SnapshotPath(d.dir, snapRev)
+		rev, err := wal.ReadSnapshot(path, func(r wal.Record) error {
+			c := changeOf(r)
+			s.apply(&c)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if rev != snapRev {
+			return fmt.Errorf("snapshot %s holds revision %d", path, rev)
+		}
+	}
+	rev := snapRev
+	last := int64(-1) // the revision of the previous log record
+	for i, first := range files.Segments {
+		path := wal.SegmentPath(d.dir, first)
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("read log: %w", err)
+		}
+		valid, err := wal.Scan(data, wal.LogMagic, func(r wal.Record) error {
+			if r.Op != wal.OpPut && r.Op != wal.OpDelete && r.Op != wal.OpExpire {
+				return fmt.Errorf("%w: op %d in a log", wal.ErrCorrupt, r.Op)
+			}
+			if last == -1 {
+				if r.Rev > snapRev+1 {
+					return fmt.Errorf("%w: the log starts at revision %d but the snapshot ends at %d", wal.ErrCorrupt, r.Rev, snapRev)
+				}
+				s.feed.hist.floor = r.Rev - 1
+			} else if r.Rev != last+1 {
+				return fmt.Errorf("%w: revision %d follows %d", wal.ErrCorrupt, r.Rev, last)
+			}
+			last = r.Rev
+			c := changeOf(r)
+			s.feed.hist.add(&c)
+			if r.Rev > snapRev {
+				s.apply(&c)
+				rev = r.Rev
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("log %s: %w", path, err)
+		}
+		if valid < len(data) {
+			if i != len(files.Segments)-1 {
+				return fmt.Errorf("log %s: damaged record at offset %d in a segment that is not the last: refusing to drop the segments after it", path, valid)
+			}
+			s.opts.Logger.Warn("cutting off a torn or corrupt tail of the log",
+				"file", path, "offset", valid, "bytes", len(data)-valid)
+		}
+		rev = max(rev, first-1)
+		if i == len(files.Segments)-1 {
+			seg, err := wal.OpenSegment(path, int64(valid))
+			if err != nil {
+				return err
+			}
+			d.seg = seg
+		}
+	}
+	if last == -1 {
+		s.feed.hist.floor = rev
+	}
+	if d.seg == nil {
+		seg, err := wal.CreateSegment(d.dir, rev+1)
+		if err != nil {
+			return err
+		}
+		d.seg = seg
+	}
+	s.rev.Store(rev)
+	s.stats.LogBytes.Store(d.seg.Size())
+	return nil
+}
+
+// changeOf turns a record read from disk into a change that owns its bytes.
+func changeOf(r wal.Record) Change {
+	c := Change{Key: string(r.Key), Revision: r.Rev, PrevRevision: r.PrevRev}
+	switch r.Op {
+	case wal.OpPut:
+		c.Op, c.ContentType, c.Expires, c.Value = OpPut, string(r.ContentType), r.Expires, bytes.Clone(r.Value)
+		if c.Value == nil {
+			c.Value = []byte{}
+		}
+	case wal.OpDelete:
+		c.Op = OpDelete
+	default:
+		c.Op = OpExpire
+	}
+	return c
+}
+
+// write appends a batch of records and, unless syncing is off, fsyncs.
+// Only the committer calls it.
+func (d *durability) write(b []byte) error {
+	if err := d.seg.Write(b); err != nil {
+		return err
+	}
+	d.s.stats.LogBytes.Store(d.seg.Size())
+	if d.s.opts.Sync == SyncNone {
+		return nil
+	}
+	t := time.Now()
+	err := d.seg.Sync()
+	d.s.stats.Fsyncs.Add(1)
+	d.s.stats.FsyncNanos.Add(int64(time.Since(t)))
+	return err
+}
+
+// maybeCompact starts a compaction when the active segment has grown past
+// CompactBytes and none is running: the committer moves on to a new
+// segment for the revisions after rev, and a goroutine writes a snapshot
+// from which the older segments are no longer needed. Only the committer
+// calls it.
+func (d *durability) maybeCompact(rev int64) {
+	s := d.s
+	if d.seg.Size() < s.opts.CompactBytes || !d.compacting.CompareAndSwap(false, true) {
+		return
+	}
+	err := d.seg.Sync()
+	if err == nil {
+		err = d.seg.Close()
+	}
+	var seg *wal.Segment
+	if err == nil {
+		seg, err = wal.CreateSegment(d.dir, rev+1)
+	}
+	if err != nil {
+		s.failed.CompareAndSwap(nil, fmt.Errorf("%w: %v", ErrUnavailable, err))
+		s.opts.Logger.Error("starting a new log segment failed: refusing all writes from now on", "err", err)
+		d.compacting.Store(false)
+		return
+	}
+	d.seg = seg
+	s.stats.LogBytes.Store(seg.Size())
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer d.compacting.Store(false)
+		if err := d.snapshot(rev); err != nil {
+			s.opts.Logger.Error("compaction failed; the log keeps growing until the next one", "err", err)
+		}
+	}()
+}
+
+// snapshot writes the snapshot for revision rev and removes the files it
+// makes unnecessary, keeping the newest older segment for the history of
+// watchers that resume after a restart.
+func (d *durability) snapshot(rev int64) error {
+	s := d.s
+	s.orderMu.RLock()
+	entries := make([]*Entry, 0, s.order.len)
+	for n := s.order.head.next[0]; n != nil; n = n.next[0] {
+		entries = append(entries, n.e)
+	}
+	s.orderMu.RUnlock()
+	err := wal.WriteSnapshot(d.dir, rev, func(add func(*wal.Record) error) error {
+		for _, e := range entries {
+			r := wal.Record{Op: wal.OpPut, Rev: e.Revision, Key: []byte(e.Key),
+				ContentType: []byte(e.ContentType), Expires: e.Expires, Value: e.Value}
+			if err := add(&r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	s.stats.Compactions.Add(1)
+	files, err := wal.List(d.dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range files.Snapshots {
+		if r < rev {
+			errs = append(errs, os.Remove(wal.SnapshotPath(d.dir, r)))
+		}
+	}
+	for i, first := range files.Segments {
+		if first == rev+1 {
+			for _, old := range files.Segments[:max(i-1, 0)] {
+				errs = append(errs, os.Remove(wal.SegmentPath(d.dir, old)))
+			}
+			break
+		}
+	}
+	errs = append(errs, wal.SyncDir(d.dir))
+	return errors.Join(errs...)
+}
+
+// close waits for a running compaction, syncs and closes the log and
+// releases the directory lock. Only Store.Close calls it, after the
+// committer stopped.
+func (d *durability) close() error {
+	d.wg.Wait()
+	err := d.seg.Sync()
+	if cerr := d.seg.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := d.lock.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

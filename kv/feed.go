@@ -1,0 +1,251 @@
+package kv
+
+import (
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// feed is the change feed: the history of recent changes and the live
+// subscriptions, indexed by pattern.
+type feed struct {
+	mu     sync.Mutex // guards everything below; taken after orderMu
+	hist   history
+	idx    *index[*Subscription]
+	subs   map[*Subscription]struct{}
+	closed bool
+}
+
+func newFeed(size int) *feed {
+	return &feed{hist: history{buf: make([]*Change, 0, min(size, 1024)), max: size}, idx: newIndex[*Subscription](), subs: make(map[*Subscription]struct{})}
+}
+
+// publish is the hook through which every committed change passes, once,
+// in revision order, after it is durable and visible: it is kept in the
+// history and sent to each subscription whose patterns match its key,
+// without ever waiting. A subscription whose buffer is full is dropped as
+// lagged. The committer calls it with orderMu held; changes is reused
+// afterwards, so publish copies what it keeps.
+func (f *feed) publish(changes []Change) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := range changes {
+		c := new(Change)
+		*c = changes[i]
+		f.hist.add(c)
+		f.idx.match(c.Key, func(sub *Subscription) {
+			if sub.last == c.Revision {
+				return // several of its patterns match this key
+			}
+			sub.last = c.Revision
+			select {
+			case sub.ch <- c:
+			default:
+				sub.lagged.Store(true)
+				f.drop(sub)
+			}
+		})
+	}
+}
+
+// drop removes sub from the index and closes its channel, once. The
+// caller holds f.mu.
+func (f *feed) drop(sub *Subscription) {
+	if sub.gone {
+		return
+	}
+	sub.gone = true
+	delete(f.subs, sub)
+	for _, p := range sub.patterns {
+		f.idx.remove(p, sub)
+	}
+	close(sub.ch)
+}
+
+// close ends every subscription: the store is closing.
+func (f *feed) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	for sub := range f.subs {
+		f.drop(sub)
+	}
+}
+
+// history keeps the last max changes, oldest first, in a ring.
+type history struct {
+	buf   []*Change // ring; grows up to max
+	start int       // index of the oldest change once the ring is full
+	max   int
+	floor int64 // every change with a revision above floor is kept
+}
+
+func (h *history) add(c *Change) {
+	if len(h.buf) < h.max {
+		h.buf = append(h.buf, c)
+		return
+	}
+	h.floor = h.buf[h.start].Revision
+	h.buf[h.start] = c
+	h.start = (h.start + 1) % len(h.buf)
+}
+
+func (h *history) at(i int) *Change { return h.buf[(h.start+i)%len(h.buf)] }
+
+// after returns the kept changes with revisions above rev, oldest first,
+// that keep accepts.
+func (h *history) after(rev int64, keep func(*Change) bool) []*Change {
+	n := len(h.buf)
+	i := sort.Search(n, func(i int) bool { return h.at(i).Revision > rev })
+	var out []*Change
+	for ; i < n; i++ {
+		if c := h.at(i); keep(c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Subscription is a watch on a set of patterns. Its owner reads the
+// catch-up fields first, then C, and calls Cancel when done.
+type Subscription struct {
+	// Reset is why the catch-up is a snapshot rather than a replay:
+	// "history" (the asked-for revision is older than the history kept) or
+	// "future" (it is newer than the store's); "" otherwise.
+	Reset string
+	// Snapshot holds the matching entries at Revision, in key order, when
+	// a snapshot was asked for or Reset is set.
+	Snapshot []Entry
+	// Replay holds the matching changes after the asked-for revision, up
+	// to Revision, in order.
+	Replay []*Change
+	// Revision is the revision at which the stream turns live: the
+	// catch-up covers everything up to it, and C carries only changes
+	// above it.
+	Revision int64
+
+	// C carries every matching change after Revision, in order. It is
+	// closed when the subscription lags (Lagged then reports true), is
+	// cancelled, or the store closes.
+	C <-chan *Change
+
+	ch       chan *Change
+	patterns []Pattern
+	feed     *feed
+	lagged   atomic.Bool
+	last     int64 // guarded by feed.mu: the last revision sent
+	gone     bool  // guarded by feed.mu: dropped from the index
+}
+
+// Lagged reports whether the subscription was dropped because its buffer
+// was full.
+func (sub *Subscription) Lagged() bool { return sub.lagged.Load() }
+
+// Cancel ends the subscription and closes C. It is idempotent.
+func (sub *Subscription) Cancel() {
+	sub.feed.mu.Lock()
+	defer sub.feed.mu.Unlock()
+	sub.feed.drop(sub)
+}
+
+// WatchOptions say what a Watch follows and from where.
+type WatchOptions struct {
+	Patterns []Pattern
+	// From, when Resume is set, asks for every matching change after it.
+	From   int64
+	Resume bool
+	// Snapshot asks for the matching entries first (ignored when resuming
+	// within the history).
+	Snapshot bool
+}
+
+// Watch subscribes to the changes of keys matching any of opts.Patterns.
+// The subscription is registered before the catch-up is taken, at one
+// revision, so that catch-up and live changes meet with no gap and no
+// duplicate. It returns ErrClosed once the store is closed.
+func (s *Store) Watch(opts WatchOptions) (*Subscription, error) {
+	sub := &Subscription{
+		ch:       make(chan *Change, s.opts.SubBuffer),
+		patterns: opts.Patterns,
+		feed:     s.feed,
+	}
+	sub.C = sub.ch
+	match := func(key string) bool {
+		for _, p := range opts.Patterns {
+			if p.Match(key) {
+				return true
+			}
+		}
+		return false
+	}
+
+	s.orderMu.RLock()
+	defer s.orderMu.RUnlock()
+	rev := s.rev.Load()
+	sub.Revision = rev
+	f := s.feed
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return nil, ErrClosed
+	}
+	f.subs[sub] = struct{}{}
+	for _, p := range opts.Patterns {
+		f.idx.add(p, sub)
+	}
+	snapshot := opts.Snapshot
+	if opts.Resume {
+		switch {
+		case opts.From > rev:
+			sub.Reset, snapshot = "future", true
+		case opts.From < f.hist.floor:
+			sub.Reset, snapshot = "history", true
+		default:
+			snapshot = false
+			sub.Replay = f.hist.after(opts.From, func(c *Change) bool { return match(c.Key) })
+		}
+	}
+	f.mu.Unlock()
+	if snapshot {
+		sub.Snapshot = s.snapshot(opts.Patterns, match)
+	}
+	return sub, nil
+}
+
+// snapshot returns the live entries matching, in key order. The caller
+// holds orderMu.
+func (s *Store) snapshot(patterns []Pattern, match func(string) bool) []Entry {
+	now := s.opts.Now().UnixNano()
+	prefix := commonPrefix(patterns)
+	var out []Entry
+	for n := s.order.seek(prefix); n != nil && strings.HasPrefix(n.e.Key, prefix); n = n.next[0] {
+		if match(n.e.Key) && !n.e.expired(now) {
+			out = append(out, *n.e)
+		}
+	}
+	return out
+}
+
+// commonPrefix is a literal prefix that every key matched by any of the
+// patterns has: the patterns' longest common prefix up to the first
+// wildcard.
+func commonPrefix(patterns []Pattern) string {
+	var prefix string
+	for i, p := range patterns {
+		s := p.String()
+		if j := strings.IndexByte(s, '*'); j >= 0 {
+			s = s[:j]
+		}
+		if i == 0 {
+			prefix = s
+			continue
+		}
+		n := 0
+		for n < len(prefix) && n < len(s) && prefix[n] == s[n] {
+			n++
+		}
+		prefix = prefix[:n]
+	}
+	return prefix
+}

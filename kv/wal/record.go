@@ -1,0 +1,211 @@
+// Package wal is the on-disk format of kvsse: a write-ahead log of
+// length-prefixed, checksummed records, and snapshot files made of the same
+// records.
+//
+// A frame is
+//
+//	length  uint32 little endian: the payload's length, 1..MaxPayload
+//	crc     uint32 little endian: CRC-32C (Castagnoli) of the payload
+//	payload length bytes
+//
+// and a payload is an op byte followed by uvarint/varint fields (see
+// Record.append). Every file starts with an 8-byte magic naming its kind and
+// format version, so that a file of another kind or version is refused, not
+// misread.
+package wal
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+)
+
+// Op is the kind of a record.
+type Op byte
+
+// The record kinds. The numbers are part of the on-disk format.
+const (
+	OpPut     Op = 1 // a key was set
+	OpDelete  Op = 2 // a key was deleted by a client
+	OpExpire  Op = 3 // a key was deleted because its time to live ran out
+	OpSnapRev Op = 4 // first record of a snapshot: the revision it starts from
+	OpSnapEnd Op = 5 // last record of a snapshot: Rev holds the number of keys
+)
+
+// MaxPayload bounds a record's payload. Decoders refuse larger lengths
+// without allocating, so a damaged length field cannot make them allocate
+// without bound. Values are limited well below it.
+const MaxPayload = 64 << 20
+
+// HeaderSize is the size of a frame's length and checksum.
+const HeaderSize = 8
+
+// Magics start every log segment and snapshot file.
+var (
+	LogMagic  = [8]byte{'k', 'v', 's', 's', 'e', 'L', 'G', '1'}
+	SnapMagic = [8]byte{'k', 'v', 's', 's', 'e', 'S', 'N', '1'}
+)
+
+// ErrCorrupt reports a record that fails its length or checksum test, or
+// whose payload does not parse.
+var ErrCorrupt = errors.New("corrupt record")
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Record is one change, or a snapshot marker. Slices returned by Decode
+// point into the decoded buffer.
+type Record struct {
+	Op          Op
+	Rev         int64  // the revision this change took
+	PrevRev     int64  // the key's revision before the change; 0 if it was absent
+	Key         []byte // empty in snapshot markers
+	ContentType []byte // OpPut only
+	Expires     int64  // OpPut only: Unix nanoseconds, 0 for no expiry
+	Value       []byte // OpPut only
+}
+
+// Append appends r as one whole frame to b and returns the extended slice.
+// It allocates only when b lacks capacity.
+func Append(b []byte, r *Record) []byte {
+	start := len(b)
+	b = append(b, 0, 0, 0, 0, 0, 0, 0, 0)
+	b = append(b, byte(r.Op))
+	b = binary.AppendUvarint(b, uint64(r.Rev))
+	b = binary.AppendUvarint(b, uint64(r.PrevRev))
+	b = binary.AppendUvarint(b, uint64(len(r.Key)))
+	b = append(b, r.Key...)
+	if r.Op == OpPut {
+		b = binary.AppendUvarint(b, uint64(len(r.ContentType)))
+		b = append(b, r.ContentType...)
+		b = binary.AppendVarint(b, r.Expires)
+		b = binary.AppendUvarint(b, uint64(len(r.Value)))
+		b = append(b, r.Value...)
+	}
+	payload := b[start+HeaderSize:]
+	binary.LittleEndian.PutUint32(b[start:], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(payload, castagnoli))
+	return b
+}
+
+// Encoder writes records to an io.Writer, one Write call per record.
+// It is not safe for concurrent use.
+type Encoder struct {
+	w   io.Writer
+	buf []byte
+}
+
+// NewEncoder returns an Encoder writing to w.
+func NewEncoder(w io.Writer) *Encoder { return &Encoder{w: w} }
+
+// Encode writes r as one frame.
+func (e *Encoder) Encode(r *Record) error {
+	e.buf = Append(e.buf[:0], r)
+	_, err := e.w.Write(e.buf)
+	return err
+}
+
+// Decode reads the frame at the start of buf. It returns the record, the
+// frame's size, and an error wrapping io.ErrUnexpectedEOF when buf ends
+// inside the frame, or ErrCorrupt when the frame is damaged. It never
+// allocates: the record's slices point into buf.
+func Decode(buf []byte) (Record, int, error) {
+	if len(buf) < HeaderSize {
+		return Record{}, 0, fmt.Errorf("frame header: %w", io.ErrUnexpectedEOF)
+	}
+	n := binary.LittleEndian.Uint32(buf)
+	if n == 0 || n > MaxPayload {
+		return Record{}, 0, fmt.Errorf("%w: length %d", ErrCorrupt, n)
+	}
+	if uint64(len(buf)-HeaderSize) < uint64(n) {
+		return Record{}, 0, fmt.Errorf("frame of %d bytes: %w", n, io.ErrUnexpectedEOF)
+	}
+	payload := buf[HeaderSize : HeaderSize+int(n)]
+	if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(buf[4:]) {
+		return Record{}, 0, fmt.Errorf("%w: checksum mismatch", ErrCorrupt)
+	}
+	r, err := parsePayload(payload)
+	if err != nil {
+		return Record{}, 0, err
+	}
+	return r, HeaderSize + int(n), nil
+}
+
+func parsePayload(p []byte) (Record, error) {
+	d := decoder{b: p[1:]}
+	r := Record{Op: Op(p[0])}
+	if r.Op < OpPut || r.Op > OpSnapEnd {
+		return Record{}, fmt.Errorf("%w: unknown op %d", ErrCorrupt, r.Op)
+	}
+	r.Rev = d.int()
+	r.PrevRev = d.int()
+	r.Key = d.bytes()
+	if r.Op == OpPut {
+		r.ContentType = d.bytes()
+		r.Expires = d.varint()
+		r.Value = d.bytes()
+	}
+	if d.err != nil {
+		return Record{}, d.err
+	}
+	if len(d.b) != 0 {
+		return Record{}, fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(d.b))
+	}
+	return r, nil
+}
+
+// decoder reads fields from a payload, remembering the first error.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err = fmt.Errorf("%w: bad varint", ErrCorrupt)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) int() int64 {
+	v := d.uvarint()
+	if v > 1<<62 {
+		d.err = fmt.Errorf("%w: revision out of range", ErrCorrupt)
+		return 0
+	}
+	return int64(v)
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.err = fmt.Errorf("%w: bad varint", ErrCorrupt)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.err = fmt.Errorf("%w: field of %d bytes overruns the record", ErrCorrupt, n)
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}

@@ -1,0 +1,124 @@
+package sse
+
+import (
+	"encoding/base64"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"kvsse/kv"
+)
+
+// AppendEntry appends the JSON object of a key's current state, as
+// listings and snapshots show it: key, value (with "encoding":"base64"
+// when it is not valid UTF-8), revision, and, with full set, content_type
+// and expires (RFC 3339, when the key has a time to live).
+func AppendEntry(b []byte, e *kv.Entry, full bool) []byte {
+	b = append(b, '{')
+	return append(appendEntryFields(b, e, full), '}')
+}
+
+// appendEntryFields appends AppendEntry's fields without the braces.
+func appendEntryFields(b []byte, e *kv.Entry, full bool) []byte {
+	b = append(b, `"key":`...)
+	b = AppendString(b, e.Key)
+	b = appendValue(b, e.Value)
+	b = append(b, `,"revision":`...)
+	b = strconv.AppendInt(b, e.Revision, 10)
+	if full {
+		b = append(b, `,"content_type":`...)
+		b = AppendString(b, e.ContentType)
+		if e.Expires != 0 {
+			b = append(b, `,"expires":"`...)
+			b = time.Unix(0, e.Expires).UTC().AppendFormat(b, time.RFC3339Nano)
+			b = append(b, '"')
+		}
+	}
+	return b
+}
+
+// AppendChange appends the JSON object of a change, the data of its
+// event: key, value (puts), revision, prev_revision, and reason
+// (deletes). With event set, the object starts with "event" as in the
+// NDJSON stream.
+func AppendChange(b []byte, c *kv.Change, event bool) []byte {
+	b = append(b, '{')
+	if event {
+		b = append(b, `"event":"`...)
+		b = append(b, c.Event()...)
+		b = append(b, `",`...)
+	}
+	b = append(b, `"key":`...)
+	b = AppendString(b, c.Key)
+	if c.Op == kv.OpPut {
+		b = appendValue(b, c.Value)
+	}
+	b = append(b, `,"revision":`...)
+	b = strconv.AppendInt(b, c.Revision, 10)
+	if c.PrevRevision != 0 {
+		b = append(b, `,"prev_revision":`...)
+		b = strconv.AppendInt(b, c.PrevRevision, 10)
+	}
+	if r := c.Reason(); r != "" {
+		b = append(b, `,"reason":"`...)
+		b = append(b, r...)
+		b = append(b, '"')
+	}
+	return append(b, '}')
+}
+
+// appendValue appends `,"value":` and the value as a JSON string when it
+// is valid UTF-8, else in standard base64 with `,"encoding":"base64"`.
+func appendValue(b, v []byte) []byte {
+	b = append(b, `,"value":`...)
+	if utf8.Valid(v) {
+		return AppendString(b, string(v))
+	}
+	b = append(b, '"')
+	b = base64.StdEncoding.AppendEncode(b, v)
+	return append(b, `","encoding":"base64"`...)
+}
+
+const hex = "0123456789abcdef"
+
+// AppendString appends s, which must be valid UTF-8, as a JSON string.
+// Control characters, and U+2028 and U+2029 (line breaks to JavaScript),
+// are escaped, so the result is one line.
+func AppendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != 0x7f {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xf])
+			start = i + size
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}

@@ -1,0 +1,268 @@
+package sse
+
+import (
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"time"
+
+	"kvsse/kv"
+)
+
+// Format is the encoding of a stream.
+type Format int
+
+const (
+	// SSE is text/event-stream.
+	SSE Format = iota
+	// NDJSON is one JSON object a line (application/x-ndjson), each the
+	// event's data object with "event" added.
+	NDJSON
+)
+
+// ContentType is the format's media type.
+func (f Format) ContentType() string {
+	if f == NDJSON {
+		return "application/x-ndjson"
+	}
+	return "text/event-stream"
+}
+
+// Why a stream ended, as Stream reports it.
+const (
+	EndClient   = "client gone"
+	EndLag      = "lag"
+	EndShutdown = "shutdown"
+	EndClosed   = "store closed"
+	EndWrite    = "write failed"
+)
+
+// StreamOptions configure Stream.
+type StreamOptions struct {
+	Format Format
+	// Retry is the reconnection delay sent first (SSE only).
+	Retry time.Duration
+	// Heartbeat is the mean interval of heartbeats; each waits a random
+	// ±10 % around it so that many streams do not beat in step.
+	Heartbeat time.Duration
+	// WriteTimeout bounds each write to the client: a client that does not
+	// read for that long is disconnected.
+	WriteTimeout time.Duration
+	// Stop ends the stream when closed (server shutdown). The client is
+	// first told to come back after a random delay of up to ShutdownRetry,
+	// so that clients do not all return at once.
+	Stop          <-chan struct{}
+	ShutdownRetry time.Duration
+	// Revision returns the store's revision. A heartbeat carries it as its
+	// id only after every change up to it has been written.
+	Revision func() int64
+}
+
+// maxQueued is how many queued events are written before one flush.
+const maxQueued = 64
+
+// Stream writes a subscription to w until the client goes away, the
+// subscription ends (lag or store closed) or opts.Stop is closed, and
+// returns why it ended. First come the headers, the retry line, the
+// catch-up (reset, snapshot, replay), one sync event at sub.Revision, then
+// the live changes. It is the only writer of w and must run in the
+// request's handler goroutine. It does not cancel sub.
+func Stream(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts StreamOptions) string {
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", opts.Format.ContentType())
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+
+	s := stream{w: w, rc: rc, opts: opts, last: sub.Revision}
+	if opts.Format == SSE {
+		s.buf = Retry(opts.Retry).AppendTo(s.buf)
+	}
+	if sub.Reset != "" {
+		s.control("reset", sub.Revision, sub.Reset)
+	}
+	for i := range sub.Snapshot {
+		s.snapshotItem(&sub.Snapshot[i])
+	}
+	for _, c := range sub.Replay {
+		s.change(c)
+		if len(s.buf) > 64<<10 && !s.flush() {
+			return EndWrite
+		}
+	}
+	s.control("sync", sub.Revision, "")
+	if !s.flush() {
+		return EndWrite
+	}
+
+	beat := time.NewTimer(jitter(opts.Heartbeat))
+	defer beat.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return EndClient
+		case <-opts.Stop:
+			if opts.Format == SSE {
+				s.buf = Retry(time.Duration(rand.Int64N(int64(opts.ShutdownRetry)) + 1)).AppendTo(s.buf)
+				s.flush()
+			}
+			return EndShutdown
+		case <-beat.C:
+			rev := opts.Revision()
+			if !s.drain(sub.C, len(sub.C)) {
+				s.flush()
+				return s.ended(sub)
+			}
+			s.heartbeat(max(rev, s.last))
+			if !s.flush() {
+				return EndWrite
+			}
+			beat.Reset(jitter(opts.Heartbeat))
+		case c, ok := <-sub.C:
+			if !ok {
+				return s.ended(sub)
+			}
+			s.change(c)
+			if !s.drain(sub.C, maxQueued-1) {
+				s.flush()
+				return s.ended(sub)
+			}
+			if !s.flush() {
+				return EndWrite
+			}
+		}
+	}
+}
+
+func jitter(d time.Duration) time.Duration {
+	return d - d/10 + time.Duration(rand.Int64N(int64(d/5)+1))
+}
+
+// stream is the state of one Stream call.
+type stream struct {
+	w    http.ResponseWriter
+	rc   *http.ResponseController
+	opts StreamOptions
+	buf  []byte
+	last int64 // the revision of the last change written, or of the sync
+}
+
+func (s *stream) ended(sub *kv.Subscription) string {
+	if sub.Lagged() {
+		return EndLag
+	}
+	return EndClosed
+}
+
+// drain appends up to n changes that are already queued, without
+// waiting; false when the channel is closed.
+func (s *stream) drain(c <-chan *kv.Change, n int) bool {
+	for range n {
+		select {
+		case ch, ok := <-c:
+			if !ok {
+				return false
+			}
+			s.change(ch)
+		default:
+			return true
+		}
+	}
+	return true
+}
+
+// flush writes the buffered events and flushes them to the client.
+func (s *stream) flush() bool {
+	if len(s.buf) == 0 {
+		return true
+	}
+	if s.opts.WriteTimeout > 0 {
+		s.rc.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
+	}
+	_, err := s.w.Write(s.buf)
+	s.buf = s.buf[:0]
+	if err == nil {
+		err = s.rc.Flush()
+	}
+	return err == nil
+}
+
+// change appends a live or replayed change: id, event name, JSON data.
+func (s *stream) change(c *kv.Change) {
+	s.last = c.Revision
+	if s.opts.Format == NDJSON {
+		s.buf = append(AppendChange(s.buf, c, true), '\n')
+		return
+	}
+	s.buf = AppendChangeEvent(s.buf, c)
+}
+
+// AppendChangeEvent appends the SSE event of a change: "id: <revision>",
+// "event: put" or "delete", and its JSON data on one line (the JSON
+// escapes every line break, so no raw CR or LF reaches the wire).
+func AppendChangeEvent(b []byte, c *kv.Change) []byte {
+	b = append(b, "id: "...)
+	b = strconv.AppendInt(b, c.Revision, 10)
+	b = append(b, "\nevent: "...)
+	b = append(b, c.Event()...)
+	b = append(b, "\ndata: "...)
+	b = AppendChange(b, c, false)
+	return append(b, '\n', '\n')
+}
+
+// snapshotItem appends a key of a snapshot: a put event with no id.
+func (s *stream) snapshotItem(e *kv.Entry) {
+	if s.opts.Format == NDJSON {
+		s.buf = append(s.buf, `{"event":"put",`...)
+		s.buf = append(appendEntryFields(s.buf, e, false), '}', '\n')
+		return
+	}
+	s.buf = append(s.buf, "event: put\ndata: "...)
+	s.buf = AppendEntry(s.buf, e, false)
+	s.buf = append(s.buf, '\n', '\n')
+}
+
+// control appends a reset or sync event. A sync carries the revision as
+// its id; a reset has none.
+func (s *stream) control(name string, rev int64, reason string) {
+	if s.opts.Format == NDJSON {
+		s.buf = append(s.buf, `{"event":"`...)
+		s.buf = append(s.buf, name...)
+		s.buf = append(s.buf, `",`...)
+	} else {
+		if name == "sync" {
+			s.buf = append(s.buf, "id: "...)
+			s.buf = strconv.AppendInt(s.buf, rev, 10)
+			s.buf = append(s.buf, '\n')
+		}
+		s.buf = append(s.buf, "event: "...)
+		s.buf = append(s.buf, name...)
+		s.buf = append(s.buf, "\ndata: {"...)
+	}
+	s.buf = append(s.buf, `"revision":`...)
+	s.buf = strconv.AppendInt(s.buf, rev, 10)
+	if reason != "" {
+		s.buf = append(s.buf, `,"reason":"`...)
+		s.buf = append(s.buf, reason...)
+		s.buf = append(s.buf, '"')
+	}
+	s.buf = append(s.buf, '}', '\n')
+	if s.opts.Format == SSE {
+		s.buf = append(s.buf, '\n')
+	}
+}
+
+// heartbeat appends a keep-alive: in SSE a comment and an id with no data,
+// which fires no event but moves the client's last event id to rev.
+func (s *stream) heartbeat(rev int64) {
+	if s.opts.Format == NDJSON {
+		s.buf = append(s.buf, `{"event":"heartbeat","revision":`...)
+		s.buf = strconv.AppendInt(s.buf, rev, 10)
+		s.buf = append(s.buf, '}', '\n')
+		return
+	}
+	s.buf = append(s.buf, ": keep-alive\nid: "...)
+	s.buf = strconv.AppendInt(s.buf, rev, 10)
+	s.buf = append(s.buf, '\n', '\n')
+}
