@@ -28,7 +28,8 @@ type Message struct {
 	// Data is the data, its lines joined by LF.
 	Data string
 	// Retry is the stream's reconnection time when the message was
-	// dispatched, 0 if no "retry:" field set one yet.
+	// dispatched, 0 if no "retry:" field set one yet (or one set it to 0).
+	// Like ID, it carries over from earlier events.
 	Retry time.Duration
 }
 
@@ -44,14 +45,15 @@ type Message struct {
 // bytes pass through unchanged.
 //
 // Memory is bounded by the limit given to [NewReaderSize]. A Reader is not
-// safe for concurrent use.
+// safe for concurrent use. To stop a Next that is blocked reading, close the
+// underlying reader (for an HTTP response, cancel the request's context).
 type Reader struct {
 	sc    *bufio.Scanner
 	limit int
 	err   error // sticky: once set, Next returns it
 
 	// State of the line splitter.
-	started bool // the byte order mark was looked for
+	started bool // a line was returned: a byte order mark is no longer skipped
 	skipLF  bool // the last line ended in CR: an LF right after belongs to it
 	scanned int  // bytes of the pending line already searched for CR and LF
 
@@ -93,14 +95,15 @@ func NewReaderSize(r io.Reader, limit int) *Reader {
 func (r *Reader) LastEventID() string { return r.lastID }
 
 // Retry returns the stream's reconnection time, as last set by a "retry:"
-// field, or 0 if none did.
+// field (even in an event that has not ended), or 0 if none did.
 func (r *Reader) Retry() time.Duration { return r.retry }
 
 // Next returns the next message dispatched by the stream. It returns io.EOF
 // when the stream ends, discarding any event not ended by a blank line;
 // [ErrTooLong] when a limit is exceeded; or the read error of the
 // underlying reader, wrapped. After an error, Next returns the same error
-// again. Next allocates only the strings of the returned message.
+// again. Apart from growing the Reader's buffers, Next allocates only the
+// returned Data: the ID and Event strings are reused while they repeat.
 func (r *Reader) Next() (Message, error) {
 	if r.err != nil {
 		return Message{}, r.err

@@ -1,0 +1,424 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// call sends one request and returns the status, headers and body.
+func call(t testing.TB, method, url string, body []byte, hdr ...string) (int, http.Header, []byte) {
+	t.Helper()
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, resp.Header, b
+}
+
+// apiError is the JSON body of every error.
+type apiError struct {
+	Error    string `json:"error"`
+	Code     string `json:"code"`
+	Revision *int64 `json:"revision"`
+}
+
+func decodeError(t testing.TB, b []byte) apiError {
+	t.Helper()
+	var e apiError
+	if err := json.Unmarshal(b, &e); err != nil || e.Error == "" || e.Code == "" {
+		t.Fatalf("not a JSON error: %q (%v)", b, err)
+	}
+	return e
+}
+
+func revision(t testing.TB, h http.Header) int64 {
+	t.Helper()
+	n, err := strconv.ParseInt(h.Get("Kvsse-Revision"), 10, 64)
+	if err != nil {
+		t.Fatalf("Kvsse-Revision %q: %v", h.Get("Kvsse-Revision"), err)
+	}
+	return n
+}
+
+func TestKVRoutes(t *testing.T) {
+	ts := startServer(t)
+	u := ts.URL + "/kv/config/app"
+
+	// create
+	st, h, b := call(t, "PUT", u, []byte("on"), "Content-Type", "text/plain")
+	if st != 201 || h.Get("ETag") != `"1"` || revision(t, h) != 1 {
+		t.Fatalf("create: %d %v %s", st, h, b)
+	}
+	if diff := cmp.Diff(`{"key":"config/app","revision":1}`, strings.TrimSpace(string(b))); diff != "" {
+		t.Errorf("create body (-want +got):\n%s", diff)
+	}
+	// read
+	st, h, b = call(t, "GET", u, nil)
+	if st != 200 || string(b) != "on" || h.Get("Content-Type") != "text/plain" || h.Get("ETag") != `"1"` {
+		t.Fatalf("get: %d %v %q", st, h, b)
+	}
+	st, h, b = call(t, "HEAD", u, nil)
+	if st != 200 || len(b) != 0 || h.Get("Content-Length") != "2" || h.Get("ETag") != `"1"` {
+		t.Fatalf("head: %d %v %q", st, h, b)
+	}
+	if st, _, _ = call(t, "GET", u, nil, "If-None-Match", `"1"`); st != 304 {
+		t.Errorf("If-None-Match current: %d, want 304", st)
+	}
+	if st, _, _ = call(t, "GET", u, nil, "If-None-Match", `"9"`); st != 200 {
+		t.Errorf("If-None-Match stale: %d, want 200", st)
+	}
+	// replace, default content type
+	st, h, _ = call(t, "PUT", u, []byte("off"))
+	if st != 200 || revision(t, h) != 2 {
+		t.Fatalf("replace: %d %v", st, h)
+	}
+	if _, h, _ = call(t, "GET", u, nil); h.Get("Content-Type") != "application/octet-stream" {
+		t.Errorf("default content type %q", h.Get("Content-Type"))
+	}
+	// compare-and-set
+	st, _, b = call(t, "PUT", u, []byte("x"), "If-Match", `"1"`)
+	if e := decodeError(t, b); st != 412 || e.Code != "precondition_failed" || e.Revision == nil || *e.Revision != 2 {
+		t.Fatalf("stale If-Match: %d %s", st, b)
+	}
+	if st, h, _ = call(t, "PUT", u, []byte("x"), "If-Match", `"2"`); st != 200 || revision(t, h) != 3 {
+		t.Fatalf("If-Match current: %d", st)
+	}
+	st, _, b = call(t, "PUT", ts.URL+"/kv/missing", []byte("x"), "If-Match", `"3"`)
+	if e := decodeError(t, b); st != 412 || e.Revision == nil || *e.Revision != 0 {
+		t.Fatalf("If-Match on a missing key: %d %s", st, b)
+	}
+	// create only
+	st, _, b = call(t, "PUT", u, []byte("y"), "If-None-Match", "*")
+	if e := decodeError(t, b); st != 412 || *e.Revision != 3 {
+		t.Fatalf("If-None-Match * on existing: %d %s", st, b)
+	}
+	if st, _, _ = call(t, "PUT", ts.URL+"/kv/new", []byte("y"), "If-None-Match", "*"); st != 201 {
+		t.Fatalf("If-None-Match * on absent: %d", st)
+	}
+	// delete
+	st, _, b = call(t, "DELETE", u, nil, "If-Match", `"2"`)
+	if st != 412 {
+		t.Fatalf("stale delete: %d %s", st, b)
+	}
+	st, h, _ = call(t, "DELETE", u, nil, "If-Match", `"3"`)
+	if st != 204 || revision(t, h) != 5 {
+		t.Fatalf("delete: %d %v", st, h)
+	}
+	st, _, b = call(t, "GET", u, nil)
+	if e := decodeError(t, b); st != 404 || e.Code != "not_found" {
+		t.Fatalf("get deleted: %d %s", st, b)
+	}
+	st, _, b = call(t, "DELETE", u, nil)
+	if e := decodeError(t, b); st != 404 || e.Code != "not_found" {
+		t.Fatalf("delete missing: %d %s", st, b)
+	}
+	// health
+	st, _, b = call(t, "GET", ts.URL+"/healthz", nil)
+	if st != 200 || !strings.Contains(string(b), `"revision":5`) {
+		t.Fatalf("healthz: %d %s", st, b)
+	}
+}
+
+// TestKVBadInput sends requests that break a rule: each gets its status
+// and code, and nothing is stored.
+func TestKVBadInput(t *testing.T) {
+	ts := startServer(t, "-max-value", "16")
+	long := strings.Repeat("a", 1025)
+	tests := []struct {
+		name, method, path string
+		body               string
+		hdr                []string
+		status             int
+		code               string
+	}{
+		{"double slash", "PUT", "/kv/a//b", "v", nil, 400, "invalid_key"},
+		{"leading slash", "PUT", "/kv//a", "v", nil, 400, "invalid_key"},
+		{"trailing slash", "PUT", "/kv/a/", "v", nil, 400, "invalid_key"},
+		{"dot segment", "PUT", "/kv/a/./b", "v", nil, 400, "invalid_key"},
+		{"dot dot segment", "PUT", "/kv/a/../b", "v", nil, 400, "invalid_key"},
+		{"dot dot get", "GET", "/kv/..", "", nil, 400, "invalid_key"},
+		{"star", "PUT", "/kv/a*", "v", nil, 400, "invalid_key"},
+		{"control char", "PUT", "/kv/a%01b", "v", nil, 400, "invalid_key"},
+		{"DEL char", "PUT", "/kv/a%7Fb", "v", nil, 400, "invalid_key"},
+		{"invalid UTF-8", "PUT", "/kv/a%FFb", "v", nil, 400, "invalid_key"},
+		{"too long", "PUT", "/kv/" + long, "v", nil, 400, "invalid_key"},
+		{"bad ttl", "PUT", "/kv/k?ttl=soon", "v", nil, 400, "bad_parameter"},
+		{"negative ttl", "PUT", "/kv/k?ttl=-5s", "v", nil, 400, "bad_parameter"},
+		{"zero ttl", "PUT", "/kv/k?ttl=0", "v", nil, 400, "bad_parameter"},
+		{"bad If-Match", "PUT", "/kv/k", "v", []string{"If-Match", "12"}, 400, "bad_parameter"},
+		{"both preconditions", "PUT", "/kv/k", "v", []string{"If-Match", `"1"`, "If-None-Match", "*"}, 400, "bad_parameter"},
+		{"If-None-Match etag on PUT", "PUT", "/kv/k", "v", []string{"If-None-Match", `"1"`}, 400, "bad_parameter"},
+		{"bad content type", "PUT", "/kv/k", "v", []string{"Content-Type", "a b c"}, 400, "bad_parameter"},
+		{"value too large", "PUT", "/kv/k", strings.Repeat("x", 17), nil, 413, "too_large"},
+		{"limit zero", "GET", "/kv?limit=0", "", nil, 400, "bad_parameter"},
+		{"limit negative", "GET", "/kv?limit=-1", "", nil, 400, "bad_parameter"},
+		{"limit not a number", "GET", "/kv?limit=ten", "", nil, 400, "bad_parameter"},
+		{"method", "POST", "/kv/k", "v", nil, 405, "method_not_allowed"},
+		{"no route", "GET", "/nothing", "", nil, 404, "no_route"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var body []byte
+			if tt.body != "" {
+				body = []byte(tt.body)
+			}
+			st, h, b := call(t, tt.method, ts.URL+tt.path, body, tt.hdr...)
+			e := decodeError(t, b)
+			if st != tt.status || e.Code != tt.code {
+				t.Errorf("got %d %s, want %d %s", st, b, tt.status, tt.code)
+			}
+			if ct := h.Get("Content-Type"); ct != "application/json" {
+				t.Errorf("Content-Type %q", ct)
+			}
+		})
+	}
+	// Nothing was stored by any of them.
+	_, _, b := call(t, "GET", ts.URL+"/kv", nil)
+	if diff := cmp.Diff(`{"revision":0,"items":[]}`, strings.TrimSpace(string(b))); diff != "" {
+		t.Errorf("store after bad input (-want +got):\n%s", diff)
+	}
+}
+
+// TestKVValueLimitStreamed checks that a body without Content-Length over
+// the limit is refused with 413 and not stored.
+func TestKVValueLimitStreamed(t *testing.T) {
+	ts := startServer(t, "-max-value", "1024")
+	pr, pw := io.Pipe()
+	go func() {
+		chunk := bytes.Repeat([]byte("x"), 512)
+		for range 8 {
+			if _, err := pw.Write(chunk); err != nil {
+				return
+			}
+		}
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("PUT", ts.URL+"/kv/big", pr)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	pr.Close()
+	if resp.StatusCode != 413 {
+		t.Fatalf("status %d, want 413", resp.StatusCode)
+	}
+	if st, _, _ := call(t, "GET", ts.URL+"/kv/big", nil); st != 404 {
+		t.Fatalf("oversized value was stored: %d", st)
+	}
+}
+
+// TestKVCASRace runs 100 read-modify-write increments on one counter with
+// If-Match, retrying on 412: the counter ends at exactly 100.
+func TestKVCASRace(t *testing.T) {
+	ts := startServer(t)
+	u := ts.URL + "/kv/counter"
+	call(t, "PUT", u, []byte("0"))
+	errc := make(chan error, 100)
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- increment(u)
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, b := call(t, "GET", u, nil); string(b) != "100" {
+		t.Fatalf("counter = %s, want 100", b)
+	}
+}
+
+func increment(u string) error {
+	for range 10000 {
+		resp, err := http.Get(u)
+		if err != nil {
+			return err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		n, err := strconv.Atoi(string(b))
+		if err != nil {
+			return fmt.Errorf("counter %q: %v", b, err)
+		}
+		req, _ := http.NewRequest("PUT", u, strings.NewReader(strconv.Itoa(n+1)))
+		req.Header.Set("If-Match", resp.Header.Get("ETag"))
+		put, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		put.Body.Close()
+		switch put.StatusCode {
+		case 200:
+			return nil
+		case 412:
+			continue
+		default:
+			return fmt.Errorf("put: %d", put.StatusCode)
+		}
+	}
+	return fmt.Errorf("no increment after many tries")
+}
+
+func TestKVTTL(t *testing.T) {
+	ts := startServer(t)
+	st, _, _ := call(t, "PUT", ts.URL+"/kv/session?ttl=1", []byte("x"))
+	if st != 201 {
+		t.Fatalf("put with ttl: %d", st)
+	}
+	call(t, "PUT", ts.URL+"/kv/kept?ttl=300ms", []byte("x"))
+	call(t, "PUT", ts.URL+"/kv/kept", []byte("y")) // a later PUT without ttl clears it
+	_, _, b := call(t, "GET", ts.URL+"/kv", nil)
+	if !strings.Contains(string(b), `"expires":"`) {
+		t.Errorf("listing does not show the expiry: %s", b)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, _, _ := call(t, "GET", ts.URL+"/kv/session", nil)
+		if st == 404 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("key with ttl=1 still there after 5 s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st, _, b := call(t, "GET", ts.URL+"/kv/kept", nil); st != 200 || string(b) != "y" {
+		t.Fatalf("key whose ttl was cleared: %d %q", st, b)
+	}
+	_, _, b = call(t, "GET", ts.URL+"/kv?prefix=session", nil)
+	if strings.Contains(string(b), `"session"`) {
+		t.Fatalf("expired key listed: %s", b)
+	}
+}
+
+type listing struct {
+	Revision int64 `json:"revision"`
+	Items    []struct {
+		Key      string `json:"key"`
+		Value    string `json:"value"`
+		Encoding string `json:"encoding"`
+		Revision int64  `json:"revision"`
+	} `json:"items"`
+	Next *string `json:"next"`
+}
+
+func list(t testing.TB, base string, q url.Values) listing {
+	t.Helper()
+	st, _, b := call(t, "GET", base+"/kv?"+q.Encode(), nil)
+	if st != 200 {
+		t.Fatalf("list: %d %s", st, b)
+	}
+	var l listing
+	if err := json.Unmarshal(b, &l); err != nil {
+		t.Fatalf("list: %v: %s", err, b)
+	}
+	return l
+}
+
+// TestKVListPages walks a listing page by page: every key with the prefix
+// comes exactly once, in byte order.
+func TestKVListPages(t *testing.T) {
+	ts := startServer(t)
+	var want []string
+	for i := range 250 {
+		k := fmt.Sprintf("app/%d/x", i)
+		want = append(want, k)
+		call(t, "PUT", ts.URL+"/kv/"+k, []byte(strconv.Itoa(i)))
+	}
+	call(t, "PUT", ts.URL+"/kv/apple", []byte("not in app/"))
+	call(t, "PUT", ts.URL+"/kv/app/bin", []byte{0xff, 0x00})
+	want = append(want, "app/bin")
+	sort.Strings(want)
+
+	var got []string
+	q := url.Values{"prefix": {"app/"}, "limit": {"7"}}
+	for pages := 0; ; pages++ {
+		l := list(t, ts.URL, q)
+		if l.Revision != 252 {
+			t.Fatalf("page revision %d, want 252", l.Revision)
+		}
+		for _, it := range l.Items {
+			got = append(got, it.Key)
+			if it.Key == "app/bin" && (it.Encoding != "base64" || it.Value != "/wA=") {
+				t.Errorf("binary value listed as %q %q", it.Value, it.Encoding)
+			}
+		}
+		if l.Next == nil {
+			break
+		}
+		if len(l.Items) != 7 || *l.Next != l.Items[6].Key {
+			t.Fatalf("page of %d items, next %q", len(l.Items), *l.Next)
+		}
+		q.Set("after", *l.Next)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("keys listed (-want +got):\n%s", diff)
+	}
+	if n := len(list(t, ts.URL, url.Values{"limit": {"5000"}}).Items); n != 252 {
+		t.Errorf("limit 5000 gave %d items, want all 252 (cut to 1000)", n)
+	}
+	if n := len(list(t, ts.URL, url.Values{}).Items); n != 100 {
+		t.Errorf("default limit gave %d items, want 100", n)
+	}
+	if l := list(t, ts.URL, url.Values{"prefix": {"zzz"}}); len(l.Items) != 0 || l.Next != nil {
+		t.Errorf("empty listing: %+v", l)
+	}
+}
+
+// TestKVMaxLimitCut checks that limits above 1000 are cut to 1000.
+func TestKVMaxLimitCut(t *testing.T) {
+	ts := startServer(t, "-sync", "none")
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < 1005; i += 8 {
+				req, _ := http.NewRequest("PUT", fmt.Sprintf("%s/kv/k/%04d", ts.URL, i), strings.NewReader("v"))
+				if resp, err := http.DefaultClient.Do(req); err == nil {
+					resp.Body.Close()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	l := list(t, ts.URL, url.Values{"limit": {"5000"}})
+	if len(l.Items) != 1000 || l.Next == nil || *l.Next != "k/0999" {
+		t.Fatalf("got %d items, next %v", len(l.Items), l.Next)
+	}
+}
