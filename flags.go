@@ -38,6 +38,9 @@ type config struct {
 // clientFlags are shown apart in the usage text.
 var clientFlags = map[string]bool{"server": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true}
 
+// rawArgs are the commands that parse their own flags.
+var rawArgs = map[string]bool{"bench": true}
+
 // envName is the environment twin of a flag.
 func envName(flag string) string {
 	if flag == "server" {
@@ -92,6 +95,10 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 		}
 		rest = append(rest, left[0])
 		args = left[1:]
+		if len(rest) == 1 && rawArgs[rest[0]] {
+			rest = append(rest, args...) // the command parses its own flags
+			break
+		}
 	}
 
 	set := map[string]bool{}

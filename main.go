@@ -73,7 +73,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	}
 	c, ok := commands[cmd]
 	if !ok {
-		return usageErr("unknown command %q (want serve, get, put, del, ls or watch)", cmd)
+		return usageErr("unknown command %q (want serve, get, put, del, ls, watch or bench)", cmd)
 	}
 	return c(ctx, newClient(cfg), rest, stdin, stdout, stderr)
 }
