@@ -233,10 +233,7 @@ func (s *Store) snapshot(patterns []Pattern, match func(string) bool) []Entry {
 func commonPrefix(patterns []Pattern) string {
 	var prefix string
 	for i, p := range patterns {
-		s := p.String()
-		if j := strings.IndexByte(s, '*'); j >= 0 {
-			s = s[:j]
-		}
+		s := p.Prefix()
 		if i == 0 {
 			prefix = s
 			continue

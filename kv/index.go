@@ -13,7 +13,8 @@ import "strings"
 // once. The zero Pattern matches nothing and is ignored.
 //
 // An index is not safe for concurrent use: the caller holds a lock around
-// every call, match included.
+// every call, match included. The visit function given to match may call
+// remove, though, as a publisher dropping a slow subscriber does.
 type index[V comparable] struct {
 	root indexNode[V]
 	n    int // distinct registrations
@@ -22,7 +23,7 @@ type index[V comparable] struct {
 // indexNode is reached by the segments of a pattern's prefix.
 type indexNode[V comparable] struct {
 	lits  map[string]*indexNode[V] // children by literal segment
-	globs []indexGlob[V]           // children by segment holding "*", unordered
+	globs []indexGlob[V]           // children by segment holding "*"; replaced, never changed in place, on removal
 	more  map[V]int                // pattern ends with "**" here: one or more segments remain
 	end   map[V]int                // pattern ends here
 }
@@ -32,6 +33,7 @@ type indexGlob[V comparable] struct {
 	node *indexNode[V]
 }
 
+// newIndex returns an empty index.
 func newIndex[V comparable]() *index[V] { return new(index[V]) }
 
 // len returns the number of distinct registrations.
@@ -72,8 +74,13 @@ func (x *index[V]) remove(p Pattern, v V) {
 // match calls visit with the value of every registration whose pattern
 // matches key, in no particular order. A value registered under several
 // matching patterns is visited once for each: callers that want each value
-// once dedupe. The key must be valid (see ValidateKey). visit must not
-// modify the index. match does not allocate.
+// once dedupe. The key must be valid (see ValidateKey). match does not
+// allocate.
+//
+// visit may remove registrations, but not add any: every registration that
+// matches key and is not removed during the call is visited, and one
+// removed before it was reached is not. So a caller that removes all of a
+// value's registrations when visiting it sees that value once.
 func (x *index[V]) match(key string, visit func(V)) {
 	if key == "" {
 		return
@@ -91,8 +98,8 @@ func (n *indexNode[V]) match(key string, visit func(V)) {
 	if c := n.lits[seg]; c != nil {
 		c.matchRest(rest, more, visit)
 	}
-	for i := range n.globs {
-		if g := &n.globs[i]; globMatch(g.seg, seg) {
+	for _, g := range n.globs { // a copy: visit may replace n.globs
+		if globMatch(g.seg, seg) {
 			g.node.matchRest(rest, more, visit)
 		}
 	}
@@ -166,7 +173,9 @@ func (n *indexNode[V]) empty() bool {
 	return len(n.lits) == 0 && len(n.globs) == 0 && len(n.more) == 0 && len(n.end) == 0
 }
 
-// drop forgets the child of n for the pattern segment seg.
+// drop forgets the child of n for the pattern segment seg. Glob children
+// go to a new slice, so that a match ranging over the old one, in a call
+// that removes, still sees every other child.
 func (n *indexNode[V]) drop(seg string) {
 	if strings.IndexByte(seg, '*') < 0 {
 		delete(n.lits, seg)
@@ -175,18 +184,13 @@ func (n *indexNode[V]) drop(seg string) {
 		}
 		return
 	}
-	for i, g := range n.globs {
-		if g.seg == seg {
-			last := len(n.globs) - 1
-			n.globs[i] = n.globs[last]
-			n.globs[last] = indexGlob[V]{}
-			n.globs = n.globs[:last]
-			break
+	var globs []indexGlob[V]
+	for _, g := range n.globs {
+		if g.seg != seg {
+			globs = append(globs, g)
 		}
 	}
-	if len(n.globs) == 0 {
-		n.globs = nil
-	}
+	n.globs = globs
 }
 
 // countUp adds one to the count of v in *m, making the map if needed, and

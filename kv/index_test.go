@@ -129,6 +129,40 @@ func TestIndexMatchAllocations(t *testing.T) {
 	}
 }
 
+func TestIndexRemoveDuringMatch(t *testing.T) {
+	x := newIndex[int]()
+	pats := map[int][]Pattern{}
+	for i, s := range []string{"*", "a*", "*b", "a*b", "*a*", "ab", "**", "ab/**", "*/c", "a*/c", "ab/c", "*b/*", "*", "a*"} {
+		p := indexTestPattern(t, s)
+		v := i % 9
+		x.add(p, v)
+		pats[v] = append(pats[v], p)
+	}
+	for _, key := range []string{"ab", "ab/c"} {
+		t.Run(key, func(t *testing.T) {
+			var want []int
+			for v, ps := range pats {
+				if slices.ContainsFunc(ps, func(p Pattern) bool { return p.Match(key) }) {
+					want = append(want, v)
+				}
+			}
+			slices.Sort(want)
+			var got []int
+			x.match(key, func(v int) {
+				got = append(got, v)
+				for _, p := range pats[v] {
+					x.remove(p, v)
+				}
+				delete(pats, v)
+			})
+			slices.Sort(got)
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("match(%q) removing each value it visits (-want +got):\n%s", key, diff)
+			}
+		})
+	}
+}
+
 // FuzzIndex checks the index against a plain list of registrations, each
 // checked with Pattern.Match, through adds and removes decoded from data.
 func FuzzIndex(f *testing.F) {
@@ -161,18 +195,51 @@ func FuzzIndex(f *testing.F) {
 				}
 			}
 			slices.Sort(want)
-			if diff := cmp.Diff(want, indexMatches(x, key)); diff != "" {
-				t.Fatalf("match(%q) with %v (-want +got):\n%s", key, model, diff)
+			if got := indexMatches(x, key); !slices.Equal(want, got) {
+				t.Fatalf("match(%q) with %v (-want +got):\n%s", key, model, cmp.Diff(want, got))
+			}
+		}
+		// dropAll matches key with a visit that removes every registration
+		// of the value visited, as a publisher dropping a subscriber does:
+		// each value with a matching registration must be visited once.
+		dropAll := func(key string) {
+			t.Helper()
+			var want []int
+			for r := range model {
+				if r.p.Match(key) && !slices.Contains(want, r.v) {
+					want = append(want, r.v)
+				}
+			}
+			slices.Sort(want)
+			var got []int
+			x.match(key, func(v int) {
+				got = append(got, v)
+				for r, n := range model {
+					if r.v == v {
+						for range n {
+							x.remove(r.p, v)
+						}
+						delete(model, r)
+					}
+				}
+			})
+			slices.Sort(got)
+			if !slices.Equal(want, got) {
+				t.Fatalf("match(%q) removing what it visits (-want +got):\n%s", key, cmp.Diff(want, got))
 			}
 		}
 		for len(data) > 0 {
-			op := next() % 4
+			op := next() % 5
 			var segs []string
-			if op == 3 {
+			if op >= 3 {
 				for range 1 + next()%4 {
 					segs = append(segs, keySegs[next()%len(keySegs)])
 				}
-				check(strings.Join(segs, "/"))
+				if op == 3 {
+					check(strings.Join(segs, "/"))
+				} else {
+					dropAll(strings.Join(segs, "/"))
+				}
 				continue
 			}
 			n := 1 + next()%3
@@ -198,9 +265,11 @@ func FuzzIndex(f *testing.F) {
 				t.Fatalf("len() = %d, want %d", x.len(), len(model))
 			}
 		}
+		// Every key of up to three of the first five key segments, after
+		// all the adds and removes.
 		var keys func(prefix string, depth int)
 		keys = func(prefix string, depth int) {
-			for _, s := range keySegs {
+			for _, s := range keySegs[:5] {
 				check(prefix + s)
 				if depth < 3 {
 					keys(prefix+s+"/", depth+1)

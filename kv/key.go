@@ -8,9 +8,9 @@ import (
 	"unicode/utf8"
 )
 
-// ErrInvalidKey is wrapped by every error that ValidateKey returns, and by
-// any error of this package caused by a malformed key. The wrapping error's
-// text names the broken rule in plain words.
+// ErrInvalidKey is wrapped by every error that ValidateKey returns. The
+// wrapping error's text names the broken rule in plain words, fit to show
+// to the client that sent the key.
 var ErrInvalidKey = errors.New("invalid key")
 
 // ErrInvalidPattern is wrapped by every error that ParsePattern returns. The
