@@ -54,6 +54,19 @@ var ErrCorrupt = errors.New("corrupt record")
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// Decoding errors, made once so that Decode never allocates.
+var (
+	errShortHeader = fmt.Errorf("frame header: %w", io.ErrUnexpectedEOF)
+	errShortFrame  = fmt.Errorf("frame: %w", io.ErrUnexpectedEOF)
+	errLength      = fmt.Errorf("%w: length out of range", ErrCorrupt)
+	errChecksum    = fmt.Errorf("%w: checksum mismatch", ErrCorrupt)
+	errOp          = fmt.Errorf("%w: unknown op", ErrCorrupt)
+	errVarint      = fmt.Errorf("%w: bad varint", ErrCorrupt)
+	errRevision    = fmt.Errorf("%w: revision out of range", ErrCorrupt)
+	errOverrun     = fmt.Errorf("%w: field overruns the record", ErrCorrupt)
+	errTrailing    = fmt.Errorf("%w: trailing bytes", ErrCorrupt)
+)
+
 // Record is one change, or a snapshot marker. Slices returned by Decode
 // point into the decoded buffer.
 type Record struct {
@@ -112,18 +125,18 @@ func (e *Encoder) Encode(r *Record) error {
 // allocates: the record's slices point into buf.
 func Decode(buf []byte) (Record, int, error) {
 	if len(buf) < HeaderSize {
-		return Record{}, 0, fmt.Errorf("frame header: %w", io.ErrUnexpectedEOF)
+		return Record{}, 0, errShortHeader
 	}
 	n := binary.LittleEndian.Uint32(buf)
 	if n == 0 || n > MaxPayload {
-		return Record{}, 0, fmt.Errorf("%w: length %d", ErrCorrupt, n)
+		return Record{}, 0, errLength
 	}
 	if uint64(len(buf)-HeaderSize) < uint64(n) {
-		return Record{}, 0, fmt.Errorf("frame of %d bytes: %w", n, io.ErrUnexpectedEOF)
+		return Record{}, 0, errShortFrame
 	}
 	payload := buf[HeaderSize : HeaderSize+int(n)]
 	if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(buf[4:]) {
-		return Record{}, 0, fmt.Errorf("%w: checksum mismatch", ErrCorrupt)
+		return Record{}, 0, errChecksum
 	}
 	r, err := parsePayload(payload)
 	if err != nil {
@@ -136,7 +149,7 @@ func parsePayload(p []byte) (Record, error) {
 	d := decoder{b: p[1:]}
 	r := Record{Op: Op(p[0])}
 	if r.Op < OpPut || r.Op > OpSnapEnd {
-		return Record{}, fmt.Errorf("%w: unknown op %d", ErrCorrupt, r.Op)
+		return Record{}, errOp
 	}
 	r.Rev = d.int()
 	r.PrevRev = d.int()
@@ -150,7 +163,7 @@ func parsePayload(p []byte) (Record, error) {
 		return Record{}, d.err
 	}
 	if len(d.b) != 0 {
-		return Record{}, fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(d.b))
+		return Record{}, errTrailing
 	}
 	return r, nil
 }
@@ -166,8 +179,8 @@ func (d *decoder) uvarint() uint64 {
 		return 0
 	}
 	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.err = fmt.Errorf("%w: bad varint", ErrCorrupt)
+	if n <= 0 || n > 1 && d.b[n-1] == 0 { // overlong encodings are not ours
+		d.err = errVarint
 		return 0
 	}
 	d.b = d.b[n:]
@@ -177,7 +190,7 @@ func (d *decoder) uvarint() uint64 {
 func (d *decoder) int() int64 {
 	v := d.uvarint()
 	if v > 1<<62 {
-		d.err = fmt.Errorf("%w: revision out of range", ErrCorrupt)
+		d.err = errRevision
 		return 0
 	}
 	return int64(v)
@@ -188,8 +201,8 @@ func (d *decoder) varint() int64 {
 		return 0
 	}
 	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.err = fmt.Errorf("%w: bad varint", ErrCorrupt)
+	if n <= 0 || n > 1 && d.b[n-1] == 0 {
+		d.err = errVarint
 		return 0
 	}
 	d.b = d.b[n:]
@@ -202,7 +215,7 @@ func (d *decoder) bytes() []byte {
 		return nil
 	}
 	if n > uint64(len(d.b)) {
-		d.err = fmt.Errorf("%w: field of %d bytes overruns the record", ErrCorrupt, n)
+		d.err = errOverrun
 		return nil
 	}
 	v := d.b[:n:n]

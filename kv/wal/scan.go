@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -46,13 +47,13 @@ func Scan(data []byte, magic [8]byte, fn func(Record) error) (int, error) {
 	for off < len(data) {
 		r, n, err := Decode(data[off:])
 		if err != nil {
-			if next := findRecord(data, off+1); next >= 0 {
+			if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, ErrCorrupt) {
+				return off, err
+			}
+			if validAfter(data, off) {
 				return off, &DamageError{Offset: int64(off), Err: err}
 			}
-			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, ErrCorrupt) {
-				return off, nil
-			}
-			return off, err
+			return off, nil
 		}
 		if err := fn(r); err != nil {
 			return off, err
@@ -62,13 +63,37 @@ func Scan(data []byte, magic [8]byte, fn func(Record) error) (int, error) {
 	return off, nil
 }
 
-// findRecord returns the first offset at or after from where a valid frame
-// starts, or -1.
-func findRecord(data []byte, from int) int {
-	for i := from; i+HeaderSize < len(data); i++ {
-		if _, _, err := Decode(data[i:]); err == nil {
-			return i
+// validAfter reports whether the damaged frame at off is followed by valid
+// records, which cutting the file at off would lose. A frame whose length
+// field says it ends exactly at the end of the file is the last record,
+// whatever its bytes hold. Otherwise some later offset must start a chain
+// of valid frames that runs to the end of the file, or to a torn frame
+// there. A value is opaque and may itself hold a well-formed frame, but
+// the bytes after such a frame are the rest of the value, which do not
+// read as frames.
+func validAfter(data []byte, off int) bool {
+	if len(data)-off >= HeaderSize {
+		if n := binary.LittleEndian.Uint32(data[off:]); n > 0 && uint64(off)+HeaderSize+uint64(n) == uint64(len(data)) {
+			return false
 		}
 	}
-	return -1
+	for i := off + 1; i+HeaderSize < len(data); i++ {
+		if chainToEnd(data[i:]) {
+			return true
+		}
+	}
+	return false
+}
+
+// chainToEnd reports whether data is one or more valid frames, the last
+// of which may be torn by the end of data.
+func chainToEnd(data []byte) bool {
+	for frames := 0; len(data) > 0; frames++ {
+		_, n, err := Decode(data)
+		if err != nil {
+			return frames > 0 && errors.Is(err, io.ErrUnexpectedEOF)
+		}
+		data = data[n:]
+	}
+	return true
 }
