@@ -52,28 +52,37 @@ func (c *Change) Reason() string {
 
 // Cond is a write's precondition. The zero Cond always holds.
 type Cond struct {
-	absent bool
-	exists bool
-	rev    int64
+	kind condKind
+	rev  int64
 }
 
+type condKind uint8
+
+const (
+	condAny condKind = iota
+	condAbsent
+	condExists
+	condRevision
+)
+
 // IfAbsent holds when the key does not exist.
-func IfAbsent() Cond { return Cond{absent: true} }
+func IfAbsent() Cond { return Cond{kind: condAbsent} }
 
 // IfExists holds when the key exists, at any revision.
-func IfExists() Cond { return Cond{exists: true} }
+func IfExists() Cond { return Cond{kind: condExists} }
 
-// IfRevision holds when the key exists at revision rev.
-func IfRevision(rev int64) Cond { return Cond{rev: rev} }
+// IfRevision holds when the key exists at revision rev (so never for a
+// rev of 0 or less).
+func IfRevision(rev int64) Cond { return Cond{kind: condRevision, rev: rev} }
 
 // holds reports whether c holds for the current entry cur (nil: absent).
 func (c Cond) holds(cur *Entry) bool {
-	switch {
-	case c.absent:
+	switch c.kind {
+	case condAbsent:
 		return cur == nil
-	case c.exists:
+	case condExists:
 		return cur != nil
-	case c.rev != 0:
+	case condRevision:
 		return cur != nil && cur.Revision == c.rev
 	}
 	return true
@@ -202,7 +211,7 @@ func (c *committer) resetTimer(t *time.Timer) {
 		t.Reset(time.Hour)
 		return
 	}
-	t.Reset(time.Until(time.Unix(0, c.expiries[0].expires)))
+	t.Reset(time.Duration(c.expiries[0].expires - c.s.opts.Now().UnixNano()))
 }
 
 // lookup returns key's entry as the batch so far sees it.
@@ -265,6 +274,7 @@ func (c *committer) commit(batch []*op) {
 		}
 	}
 	if len(c.changes) > 0 {
+		s.stats.Batches.Add(1)
 		if err := c.persist(); err != nil {
 			for _, o := range batch {
 				o.res = result{err: err}

@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 	"sync"
@@ -163,8 +164,12 @@ type WatchOptions struct {
 // Watch subscribes to the changes of keys matching any of opts.Patterns.
 // The subscription is registered before the catch-up is taken, at one
 // revision, so that catch-up and live changes meet with no gap and no
-// duplicate. It returns ErrClosed once the store is closed.
+// duplicate. It returns ErrClosed once the store is closed, and
+// ErrInvalidRevision for a negative From.
 func (s *Store) Watch(opts WatchOptions) (*Subscription, error) {
+	if opts.Resume && opts.From < 0 {
+		return nil, fmt.Errorf("kv: watch from %d: %w", opts.From, ErrInvalidRevision)
+	}
 	sub := &Subscription{
 		ch:       make(chan *Change, s.opts.SubBuffer),
 		patterns: opts.Patterns,

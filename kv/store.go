@@ -224,8 +224,9 @@ type Page struct {
 	Next     string  // the last key, when more keys follow; "" on the last page
 }
 
-// List returns up to limit entries whose keys start with prefix and sort
-// after the key after, in byte order, read consistently at one revision.
+// List returns up to limit entries (all of them for a limit of 0 or less)
+// whose keys start with prefix and sort after the key after, in byte
+// order, read consistently at one revision.
 // Expired keys are left out. It never fails; the error and the context
 // are there for stores that read over a network.
 func (s *Store) List(_ context.Context, prefix, after string, limit int) (Page, error) {
@@ -245,7 +246,7 @@ func (s *Store) List(_ context.Context, prefix, after string, limit int) (Page, 
 		if e.expired(now) {
 			continue
 		}
-		if len(p.Items) == limit {
+		if limit > 0 && len(p.Items) == limit {
 			p.Next = p.Items[len(p.Items)-1].Key
 			break
 		}
@@ -282,6 +283,9 @@ func (s *Store) current(key string) *Entry {
 
 // waitOp hands o to the committer and waits for its answer.
 func (s *Store) waitOp(ctx context.Context, o *op) result {
+	if err := ctx.Err(); err != nil {
+		return result{err: err}
+	}
 	select {
 	case s.ops <- o:
 	case <-s.done:

@@ -64,20 +64,29 @@ func Scan(data []byte, magic [8]byte, fn func(Record) error) (int, error) {
 }
 
 // validAfter reports whether the damaged frame at off is followed by valid
-// records, which cutting the file at off would lose. A frame whose length
-// field says it ends exactly at the end of the file is the last record,
-// whatever its bytes hold. Otherwise some later offset must start a chain
-// of valid frames that runs to the end of the file, or to a torn frame
-// there. A value is opaque and may itself hold a well-formed frame, but
-// the bytes after such a frame are the rest of the value, which do not
-// read as frames.
+// records, which cutting the file at off would lose.
+//
+// Past the end that the frame's length field claims, any valid frame
+// counts. Inside it (or everywhere, when the length is out of range) the
+// bytes may be a value, which is opaque and may itself hold well-formed
+// frames: there a frame counts only when it starts a chain of valid frames
+// that runs to the end of the file, or to a torn frame there, as the real
+// records after a damaged length field do, and the rest of a value after
+// an embedded frame does not.
 func validAfter(data []byte, off int) bool {
+	end := -1 // where the damaged frame claims to end
 	if len(data)-off >= HeaderSize {
-		if n := binary.LittleEndian.Uint32(data[off:]); n > 0 && uint64(off)+HeaderSize+uint64(n) == uint64(len(data)) {
-			return false
+		if n := binary.LittleEndian.Uint32(data[off:]); n > 0 && n <= MaxPayload {
+			end = off + HeaderSize + int(n)
 		}
 	}
 	for i := off + 1; i+HeaderSize < len(data); i++ {
+		if end >= 0 && i >= end {
+			if _, _, err := Decode(data[i:]); err == nil {
+				return true
+			}
+			continue
+		}
 		if chainToEnd(data[i:]) {
 			return true
 		}
@@ -85,13 +94,13 @@ func validAfter(data []byte, off int) bool {
 	return false
 }
 
-// chainToEnd reports whether data is one or more valid frames, the last
-// of which may be torn by the end of data.
+// chainToEnd reports whether data is one or more valid frames, the last of
+// which may be torn by the end of data after a whole header.
 func chainToEnd(data []byte) bool {
 	for frames := 0; len(data) > 0; frames++ {
 		_, n, err := Decode(data)
 		if err != nil {
-			return frames > 0 && errors.Is(err, io.ErrUnexpectedEOF)
+			return frames > 0 && len(data) >= HeaderSize && errors.Is(err, io.ErrUnexpectedEOF)
 		}
 		data = data[n:]
 	}

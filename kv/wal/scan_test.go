@@ -151,6 +151,29 @@ func TestScanFieldsAreCapped(t *testing.T) {
 	}
 }
 
+// BenchmarkScanDamagedHead measures Scan over a log whose first record is
+// damaged and whose tail is zeroed: every later record start is tried as
+// the head of a chain of frames to the end of the file, so the cost grows
+// with the square of the number of records.
+//
+//	go test ./kv/wal -run '^$' -bench ScanDamagedHead
+func BenchmarkScanDamagedHead(b *testing.B) {
+	for _, n := range []int{250, 1000, 4000} {
+		data := append([]byte(nil), wal.LogMagic[:]...)
+		for i := range n {
+			data = wal.Append(data, &wal.Record{Op: wal.OpPut, Rev: int64(i + 1), Key: []byte("key/x"), Value: bytes.Repeat([]byte("v"), 80)})
+		}
+		data[len(wal.LogMagic)+wal.HeaderSize+2] ^= 1
+		data = append(data, make([]byte, 16)...)
+		b.Run(fmt.Sprintf("%drecords", n), func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				_, _ = wal.Scan(data, wal.LogMagic, func(wal.Record) error { return nil })
+			}
+		})
+	}
+}
+
 // BenchmarkScanDamagedTail measures Scan over a log whose tail is garbage,
 // which start-up meets after a crash. Scan tries Decode at every offset
 // of the tail to tell a torn tail from damage with records after it, and
@@ -172,5 +195,78 @@ func BenchmarkScanDamagedTail(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestScanDamageBeforeDamagedTail: a damaged record followed by valid
+// records is a *DamageError even when the file's tail is damaged too.
+// Cutting at the first damage would silently drop the valid records in
+// between, which were acknowledged as durable.
+func TestScanDamageBeforeDamagedTail(t *testing.T) {
+	file, starts, records := scanFile()
+	flipped := func(offs ...int) []byte {
+		b := bytes.Clone(file)
+		for _, off := range offs {
+			b[off] ^= 0x10
+		}
+		return b
+	}
+	payload := func(i int) int { return starts[i] + wal.HeaderSize + 2 } // a byte inside record i's payload
+	tests := []struct {
+		name   string
+		data   []byte
+		damage int // the record index where the damage starts
+	}{
+		{"middle record damaged, then a zeroed tail", append(flipped(payload(1)), make([]byte, 64)...), 1},
+		{"middle record damaged, then a garbage tail", append(flipped(payload(1)), "garbage after the last record"...), 1},
+		{"middle and last record damaged", flipped(payload(1), payload(3)), 1},
+		{"first and last record damaged", flipped(payload(0), payload(3)), 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []wal.Record
+			valid, err := wal.Scan(tt.data, wal.LogMagic, func(r wal.Record) error {
+				got = append(got, r)
+				return nil
+			})
+			var damage *wal.DamageError
+			if !errors.As(err, &damage) {
+				t.Fatalf("Scan = %d, %v: the valid records after offset %d (revisions %d..) would be cut off; want a *DamageError",
+					valid, err, starts[tt.damage], records[tt.damage+1].Rev)
+			}
+			if damage.Offset != int64(starts[tt.damage]) || valid != starts[tt.damage] {
+				t.Errorf("Scan = %d, DamageError at %d; want both %d", valid, damage.Offset, starts[tt.damage])
+			}
+			if diff := cmp.Diff(records[:tt.damage], got, equateEmpty); diff != "" {
+				t.Errorf("records (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestScanLengthFlipToEndOfFile: one flipped bit in a record's length can
+// make the frame claim to end exactly at the end of the file. The records
+// after it are still whole and valid, so this is damage, not a torn tail.
+func TestScanLengthFlipToEndOfFile(t *testing.T) {
+	records := []wal.Record{
+		{Op: wal.OpPut, Rev: 1, Key: []byte("a"), Value: []byte("first")},
+		// Two frames of 32 bytes each: 8 + 4 + a 20-byte key.
+		{Op: wal.OpDelete, Rev: 2, Key: []byte("key/0123456789abcdef")},
+		{Op: wal.OpDelete, Rev: 3, Key: []byte("key/fedcba9876543210")},
+	}
+	data := append([]byte(nil), wal.LogMagic[:]...)
+	for i := range records {
+		data = wal.Append(data, &records[i])
+	}
+	first := len(wal.LogMagic)
+	length := int(data[first]) // < 64: bit 6 is clear
+	if rest := len(data) - first - wal.HeaderSize - length; rest != 64 || length >= 64 {
+		t.Fatalf("layout: first payload %d bytes, %d bytes after it; want < 64 and 64", length, rest)
+	}
+	data[first] |= 64 // the length now reaches exactly the end of the file
+	valid, err := wal.Scan(data, wal.LogMagic, func(wal.Record) error { return nil })
+	var damage *wal.DamageError
+	if !errors.As(err, &damage) || damage.Offset != int64(first) {
+		t.Errorf("Scan = %d, %v; want a *DamageError at %d: revisions 2 and 3 are whole and would be cut off", valid, err, first)
 	}
 }
