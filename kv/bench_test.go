@@ -1,0 +1,111 @@
+package kv
+
+import (
+	"context"
+	"fmt"
+	"testing"
+)
+
+// BenchmarkPublish measures the hook every committed change passes
+// through: history, pattern index, and a non-blocking send to each
+// matching subscription. Its cost should follow the number of matching
+// subscriptions, not the number registered.
+func BenchmarkPublish(b *testing.B) {
+	for _, bc := range []struct {
+		name              string
+		matching, nomatch int
+	}{
+		{"nonmatching=10", 0, 10},
+		{"nonmatching=10000", 0, 10_000},
+		{"matching=1000", 1000, 0},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			f := newFeed(100_000)
+			var subs []*Subscription
+			add := func(pattern string) {
+				p, err := ParsePattern(pattern)
+				if err != nil {
+					b.Fatal(err)
+				}
+				sub := &Subscription{ch: make(chan *Change, 1024), patterns: []Pattern{p}, feed: f}
+				f.subs[sub] = struct{}{}
+				f.idx.add(p, sub)
+				subs = append(subs, sub)
+			}
+			for i := range bc.nomatch {
+				add(fmt.Sprintf("other/%d/**", i))
+			}
+			for range bc.matching {
+				add("config/**")
+			}
+			changes := []Change{{Op: OpPut, Key: "config/app/feature", Value: make([]byte, 64)}}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				changes[0].Revision = int64(i + 1)
+				f.publish(changes)
+				if i%1000 == 999 && bc.matching > 0 {
+					b.StopTimer()
+					for _, s := range subs {
+						for len(s.ch) > 0 {
+							<-s.ch
+						}
+					}
+					b.StartTimer()
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkPut measures a write through the committer with no log, from
+// many goroutines at once.
+func BenchmarkPut(b *testing.B) {
+	s, err := Open(Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	value := make([]byte, 64)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.SetParallelism(32)
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			i++
+			if _, err := s.Put(ctx, fmt.Sprintf("bench/%d", i%10_000), value, PutOptions{}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkGet measures reads, which take only their shard's read lock.
+func BenchmarkGet(b *testing.B) {
+	s, err := Open(Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	keys := make([]string, 10_000)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("bench/%d", i)
+		if _, err := s.Put(ctx, keys[i], make([]byte, 64), PutOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			i++
+			if _, err := s.Get(ctx, keys[i%len(keys)]); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
