@@ -36,6 +36,7 @@ var commands = map[string]command{
 	"del":   cmdDel,
 	"ls":    cmdLs,
 	"watch": cmdWatch,
+	"bench": cmdBench,
 }
 
 // keyURL is the URL of a key, each segment escaped.
@@ -73,7 +74,21 @@ func (c *client) do(req *http.Request, ok ...int) (*http.Response, error) {
 	if resp.StatusCode == http.StatusNotFound {
 		code = 1
 	}
-	return nil, &exitError{code: code, err: fmt.Errorf("%s: %s", resp.Status, msg)}
+	return nil, &exitError{code: code, err: &statusError{status: resp.StatusCode, msg: fmt.Sprintf("%s: %s", resp.Status, msg)}}
+}
+
+// statusError is an error answer of the server.
+type statusError struct {
+	status int
+	msg    string
+}
+
+func (e *statusError) Error() string { return e.msg }
+
+// final reports whether retrying the same request cannot help: the server
+// refused the request itself (4xx, but for timeouts and rate limits).
+func (e *statusError) final() bool {
+	return e.status >= 400 && e.status < 500 && e.status != http.StatusRequestTimeout && e.status != http.StatusTooManyRequests
 }
 
 func wantArgs(args []string, lo, hi int, usage string) error {
@@ -226,9 +241,9 @@ func cmdWatch(ctx context.Context, c *client, args []string, _ io.Reader, stdout
 		if ctx.Err() != nil {
 			return nil
 		}
-		var ee *exitError
-		if errors.As(err, &ee) && !strings.HasPrefix(ee.Error(), "5") {
-			return err // the server refused the request itself: retrying will not help
+		var se *statusError
+		if errors.As(err, &se) && se.final() {
+			return err
 		}
 		if connected {
 			backoff = 100 * time.Millisecond

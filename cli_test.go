@@ -1,0 +1,1103 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// The tests in this file run the built kvsse binary as a command-line
+// client (and, where a process must die, as a server), against servers
+// started with startServer or cliStartBin.
+
+// cliTimeout bounds every wait of these tests: one command, one line of
+// a watch, one poll. It only bounds failures: it is generous because the
+// tests may share a loaded machine.
+const cliTimeout = 60 * time.Second
+
+// cliEnv is the environment of the processes the tests start: this
+// process's, without any KVSSE_ variable, plus extra ("NAME=value").
+func cliEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "KVSSE_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, extra...)
+}
+
+// cliResult is what one run of the binary left.
+type cliResult struct {
+	stdout []byte
+	stderr string
+	code   int
+}
+
+// cliRun runs the binary with args, the environment cliEnv(env...) and
+// stdin (nil: empty), and waits for it to exit.
+func cliRun(t testing.TB, env []string, stdin []byte, args ...string) cliResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, kvsseBinary(t), args...)
+	cmd.Env = cliEnv(env...)
+	cmd.Stdin = bytes.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("kvsse %q did not exit within %v; stderr:\n%s", args, cliTimeout, stderr.String())
+	}
+	var ee *exec.ExitError
+	code := 0
+	switch {
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("kvsse %q: %v", args, err)
+	}
+	return cliResult{stdout: stdout.Bytes(), stderr: stderr.String(), code: code}
+}
+
+// cliOK runs the binary like cliRun and fails the test unless it exits 0.
+func cliOK(t testing.TB, env []string, stdin []byte, args ...string) []byte {
+	t.Helper()
+	r := cliRun(t, env, stdin, args...)
+	if r.code != 0 {
+		t.Fatalf("kvsse %q: exit %d, want 0; stderr:\n%s", args, r.code, r.stderr)
+	}
+	return r.stdout
+}
+
+// cliKeyURL is the URL of key on the server at base.
+func cliKeyURL(base, key string) string {
+	segs := strings.Split(key, "/")
+	for i, s := range segs {
+		segs[i] = url.PathEscape(s)
+	}
+	return base + "/kv/" + strings.Join(segs, "/")
+}
+
+var cliHTTP = &http.Client{Timeout: cliTimeout}
+
+// cliDo sends one request and returns its status, revision header and body.
+func cliDo(t testing.TB, method, u string, body []byte) (int, int64, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, u, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cliHTTP.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rev int64
+	if h := resp.Header.Get("Kvsse-Revision"); h != "" {
+		if rev, err = strconv.ParseInt(h, 10, 64); err != nil {
+			t.Fatalf("%s %s: Kvsse-Revision %q: %v", method, u, h, err)
+		}
+	}
+	return resp.StatusCode, rev, b
+}
+
+// cliPut sets key through the HTTP API and returns the new revision.
+func cliPut(t testing.TB, base, key string, value []byte) int64 {
+	t.Helper()
+	status, rev, body := cliDo(t, http.MethodPut, cliKeyURL(base, key), value)
+	if status != http.StatusOK && status != http.StatusCreated {
+		t.Fatalf("PUT %s: %d %s", key, status, body)
+	}
+	return rev
+}
+
+// cliDelete deletes key through the HTTP API and returns the new revision.
+func cliDelete(t testing.TB, base, key string) int64 {
+	t.Helper()
+	status, rev, body := cliDo(t, http.MethodDelete, cliKeyURL(base, key), nil)
+	if status != http.StatusNoContent {
+		t.Fatalf("DELETE %s: %d %s", key, status, body)
+	}
+	return rev
+}
+
+// cliServerError is the "error" text of the server's JSON answer to a
+// request that fails with status want.
+func cliServerError(t testing.TB, method, u string, body []byte, want int) string {
+	t.Helper()
+	status, _, b := cliDo(t, method, u, body)
+	if status != want {
+		t.Fatalf("%s %s: status %d, want %d; body %s", method, u, status, want, b)
+	}
+	var e struct {
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(b, &e); err != nil || e.Error == "" {
+		t.Fatalf("%s %s: no JSON error in %q (%v)", method, u, b, err)
+	}
+	return e.Error
+}
+
+// cliRevisionLine parses put's output: the new revision and a newline.
+func cliRevisionLine(t testing.TB, out []byte) int64 {
+	t.Helper()
+	s, ok := strings.CutSuffix(string(out), "\n")
+	rev, err := strconv.ParseInt(s, 10, 64)
+	if !ok || err != nil || rev <= 0 {
+		t.Fatalf("put printed %q, want a revision and a newline", out)
+	}
+	return rev
+}
+
+// cliFreeAddr returns a 127.0.0.1 address that was free a moment ago.
+func cliFreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// cliBuffer is a bytes.Buffer safe for one writer and concurrent readers.
+type cliBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (b *cliBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *cliBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// cliStartBin runs the binary as a server with args (which must include
+// -addr and -data or -memory, or their env twins in env) and waits until
+// it serves. The process is killed when the test ends.
+func cliStartBin(t testing.TB, env []string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(kvsseBinary(t), append([]string{"-log-level", "warn"}, args...)...)
+	cmd.Env = cliEnv(env...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := new(cliBuffer)
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd}
+	t.Cleanup(p.kill)
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		p.kill()
+		t.Fatalf("server %q did not start: %v; stderr:\n%s", args, err, stderr)
+	}
+	go io.Copy(io.Discard, stdout)
+	p.URL = strings.TrimSpace(strings.TrimPrefix(line, "kvsse listening on "))
+	waitReady(t, p.URL)
+	return p
+}
+
+// cliWatch is a running "kvsse watch".
+type cliWatch struct {
+	cmd    *exec.Cmd
+	lines  chan string   // every line of stdout; closed at its end
+	exited chan struct{} // closed when the process has exited and was reaped
+	err    error         // cmd.Wait's, once exited is closed
+	stderr *cliBuffer
+}
+
+// cliStartWatch starts the binary with args (a watch command) and reads
+// its output lines. The process is killed when the test ends, if it
+// still runs.
+func cliStartWatch(t testing.TB, env []string, args ...string) *cliWatch {
+	t.Helper()
+	cmd := exec.Command(kvsseBinary(t), args...)
+	cmd.Env = cliEnv(env...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &cliWatch{cmd: cmd, lines: make(chan string, 1<<12), exited: make(chan struct{}), stderr: new(cliBuffer)}
+	cmd.Stderr = w.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(nil, 4<<20)
+		for sc.Scan() {
+			w.lines <- sc.Text()
+		}
+		close(w.lines)
+		w.err = cmd.Wait()
+		close(w.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-w.exited:
+		default:
+			cmd.Process.Kill()
+			<-w.exited
+		}
+	})
+	return w
+}
+
+// next returns the next line the watch printed.
+func (w *cliWatch) next(t testing.TB) string {
+	t.Helper()
+	select {
+	case line, ok := <-w.lines:
+		if !ok {
+			<-w.exited
+			t.Fatalf("watch ended (%v) while a line was expected; stderr:\n%s", w.err, w.stderr)
+		}
+		return line
+	case <-time.After(cliTimeout):
+		t.Fatalf("no line from watch within %v; stderr:\n%s", cliTimeout, w.stderr)
+	}
+	panic("unreachable")
+}
+
+// interrupt sends SIGINT, checks that the watch exits 0, and returns the
+// lines it printed that were not read yet.
+func (w *cliWatch) interrupt(t testing.TB) []string {
+	t.Helper()
+	if err := w.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w.exited:
+	case <-time.After(cliTimeout):
+		t.Fatalf("watch did not end within %v of SIGINT; stderr:\n%s", cliTimeout, w.stderr)
+	}
+	if w.err != nil {
+		t.Errorf("watch ended with %v after SIGINT, want exit status 0; stderr:\n%s", w.err, w.stderr)
+	}
+	var rest []string
+	for line := range w.lines {
+		rest = append(rest, line)
+	}
+	return rest
+}
+
+// cliEvent is one NDJSON object that "watch -json" prints.
+type cliEvent struct {
+	Event        string  `json:"event"`
+	Key          string  `json:"key,omitempty"`
+	Value        *string `json:"value,omitempty"`
+	Encoding     string  `json:"encoding,omitempty"`
+	Revision     int64   `json:"revision"`
+	PrevRevision int64   `json:"prev_revision,omitempty"`
+	Reason       string  `json:"reason,omitempty"`
+}
+
+func cliParseEvent(t testing.TB, line string) cliEvent {
+	t.Helper()
+	var ev cliEvent
+	if err := json.Unmarshal([]byte(line), &ev); err != nil {
+		t.Fatalf("watch -json printed %q: %v", line, err)
+	}
+	return ev
+}
+
+// nextEvent returns the next object of a "watch -json", skipping
+// heartbeats.
+func (w *cliWatch) nextEvent(t testing.TB) cliEvent {
+	t.Helper()
+	for {
+		if ev := cliParseEvent(t, w.next(t)); ev.Event != "heartbeat" {
+			return ev
+		}
+	}
+}
+
+func cliStr(s string) *string { return &s }
+
+// cliLines splits output into lines, each ended by a newline.
+func cliLines(t testing.TB, out []byte) []string {
+	t.Helper()
+	if len(out) == 0 {
+		return nil
+	}
+	s, ok := strings.CutSuffix(string(out), "\n")
+	if !ok {
+		t.Errorf("output %q does not end with a newline", out)
+	}
+	return strings.Split(s, "\n")
+}
+
+func TestCLIPutGet(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	all := make([]byte, 256)
+	for i := range all {
+		all[i] = byte(i)
+	}
+	big := make([]byte, 1<<20)
+	for i := range big {
+		big[i] = byte(i*7 + i>>8)
+	}
+	tests := []struct {
+		name  string
+		key   string
+		arg   *string // the VALUE argument; nil: stdin
+		stdin []byte
+		want  []byte
+	}{
+		{name: "argument", key: "put/arg", arg: cliStr("hello world"), want: []byte("hello world")},
+		{name: "argument with newline", key: "put/argnl", arg: cliStr("two\nlines\n"), want: []byte("two\nlines\n")},
+		{name: "empty argument", key: "put/argempty", arg: cliStr(""), want: []byte{}},
+		{name: "stdin text without trailing newline", key: "put/text", stdin: []byte("no newline at the end"), want: []byte("no newline at the end")},
+		{name: "stdin every byte value", key: "put/bytes", stdin: all, want: all},
+		{name: "stdin NUL and CR LF", key: "put/crlf", stdin: []byte("a\x00b\r\nc\r\n\x00"), want: []byte("a\x00b\r\nc\r\n\x00")},
+		{name: "stdin invalid UTF-8", key: "put/latin1", stdin: []byte("caf\xe9\xff\xfe"), want: []byte("caf\xe9\xff\xfe")},
+		{name: "stdin empty", key: "put/empty", stdin: nil, want: []byte{}},
+		{name: "stdin 1 MiB", key: "put/big", stdin: big, want: big},
+		{name: "key needing escapes", key: "put/a b/q?x#y%z/é+&=", arg: cliStr("escaped"), want: []byte("escaped")},
+	}
+	var last int64
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := []string{"-server", ts.URL, "put", tt.key}
+			if tt.arg != nil {
+				args = append(args, *tt.arg)
+			}
+			rev := cliRevisionLine(t, cliOK(t, nil, tt.stdin, args...))
+			if rev <= last {
+				t.Errorf("put printed revision %d, not above the previous put's %d", rev, last)
+			}
+			last = rev
+
+			got := cliOK(t, nil, nil, "-server", ts.URL, "get", tt.key)
+			if !bytes.Equal(got, tt.want) {
+				t.Errorf("get printed %d bytes %q, want %d bytes %q", len(got), cut(got), len(tt.want), cut(tt.want))
+			}
+
+			status, _, body := cliDo(t, http.MethodGet, cliKeyURL(ts.URL, tt.key), nil)
+			if status != http.StatusOK || !bytes.Equal(body, tt.want) {
+				t.Errorf("HTTP GET %s: %d, %d bytes %q; want 200, %d bytes %q", tt.key, status, len(body), cut(body), len(tt.want), cut(tt.want))
+			}
+		})
+	}
+}
+
+// cut shortens b for a message.
+func cut(b []byte) []byte {
+	if len(b) > 64 {
+		return b[:64]
+	}
+	return b
+}
+
+func TestCLIMissingAndDelete(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	notFound := cliServerError(t, http.MethodGet, cliKeyURL(ts.URL, "del/missing"), nil, http.StatusNotFound)
+
+	t.Run("get missing", func(t *testing.T) {
+		r := cliRun(t, nil, nil, "-server", ts.URL, "get", "del/missing")
+		if r.code != 1 || !strings.Contains(r.stderr, notFound) || len(r.stdout) != 0 {
+			t.Errorf("get of a missing key: exit %d, stdout %q, stderr %q; want exit 1, no output, stderr with %q", r.code, r.stdout, r.stderr, notFound)
+		}
+	})
+	t.Run("del missing", func(t *testing.T) {
+		notFound := cliServerError(t, http.MethodDelete, cliKeyURL(ts.URL, "del/missing"), nil, http.StatusNotFound)
+		r := cliRun(t, nil, nil, "-server", ts.URL, "del", "del/missing")
+		if r.code != 1 || !strings.Contains(r.stderr, notFound) {
+			t.Errorf("del of a missing key: exit %d, stderr %q; want exit 1, stderr with %q", r.code, r.stderr, notFound)
+		}
+	})
+	t.Run("del existing", func(t *testing.T) {
+		cliPut(t, ts.URL, "del/k", []byte("v"))
+		if out := cliOK(t, nil, nil, "-server", ts.URL, "del", "del/k"); len(out) != 0 {
+			t.Errorf("del printed %q, want nothing", out)
+		}
+		if status, _, _ := cliDo(t, http.MethodGet, cliKeyURL(ts.URL, "del/k"), nil); status != http.StatusNotFound {
+			t.Errorf("HTTP GET after del: %d, want 404", status)
+		}
+		if r := cliRun(t, nil, nil, "-server", ts.URL, "get", "del/k"); r.code != 1 {
+			t.Errorf("get after del: exit %d, want 1; stderr %q", r.code, r.stderr)
+		}
+		if r := cliRun(t, nil, nil, "-server", ts.URL, "del", "del/k"); r.code != 1 {
+			t.Errorf("second del: exit %d, want 1; stderr %q", r.code, r.stderr)
+		}
+	})
+	t.Run("invalid key", func(t *testing.T) {
+		text := cliServerError(t, http.MethodGet, ts.URL+"/kv/del/a/../b", nil, http.StatusBadRequest)
+		r := cliRun(t, nil, nil, "-server", ts.URL, "get", "del/a/../b")
+		if r.code != 2 || !strings.Contains(r.stderr, text) {
+			t.Errorf("get of an invalid key: exit %d, stderr %q; want exit 2, stderr with %q", r.code, r.stderr, text)
+		}
+	})
+	t.Run("server unreachable", func(t *testing.T) {
+		r := cliRun(t, nil, nil, "-server", "http://"+cliFreeAddr(t), "get", "del/k")
+		if r.code != 2 || r.stderr == "" {
+			t.Errorf("get from a server that is not there: exit %d, stderr %q; want exit 2 and an error", r.code, r.stderr)
+		}
+	})
+}
+
+func TestCLILs(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, "-sync", "none")
+	keys := []string{"ls/B", "ls/b", "ls/é", "ls/a-", "ls/a0", "lsx", "other", "ls/sp ace"}
+	for i := range 1100 {
+		keys = append(keys, fmt.Sprintf("ls/a/%04d", i))
+	}
+	work := make(chan string)
+	errc := make(chan error, len(keys))
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range work {
+				req, _ := http.NewRequest(http.MethodPut, cliKeyURL(ts.URL, k), strings.NewReader("v"))
+				resp, err := cliHTTP.Do(req)
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusCreated {
+						err = fmt.Errorf("PUT %s: %s", k, resp.Status)
+					}
+				}
+				if err != nil {
+					errc <- err
+				}
+			}
+		}()
+	}
+	for _, k := range keys {
+		work <- k
+	}
+	close(work)
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	sort.Strings(keys) // byte order
+
+	withPrefix := func(p string) []string {
+		var out []string
+		for _, k := range keys {
+			if strings.HasPrefix(k, p) {
+				out = append(out, k)
+			}
+		}
+		return out
+	}
+	tests := []struct {
+		name   string
+		prefix *string
+		want   []string
+	}{
+		{name: "all", want: keys},
+		{name: "empty prefix", prefix: cliStr(""), want: keys},
+		{name: "prefix over pages", prefix: cliStr("ls/a/"), want: withPrefix("ls/a/")},
+		{name: "prefix not at a slash", prefix: cliStr("ls/a"), want: withPrefix("ls/a")},
+		{name: "prefix of 100", prefix: cliStr("ls/a/10"), want: withPrefix("ls/a/10")},
+		{name: "prefix is a whole key", prefix: cliStr("ls/b"), want: []string{"ls/b"}},
+		{name: "multibyte prefix", prefix: cliStr("ls/é"), want: []string{"ls/é"}},
+		{name: "prefix without slash", prefix: cliStr("ls"), want: withPrefix("ls")},
+		{name: "no match", prefix: cliStr("nothing"), want: nil},
+	}
+	if n := len(withPrefix("ls/a/")); n != 1100 {
+		t.Fatalf("test setup: %d keys under ls/a/", n)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := []string{"-server", ts.URL, "ls"}
+			if tt.prefix != nil {
+				args = append(args, *tt.prefix)
+			}
+			got := cliLines(t, cliOK(t, nil, nil, args...))
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("ls %q (-want +got):\n%s", args[3:], diff)
+			}
+		})
+	}
+}
+
+func TestCLITTL(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	tests := []struct {
+		name string
+		key  string
+		args []string
+	}{
+		{name: "duration before the command", key: "ttl/a", args: []string{"-ttl", "1s", "put", "ttl/a", "v"}},
+		{name: "seconds after the key", key: "ttl/b", args: []string{"put", "ttl/b", "-ttl", "1", "v"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			key := tt.key
+			start := time.Now()
+			cliRevisionLine(t, cliOK(t, nil, nil, append([]string{"-server", ts.URL}, tt.args...)...))
+			status, _, body := cliDo(t, http.MethodGet, cliKeyURL(ts.URL, key), nil)
+			// On a slow machine the second may be over already.
+			if (status != http.StatusOK || string(body) != "v") && (status != http.StatusNotFound || time.Since(start) < time.Second) {
+				t.Fatalf("GET %s right after the put: %d %q, want 200 \"v\"", key, status, body)
+			}
+			deadline := time.Now().Add(cliTimeout)
+			for {
+				status, _, _ := cliDo(t, http.MethodGet, cliKeyURL(ts.URL, key), nil)
+				if status == http.StatusNotFound {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s still there (%d) %v after a put with ttl 1s", key, status, cliTimeout)
+				}
+				time.Sleep(20 * time.Millisecond) // poll interval
+			}
+			if r := cliRun(t, nil, nil, "-server", ts.URL, "get", key); r.code != 1 {
+				t.Errorf("get of an expired key: exit %d, want 1; stderr %q", r.code, r.stderr)
+			}
+		})
+	}
+	t.Run("bad ttl", func(t *testing.T) {
+		t.Parallel()
+		text := cliServerError(t, http.MethodPut, cliKeyURL(ts.URL, "ttl/bad")+"?ttl=soon", []byte("v"), http.StatusBadRequest)
+		r := cliRun(t, nil, nil, "-server", ts.URL, "put", "-ttl", "soon", "ttl/bad", "v")
+		if r.code != 2 || !strings.Contains(r.stderr, text) {
+			t.Errorf("put -ttl soon: exit %d, stderr %q; want 2 and %q", r.code, r.stderr, text)
+		}
+	})
+}
+
+func TestCLIIfRev(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	srv := []string{"-server", ts.URL}
+	rev1 := cliPut(t, ts.URL, "cas/k", []byte("v1"))
+
+	// A wrong revision fails with the server's precondition error.
+	for _, args := range [][]string{
+		{"put", "-if-rev", strconv.FormatInt(rev1+100, 10), "cas/k", "bad"},
+		{"-if-rev", strconv.FormatInt(rev1+100, 10), "del", "cas/k"},
+		{"put", "-if-rev", strconv.FormatInt(rev1, 10), "cas/missing", "bad"},
+	} {
+		r := cliRun(t, nil, nil, append(srv, args...)...)
+		if r.code != 2 || !strings.Contains(strings.ToLower(r.stderr), "precondition") || len(r.stdout) != 0 {
+			t.Errorf("kvsse %q: exit %d, stdout %q, stderr %q; want exit 2, no output, stderr mentioning the precondition", args, r.code, r.stdout, r.stderr)
+		}
+	}
+	if got := cliOK(t, nil, nil, append(srv, "get", "cas/k")...); string(got) != "v1" {
+		t.Fatalf("after failed compare-and-sets, get = %q, want v1", got)
+	}
+
+	// The right revision succeeds.
+	rev2 := cliRevisionLine(t, cliOK(t, nil, nil, append(srv, "put", "cas/k", "v2", "-if-rev", strconv.FormatInt(rev1, 10))...))
+	if rev2 <= rev1 {
+		t.Errorf("compare-and-set printed revision %d, not above %d", rev2, rev1)
+	}
+	if got := cliOK(t, nil, nil, append(srv, "get", "cas/k")...); string(got) != "v2" {
+		t.Errorf("after the compare-and-set, get = %q, want v2", got)
+	}
+	// The old revision no longer holds.
+	if r := cliRun(t, nil, nil, append(srv, "put", "-if-rev", strconv.FormatInt(rev1, 10), "cas/k", "v3")...); r.code != 2 {
+		t.Errorf("second compare-and-set with the old revision: exit %d, want 2", r.code)
+	}
+	cliOK(t, nil, nil, append(srv, "-if-rev", strconv.FormatInt(rev2, 10), "del", "cas/k")...)
+	if r := cliRun(t, nil, nil, append(srv, "get", "cas/k")...); r.code != 1 {
+		t.Errorf("get after a conditional del: exit %d, want 1", r.code)
+	}
+}
+
+func TestCLIFlagPlacement(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	cliPut(t, ts.URL, "f/k", []byte("value"))
+	dead := "http://" + cliFreeAddr(t)
+
+	t.Run("get", func(t *testing.T) {
+		tests := []struct {
+			name string
+			env  []string
+			args []string
+		}{
+			{name: "flag before the command", args: []string{"-server", ts.URL, "get", "f/k"}},
+			{name: "flag after the key", args: []string{"get", "f/k", "-server", ts.URL}},
+			{name: "flag between command and key", args: []string{"get", "-server", ts.URL, "f/k"}},
+			{name: "flag=value", args: []string{"get", "f/k", "-server=" + ts.URL}},
+			{name: "double dash flag", args: []string{"--server", ts.URL, "get", "f/k"}},
+			{name: "trailing slash", args: []string{"-server", ts.URL + "/", "get", "f/k"}},
+			{name: "KVSSE_URL", env: []string{"KVSSE_URL=" + ts.URL}, args: []string{"get", "f/k"}},
+			{name: "-server wins over KVSSE_URL", env: []string{"KVSSE_URL=" + dead}, args: []string{"get", "f/k", "-server", ts.URL}},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				if got := cliOK(t, tt.env, nil, tt.args...); string(got) != "value" {
+					t.Errorf("kvsse %q printed %q, want %q", tt.args, got, "value")
+				}
+			})
+		}
+	})
+
+	t.Run("KVSSE_URL unreachable", func(t *testing.T) {
+		r := cliRun(t, []string{"KVSSE_URL=" + dead}, nil, "get", "f/k")
+		if r.code != 2 || !strings.Contains(r.stderr, strings.TrimPrefix(dead, "http://")) {
+			t.Errorf("get with KVSSE_URL=%s: exit %d, stderr %q; want exit 2 and an error naming the address", dead, r.code, r.stderr)
+		}
+	})
+
+	t.Run("double dash", func(t *testing.T) {
+		tests := []struct {
+			name       string
+			args       []string
+			key, value string
+		}{
+			{name: "value starting with a dash", args: []string{"-server", ts.URL, "put", "--", "f/dash", "-v"}, key: "f/dash", value: "-v"},
+			{name: "value that is a flag", args: []string{"put", "f/flag", "-server", ts.URL, "--", "-ttl"}, key: "f/flag", value: "-ttl"},
+			{name: "key and value starting with a dash", args: []string{"put", "-server", ts.URL, "--", "-k", "--"}, key: "-k", value: "--"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				cliRevisionLine(t, cliOK(t, nil, nil, tt.args...))
+				if got := cliOK(t, nil, nil, "-server", ts.URL, "get", "--", tt.key); string(got) != tt.value {
+					t.Errorf("after kvsse %q, get -- %s printed %q, want %q", tt.args, tt.key, got, tt.value)
+				}
+			})
+		}
+	})
+}
+
+func TestCLIUsage(t *testing.T) {
+	t.Parallel()
+	// No server: usage errors must not need one.
+	env := []string{"KVSSE_URL=http://" + cliFreeAddr(t)}
+	tests := []struct {
+		name string
+		args []string
+		want []string // in stderr
+	}{
+		{name: "unknown command", args: []string{"frob", "k"}, want: []string{"frob", "get", "put", "del", "ls", "watch"}},
+		{name: "get without key", args: []string{"get"}, want: []string{"usage", "get KEY"}},
+		{name: "get with two keys", args: []string{"get", "a", "b"}, want: []string{"usage", "get KEY"}},
+		{name: "put without key", args: []string{"put"}, want: []string{"usage", "put KEY"}},
+		{name: "put with three arguments", args: []string{"put", "k", "v", "w"}, want: []string{"usage", "put KEY [VALUE]"}},
+		{name: "del without key", args: []string{"del"}, want: []string{"usage", "del KEY"}},
+		{name: "ls with two prefixes", args: []string{"ls", "a", "b"}, want: []string{"usage", "ls [PREFIX]"}},
+		{name: "watch without pattern", args: []string{"watch"}, want: []string{"usage", "watch PATTERN"}},
+		{name: "unknown flag", args: []string{"-nope", "get", "k"}, want: []string{"-nope", "usage"}},
+		{name: "flag without value", args: []string{"get", "k", "-server"}, want: []string{"-server"}},
+		{name: "bad -if-rev", args: []string{"-if-rev", "x", "del", "k"}, want: []string{"-if-rev"}},
+		{name: "serve with an argument", args: []string{"-memory", "-addr", "127.0.0.1:0", "serve", "extra"}, want: []string{"extra"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := cliRun(t, env, nil, tt.args...)
+			if r.code != 2 || len(r.stdout) != 0 {
+				t.Errorf("kvsse %q: exit %d, stdout %q; want exit 2, no output; stderr:\n%s", tt.args, r.code, r.stdout, r.stderr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(strings.ToLower(r.stderr), strings.ToLower(w)) {
+					t.Errorf("kvsse %q: stderr does not mention %q:\n%s", tt.args, w, r.stderr)
+				}
+			}
+		})
+	}
+}
+
+func TestCLIHelp(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"-h"}, {"-help"}, {"get", "-h"}} {
+		r := cliRun(t, nil, nil, args...)
+		if out := string(r.stdout) + r.stderr; r.code != 0 || !strings.Contains(out, "-max-value") {
+			t.Errorf("kvsse %q: exit %d, want 0 and the flags; output:\n%s", args, r.code, out)
+		}
+	}
+
+	r := cliRun(t, nil, nil, "-h")
+	help := string(r.stdout) + r.stderr
+	lines := strings.Split(help, "\n")
+	tests := []struct {
+		flag, env, def string // def: the default the contract names, if any
+	}{
+		{"addr", "KVSSE_ADDR", "127.0.0.1:8080"},
+		{"data", "KVSSE_DATA", "./kvsse-data"},
+		{"memory", "KVSSE_MEMORY", ""},
+		{"sync", "KVSSE_SYNC", ""},
+		{"max-value", "KVSSE_MAX_VALUE", "1048576"},
+		{"history", "KVSSE_HISTORY", ""},
+		{"sub-buffer", "KVSSE_SUB_BUFFER", ""},
+		{"heartbeat", "KVSSE_HEARTBEAT", "15s"},
+		{"compact-bytes", "KVSSE_COMPACT_BYTES", ""},
+		{"max-subscribers", "KVSSE_MAX_SUBSCRIBERS", "10000"},
+		{"shutdown-timeout", "KVSSE_SHUTDOWN_TIMEOUT", "10s"},
+		{"log-format", "KVSSE_LOG_FORMAT", ""},
+		{"log-level", "KVSSE_LOG_LEVEL", ""},
+		{"server", "KVSSE_URL", "http://127.0.0.1:8080"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.flag, func(t *testing.T) {
+			flagRE := regexp.MustCompile(`(^|[\s,\[(])--?` + regexp.QuoteMeta(tt.flag) + `($|[\s=,\])])`)
+			var found []string
+			for _, l := range lines {
+				if flagRE.MatchString(l) {
+					found = append(found, l)
+					if strings.Contains(l, tt.env) && strings.Contains(l, tt.def) {
+						return
+					}
+				}
+			}
+			t.Errorf("-h shows no line with -%s, %s and default %q; lines with the flag: %q", tt.flag, tt.env, tt.def, found)
+		})
+	}
+
+	t.Run("sync=none risk", func(t *testing.T) {
+		// The -sync flag's entry: from its line to the next flag's.
+		start := strings.Index(help, "-sync")
+		if start < 0 {
+			t.Fatalf("-h does not mention -sync:\n%s", help)
+		}
+		entry := help[start:]
+		if end := regexp.MustCompile(`\n\s*-[a-z]`).FindStringIndex(entry); end != nil {
+			entry = entry[:end[0]]
+		}
+		lower := strings.ToLower(entry)
+		if !strings.Contains(lower, "none") || !regexp.MustCompile(`crash|lost|lose|machine|power`).MatchString(lower) {
+			t.Errorf("-h's -sync entry does not say what -sync=none risks:\n%s", entry)
+		}
+	})
+}
+
+func TestCLIServerFlagFromEnv(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		args     []string
+		fits     int // a value of this many bytes is stored
+		tooLarge int // and one of this many gets 413
+	}{
+		{name: "env only", fits: 10, tooLarge: 11},
+		{name: "flag wins", args: []string{"-max-value", "20"}, fits: 20, tooLarge: 21},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			// The address and data directory come from their env twins too.
+			env := []string{"KVSSE_MAX_VALUE=10", "KVSSE_ADDR=127.0.0.1:0", "KVSSE_DATA=" + dir}
+			p := cliStartBin(t, env, tt.args...)
+
+			status, _, body := cliDo(t, http.MethodPut, cliKeyURL(p.URL, "env/fits"), bytes.Repeat([]byte("x"), tt.fits))
+			if status != http.StatusCreated {
+				t.Errorf("PUT of %d bytes: %d %s, want 201", tt.fits, status, body)
+			}
+			big := bytes.Repeat([]byte("x"), tt.tooLarge)
+			status, _, body = cliDo(t, http.MethodPut, cliKeyURL(p.URL, "env/big"), big)
+			if status != http.StatusRequestEntityTooLarge {
+				t.Errorf("PUT of %d bytes: %d %s, want 413", tt.tooLarge, status, body)
+			}
+			text := cliServerError(t, http.MethodPut, cliKeyURL(p.URL, "env/big"), big, http.StatusRequestEntityTooLarge)
+			r := cliRun(t, nil, big, "-server", p.URL, "put", "env/big")
+			if r.code != 2 || !strings.Contains(r.stderr, text) {
+				t.Errorf("kvsse put of %d bytes: exit %d, stderr %q; want 2 and %q", tt.tooLarge, r.code, r.stderr, text)
+			}
+			if ents, err := os.ReadDir(dir); err != nil || len(ents) == 0 {
+				t.Errorf("KVSSE_DATA=%s: nothing written there (%v)", dir, err)
+			}
+		})
+	}
+
+	t.Run("bad env value", func(t *testing.T) {
+		t.Parallel()
+		r := cliRun(t, []string{"KVSSE_MAX_VALUE=lots"}, nil, "-memory", "-addr", "127.0.0.1:0")
+		if r.code != 2 || !strings.Contains(r.stderr, "KVSSE_MAX_VALUE") {
+			t.Errorf("server with KVSSE_MAX_VALUE=lots: exit %d, stderr %q; want 2 and an error naming KVSSE_MAX_VALUE", r.code, r.stderr)
+		}
+	})
+}
+
+func TestCLIWatch(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	since := cliPut(t, ts.URL, "config/old", []byte("before the watch"))
+	w := cliStartWatch(t, nil, "-server", ts.URL, "watch", "-since", strconv.FormatInt(since, 10), "config/**")
+
+	var want []string
+	put := func(key, value, printed string) {
+		rev := cliPut(t, ts.URL, key, []byte(value))
+		if printed != "" {
+			want = append(want, fmt.Sprintf("%d put %s %s", rev, key, printed))
+		}
+	}
+	put("config/a", "on", "on")
+	put("other/x", "no", "") // does not match
+	put("config", "no", "")  // config/** needs one more segment
+	put("config/b/c", "two\nlines", `"two\nlines"`)
+	put("config/sp", "hello world ✓", "hello world ✓")
+	put("config/tab", "a\tb", `"a\tb"`)
+	put("config/cr", "x\r", `"x\r"`)
+	put("config/ls", "a\u2028b", `"a\u2028b"`)
+	put("config/a", "off", "off")
+	want = append(want, fmt.Sprintf("%d delete config/a", cliDelete(t, ts.URL, "config/a")))
+
+	var got []string
+	for range want {
+		got = append(got, w.next(t))
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("watch output (-want +got):\n%s", diff)
+	}
+	if rest := w.interrupt(t); len(rest) != 0 {
+		t.Errorf("watch printed more: %q", rest)
+	}
+}
+
+func TestCLIWatchJSON(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	pre := cliPut(t, ts.URL, "config/pre", []byte("x"))
+	w := cliStartWatch(t, nil, "watch", "-json", "config/**", "jobs/*", "-server", ts.URL)
+	if diff := cmp.Diff(cliEvent{Event: "sync", Revision: pre}, w.nextEvent(t)); diff != "" {
+		t.Fatalf("first object of watch -json (-want +got):\n%s", diff)
+	}
+
+	r1 := cliPut(t, ts.URL, "config/x", []byte("1"))
+	r2 := cliPut(t, ts.URL, "config/x", []byte("2\n"))
+	cliPut(t, ts.URL, "jobs/a/b", []byte("no")) // jobs/* is one segment
+	r3 := cliPut(t, ts.URL, "jobs/j", []byte{0xff, 0x00, 0x01})
+	r4 := cliDelete(t, ts.URL, "config/x")
+	want := []cliEvent{
+		{Event: "put", Key: "config/x", Value: cliStr("1"), Revision: r1},
+		{Event: "put", Key: "config/x", Value: cliStr("2\n"), Revision: r2, PrevRevision: r1},
+		{Event: "put", Key: "jobs/j", Value: cliStr("/wAB"), Encoding: "base64", Revision: r3},
+		{Event: "delete", Key: "config/x", Revision: r4, Reason: "deleted"},
+	}
+	var got []cliEvent
+	for range want {
+		ev := w.nextEvent(t)
+		if ev.Event == "delete" {
+			ev.PrevRevision = 0 // the contract does not say
+		}
+		got = append(got, ev)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("watch -json (-want +got):\n%s", diff)
+	}
+	w.interrupt(t)
+}
+
+func TestCLIWatchSnapshot(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		json bool
+	}{
+		{name: "text"},
+		{name: "json", json: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ts := startServer(t)
+			ra := cliPut(t, ts.URL, "config/a", []byte("1"))
+			rb := cliPut(t, ts.URL, "config/b/c", []byte("x y"))
+			cliPut(t, ts.URL, "other/z", []byte("no"))
+			cliPut(t, ts.URL, "config/gone", []byte("no"))
+			rev := cliDelete(t, ts.URL, "config/gone")
+
+			args := []string{"-server", ts.URL, "-snapshot", "watch", "config/**"}
+			if tt.json {
+				args = append(args, "-json")
+			}
+			w := cliStartWatch(t, nil, args...)
+			if tt.json {
+				want := []cliEvent{
+					{Event: "put", Key: "config/a", Value: cliStr("1"), Revision: ra},
+					{Event: "put", Key: "config/b/c", Value: cliStr("x y"), Revision: rb},
+					{Event: "sync", Revision: rev},
+				}
+				var got []cliEvent
+				for range want {
+					got = append(got, w.nextEvent(t))
+				}
+				if diff := cmp.Diff(want, got); diff != "" {
+					t.Errorf("watch -snapshot -json, catch-up (-want +got):\n%s", diff)
+				}
+				rc := cliPut(t, ts.URL, "config/c", []byte("3"))
+				if diff := cmp.Diff(cliEvent{Event: "put", Key: "config/c", Value: cliStr("3"), Revision: rc}, w.nextEvent(t)); diff != "" {
+					t.Errorf("watch -snapshot -json, live (-want +got):\n%s", diff)
+				}
+			} else {
+				// The snapshot lines come after the subscription was made,
+				// so a put made once they are read is a live change.
+				want := []string{fmt.Sprintf("%d put config/a 1", ra), fmt.Sprintf("%d put config/b/c x y", rb)}
+				got := []string{w.next(t), w.next(t)}
+				rc := cliPut(t, ts.URL, "config/c", []byte("3"))
+				rd := cliDelete(t, ts.URL, "config/a")
+				want = append(want, fmt.Sprintf("%d put config/c 3", rc), fmt.Sprintf("%d delete config/a", rd))
+				got = append(got, w.next(t), w.next(t))
+				if diff := cmp.Diff(want, got); diff != "" {
+					t.Errorf("watch -snapshot (-want +got):\n%s", diff)
+				}
+			}
+			w.interrupt(t)
+		})
+	}
+}
+
+// TestCLIWatchReconnect kills the server under a watch, keeps it down
+// while the watch tries to reconnect, and restarts it on the same port and
+// data: the watch must resume by itself and print every change once.
+func TestCLIWatchReconnect(t *testing.T) {
+	t.Parallel()
+	addr, dir := cliFreeAddr(t), t.TempDir()
+	srv := cliStartBin(t, nil, "-addr", addr, "-data", dir)
+	w := cliStartWatch(t, nil, "-server", srv.URL, "watch", "-json", "config/**")
+	sync0 := w.nextEvent(t)
+	if sync0.Event != "sync" {
+		t.Fatalf("first object of watch -json: %+v, want a sync", sync0)
+	}
+
+	var want, got []string
+	line := func(ev cliEvent) string {
+		s := fmt.Sprintf("%d %s %s", ev.Revision, ev.Event, ev.Key)
+		if ev.Value != nil {
+			s += " " + *ev.Value
+		}
+		return s
+	}
+	for i := range 5 {
+		key, value := fmt.Sprintf("config/k%d", i), fmt.Sprintf("v%d", i)
+		want = append(want, line(cliEvent{Event: "put", Key: key, Value: &value, Revision: cliPut(t, srv.URL, key, []byte(value))}))
+	}
+	syncs := 1
+	for len(got) < len(want) {
+		switch ev := w.nextEvent(t); ev.Event {
+		case "put", "delete":
+			got = append(got, line(ev))
+		default:
+			t.Fatalf("watch -json printed %+v before the restart", ev)
+		}
+	}
+
+	srv.kill() // SIGKILL
+	// While the server is down, something that is not it answers on its
+	// port (as a proxy without a backend would) and closes each connection:
+	// the watch must keep trying.
+	down, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan struct{}, 16)
+	go func() {
+		for {
+			c, err := down.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+			select {
+			case accepted <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	for i := range 2 {
+		select {
+		case <-accepted:
+		case <-w.exited:
+			down.Close()
+			t.Fatalf("watch exited (%v) while the server was down, after %d reconnection attempts, instead of retrying; stderr:\n%s", w.err, i, w.stderr)
+		case <-time.After(cliTimeout):
+			down.Close()
+			t.Fatalf("watch made %d reconnection attempts in %v, want 2; stderr:\n%s", i, cliTimeout, w.stderr)
+		}
+	}
+	down.Close()
+
+	srv = cliStartBin(t, nil, "-addr", addr, "-data", dir)
+	for i := 5; i < 10; i++ {
+		key, value := fmt.Sprintf("config/k%d", i), fmt.Sprintf("v%d", i)
+		want = append(want, line(cliEvent{Event: "put", Key: key, Value: &value, Revision: cliPut(t, srv.URL, key, []byte(value))}))
+	}
+	cliPut(t, srv.URL, "other/k", []byte("no"))
+	want = append(want, line(cliEvent{Event: "delete", Key: "config/k0", Revision: cliDelete(t, srv.URL, "config/k0")}))
+
+	for len(got) < len(want) || syncs < 2 {
+		switch ev := w.nextEvent(t); ev.Event {
+		case "put", "delete":
+			got = append(got, line(ev))
+		case "sync":
+			syncs++
+		default:
+			t.Errorf("watch -json printed %+v", ev)
+		}
+	}
+	for _, l := range w.interrupt(t) {
+		if ev := cliParseEvent(t, l); ev.Event == "put" || ev.Event == "delete" {
+			got = append(got, line(ev))
+		}
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("changes printed across the restart (-want +got):\n%s", diff)
+	}
+}
+
+func TestCLIWatchReset(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, "-history", "2")
+	first := cliPut(t, ts.URL, "config/a", []byte("1"))
+	var rb int64
+	for i := range 4 {
+		rb = cliPut(t, ts.URL, "config/b", []byte(strconv.Itoa(i)))
+	}
+	rc := cliPut(t, ts.URL, "config/c", []byte("c"))
+	w := cliStartWatch(t, nil, "-server", ts.URL, "-json", "-since", strconv.FormatInt(first-1, 10), "watch", "config/**")
+	want := []cliEvent{
+		{Event: "reset", Revision: rc, Reason: "history"},
+		{Event: "put", Key: "config/a", Value: cliStr("1"), Revision: first},
+		{Event: "put", Key: "config/b", Value: cliStr("3"), Revision: rb},
+		{Event: "put", Key: "config/c", Value: cliStr("c"), Revision: rc},
+		{Event: "sync", Revision: rc},
+	}
+	var got []cliEvent
+	for range want {
+		got = append(got, w.nextEvent(t))
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("watch -json -since past the history (-want +got):\n%s", diff)
+	}
+	w.interrupt(t)
+}
