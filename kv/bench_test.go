@@ -109,3 +109,56 @@ func BenchmarkGet(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkOpen measures start-up: loading a data directory that holds
+// keys 64-byte values (a snapshot and the log written since). Run the big
+// one with -bench 'Open/keys=1000000' -benchtime 3x.
+func BenchmarkOpen(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000} {
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
+			dir := b.TempDir()
+			fill(b, dir, n)
+			b.ResetTimer()
+			for range b.N {
+				s, err := Open(Options{Dir: dir})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				if got := s.order.len; got != n {
+					b.Fatalf("loaded %d keys, want %d", got, n)
+				}
+				s.Close()
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// fill writes n keys with 64-byte values into a store in dir.
+func fill(b *testing.B, dir string, n int) {
+	s, err := Open(Options{Dir: dir, Sync: SyncNone})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	value := make([]byte, 64)
+	errc := make(chan error, 64)
+	for w := range 64 {
+		go func() {
+			for i := w; i < n; i += 64 {
+				if _, err := s.Put(ctx, fmt.Sprintf("bench/%08d", i), value, PutOptions{}); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range 64 {
+		if err := <-errc; err != nil {
+			b.Fatal(err)
+		}
+	}
+}
