@@ -39,6 +39,7 @@ var errorTable = []struct {
 	{kv.ErrInvalidPattern, http.StatusBadRequest, "invalid_pattern"},
 	{kv.ErrInvalidRevision, http.StatusBadRequest, "invalid_revision"},
 	{errBadParam, http.StatusBadRequest, "bad_parameter"},
+	{errCrossOrigin, http.StatusForbidden, "cross_origin"},
 	{kv.ErrNotFound, http.StatusNotFound, "not_found"},
 	{errNoRoute, http.StatusNotFound, "no_route"},
 	{errMethod, http.StatusMethodNotAllowed, "method_not_allowed"},

@@ -25,6 +25,7 @@ type config struct {
 	shutdownTimeout time.Duration
 	logFormat       string
 	logLevel        string
+	corsOrigins     string
 
 	// client
 	server   string
@@ -69,6 +70,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.Var((*originList)(&c.corsOrigins), "cors-origins", "comma-separated origins (https://app.example.com) whose pages may read and write\nwith the browser's credentials; empty: same origin only")
 	fs.StringVar(&c.server, "server", "http://127.0.0.1:8080", "client: the server's URL")
 	fs.StringVar(&c.ttl, "ttl", "", "client put: time to live (Go duration or seconds)")
 	fs.Int64Var(&c.ifRev, "if-rev", 0, "client put, del: only if the key is at this revision (compare-and-set)")
@@ -105,6 +107,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
+		if clientFlags[f.Name] && f.Name != "server" {
+			return // per-command options: a stray variable must not change every call
+		}
 		if v := getenv(envName(f.Name)); !set[f.Name] && v != "" {
 			if err := fs.Set(f.Name, v); err != nil {
 				errs = append(errs, fmt.Errorf("%s=%q: %w", envName(f.Name), v, err))
@@ -130,7 +135,7 @@ func usage(fs *flag.FlagSet) {
   kvsse [flags] ls [PREFIX]       list keys
   kvsse [flags] watch PATTERN...  print changes as they happen
 
-Every flag also reads the environment variable shown; the flag wins.
+Server flags and -server also read the environment variable shown; the flag wins.
 `)
 	for _, client := range []bool{false, true} {
 		if client {
@@ -142,7 +147,11 @@ Every flag also reads the environment variable shown; the flag wins.
 			if clientFlags[f.Name] != client {
 				return
 			}
-			fmt.Fprintf(w, "  -%s (env %s, default %q)\n", f.Name, envName(f.Name), f.DefValue)
+			if clientFlags[f.Name] && f.Name != "server" {
+				fmt.Fprintf(w, "  -%s (default %q)\n", f.Name, f.DefValue)
+			} else {
+				fmt.Fprintf(w, "  -%s (env %s, default %q)\n", f.Name, envName(f.Name), f.DefValue)
+			}
 			for _, line := range strings.Split(f.Usage, "\n") {
 				fmt.Fprintf(w, "      %s\n", line)
 			}

@@ -65,10 +65,11 @@ func (a *api) routes() http.Handler {
 	mux.HandleFunc("GET /watch", a.handleWatch)
 	mux.HandleFunc("GET /watch/{pattern...}", a.handleWatch)
 	mux.HandleFunc("GET /healthz", a.handleHealth)
+	mux.HandleFunc("GET /{$}", a.handlePage)
 	mux.HandleFunc("/kv/{key...}", a.methodNotAllowed("GET, HEAD, PUT, DELETE"))
 	mux.HandleFunc("/watch/{pattern...}", a.methodNotAllowed("GET, HEAD"))
 	mux.HandleFunc("/", a.handleNotFound)
-	return a.rejectUnclean(mux)
+	return crossOrigin(a.cfg.corsOrigins, a.logger, a.rejectUnclean(mux))
 }
 
 // rejectUnclean answers 400 for keys and patterns in unclean paths ("//",
