@@ -105,5 +105,5 @@ func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 		ShutdownRetry: 5 * time.Second,
 		Revision:      a.store.Revision,
 	})
-	a.logger.Debug("stream ended", "why", why, "patterns", len(wr.opts.Patterns), "remote", r.RemoteAddr)
+	a.logger.Info("stream ended", "why", why, "patterns", len(wr.opts.Patterns), "remote", r.RemoteAddr)
 }

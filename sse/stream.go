@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"kvsse/kv"
@@ -35,6 +36,7 @@ const (
 	EndShutdown = "shutdown"
 	EndClosed   = "store closed"
 	EndWrite    = "write failed"
+	EndAuth     = "auth"
 )
 
 // StreamOptions configure Stream.
@@ -56,6 +58,11 @@ type StreamOptions struct {
 	// Revision returns the store's revision. A heartbeat carries it as its
 	// id only after every change up to it has been written.
 	Revision func() int64
+	// Revoked, when closed, ends the stream: its credentials lost the
+	// right to it. nil never ends it.
+	Revoked <-chan struct{}
+	// Sent, when not nil, counts the changes written to the client.
+	Sent *atomic.Int64
 }
 
 // maxQueued is how many queued events are written before one flush.
@@ -102,6 +109,8 @@ func Stream(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts S
 		select {
 		case <-r.Context().Done():
 			return EndClient
+		case <-opts.Revoked:
+			return EndAuth
 		case <-opts.Stop:
 			if opts.Format == SSE {
 				s.buf = Retry(time.Duration(rand.Int64N(int64(opts.ShutdownRetry)) + 1)).AppendTo(s.buf)
@@ -192,6 +201,9 @@ func (s *stream) flush() bool {
 // change appends a live or replayed change: id, event name, JSON data.
 func (s *stream) change(c *kv.Change) {
 	s.last = c.Revision
+	if s.opts.Sent != nil {
+		s.opts.Sent.Add(1)
+	}
 	if s.opts.Format == NDJSON {
 		s.buf = append(AppendChange(s.buf, c, true), '\n')
 		return
