@@ -11,7 +11,6 @@ import (
 	"path"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -36,24 +35,26 @@ type api struct {
 	cfg    *config
 	logger *slog.Logger
 
-	stopOnce sync.Once
-	stopping chan struct{} // closed when the server shuts down
+	stopping context.Context // done when the server shuts down
+	stop     context.CancelFunc
 	subs     chan struct{} // one token per open stream; capacity -max-subscribers
 }
 
 func newAPI(s store, cfg *config, logger *slog.Logger) *api {
+	stopping, stop := context.WithCancel(context.Background())
 	return &api{
+		stopping: stopping,
+		stop:     stop,
 		store:    s,
 		cfg:      cfg,
 		logger:   logger,
-		stopping: make(chan struct{}),
 		subs:     make(chan struct{}, cfg.maxSubscribers),
 	}
 }
 
 // shutdown makes /healthz answer 503 and ends every stream. It is
 // idempotent.
-func (a *api) shutdown() { a.stopOnce.Do(func() { close(a.stopping) }) }
+func (a *api) shutdown() { a.stop() }
 
 // routes is every route of the server, in one place.
 func (a *api) routes() http.Handler {
@@ -117,7 +118,7 @@ func (a *api) handleNotFound(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) handleHealth(w http.ResponseWriter, r *http.Request) {
 	select {
-	case <-a.stopping:
+	case <-a.stopping.Done():
 		writeError(w, r, a.logger, errShuttingDown)
 		return
 	default:

@@ -1,6 +1,7 @@
 package sse
 
 import (
+	"context"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -50,10 +51,12 @@ type StreamOptions struct {
 	// WriteTimeout bounds each write to the client: a client that does not
 	// read for that long is disconnected.
 	WriteTimeout time.Duration
-	// Stop ends the stream when closed (server shutdown). The client is
+	// Stop ends the stream when done (server shutdown). The client is
 	// first told to come back after a random delay of up to ShutdownRetry,
-	// so that clients do not all return at once.
-	Stop          <-chan struct{}
+	// so that clients do not all return at once. A client that does not
+	// read gets a second to take that line, then its write fails: one
+	// stalled client must not hold up the shutdown.
+	Stop          context.Context
 	ShutdownRetry time.Duration
 	// Revision returns the store's revision. A heartbeat carries it as its
 	// id only after every change up to it has been written.
@@ -82,7 +85,8 @@ func Stream(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts S
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 
-	s := stream{w: w, rc: rc, opts: opts, last: sub.Revision}
+	s := &stream{w: w, rc: rc, opts: opts, last: sub.Revision}
+	defer context.AfterFunc(opts.Stop, s.hurry)()
 	if opts.Format == SSE {
 		s.buf = Retry(opts.Retry).AppendTo(s.buf)
 	}
@@ -111,7 +115,7 @@ func Stream(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts S
 			return EndClient
 		case <-opts.Revoked:
 			return EndAuth
-		case <-opts.Stop:
+		case <-opts.Stop.Done():
 			if opts.Format == SSE {
 				s.buf = Retry(time.Duration(rand.Int64N(int64(opts.ShutdownRetry)) + 1)).AppendTo(s.buf)
 				s.flush()
@@ -150,12 +154,24 @@ func jitter(d time.Duration) time.Duration {
 
 // stream is the state of one Stream call.
 type stream struct {
-	w       http.ResponseWriter
-	rc      *http.ResponseController
-	opts    StreamOptions
-	buf     []byte
-	scratch []byte
-	last    int64 // the revision of the last change written, or of the sync
+	w        http.ResponseWriter
+	rc       *http.ResponseController
+	opts     StreamOptions
+	buf      []byte
+	scratch  []byte
+	last     int64       // the revision of the last change written, or of the sync
+	stopping atomic.Bool // the server is shutting down: writes get a short deadline
+}
+
+// stopGrace is how long a write may take once the server is stopping.
+const stopGrace = time.Second
+
+// hurry cuts the deadline of a write that may be under way when the server
+// starts stopping. It runs in its own goroutine (context.AfterFunc);
+// setting a deadline is safe alongside a Write.
+func (s *stream) hurry() {
+	s.stopping.Store(true)
+	s.rc.SetWriteDeadline(time.Now().Add(stopGrace))
 }
 
 func (s *stream) ended(sub *kv.Subscription) string {
@@ -189,6 +205,9 @@ func (s *stream) flush() bool {
 	}
 	if s.opts.WriteTimeout > 0 {
 		s.rc.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
+	}
+	if s.stopping.Load() {
+		s.rc.SetWriteDeadline(time.Now().Add(stopGrace))
 	}
 	_, err := s.w.Write(s.buf)
 	s.buf = s.buf[:0]
