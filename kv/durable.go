@@ -197,8 +197,8 @@ func (d *durability) maybeCompact(rev int64) {
 }
 
 // snapshot writes the snapshot for revision rev and removes the files it
-// makes unnecessary, keeping the newest older segment for the history of
-// watchers that resume after a restart.
+// makes unnecessary: older snapshots, and the segments older than the
+// history of watchers that resume after a restart needs.
 func (d *durability) snapshot(rev int64) error {
 	s := d.s
 	s.orderMu.RLock()
@@ -231,13 +231,18 @@ func (d *durability) snapshot(rev int64) error {
 			errs = append(errs, os.Remove(wal.SnapshotPath(d.dir, r)))
 		}
 	}
-	for i, first := range files.Segments {
-		if first == rev+1 {
-			for _, old := range files.Segments[:max(i-1, 0)] {
-				errs = append(errs, os.Remove(wal.SegmentPath(d.dir, old)))
-			}
+	// Keep the newest segments that together hold the last History
+	// revisions, so that watchers resume across a restart as they would
+	// have without it.
+	keep := 0
+	for i := len(files.Segments) - 1; i >= 0; i-- {
+		if rev-files.Segments[i]+1 >= int64(s.opts.History) {
+			keep = i
 			break
 		}
+	}
+	for _, old := range files.Segments[:keep] {
+		errs = append(errs, os.Remove(wal.SegmentPath(d.dir, old)))
 	}
 	errs = append(errs, wal.SyncDir(d.dir))
 	return errors.Join(errs...)

@@ -967,7 +967,7 @@ func TestReopenRefusesDamageBeforeTail(t *testing.T) {
 func TestCompaction(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	opts := kv.Options{Dir: dir, CompactBytes: 2048}
+	opts := kv.Options{Dir: dir, CompactBytes: 2048, History: 50}
 	s, err := kv.Open(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -1018,8 +1018,8 @@ func TestCompaction(t *testing.T) {
 		t.Errorf("state after reopen (-before +after):\n%s", diff)
 	}
 
-	// Recent history outlives the restart.
-	from := rev - 5
+	// The last History changes outlive the restart.
+	from := rev - int64(opts.History)
 	res, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: from})
 	if err != nil {
 		t.Fatal(err)
