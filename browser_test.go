@@ -327,8 +327,8 @@ func brStart(t *testing.T) *brBrowser {
 		"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
 		"--user-data-dir="+profile, "--remote-debugging-port=0", "about:blank")
-	var stderr bytes.Buffer
-	cmd.Stderr = &syncWriter{w: &stderr}
+	stderr := new(lockedBuffer)
+	cmd.Stderr = stderr
 	// Its helpers share its process group, killed at cleanup; and should
 	// the test binary die before that, so does chromium.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -184,24 +184,6 @@ func cliFreeAddr(t testing.TB) string {
 	return addr
 }
 
-// cliBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type cliBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (b *cliBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *cliBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // cliStartBin runs the binary as a server with args (which must include
 // -addr and -data or -memory, or their env twins in env) and waits until
 // it serves. The process is killed when the test ends.
@@ -213,7 +195,7 @@ func cliStartBin(t testing.TB, env []string, args ...string) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stderr := new(cliBuffer)
+	stderr := new(lockedBuffer)
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -237,7 +219,7 @@ type cliWatch struct {
 	lines  chan string   // every line of stdout; closed at its end
 	exited chan struct{} // closed when the process has exited and was reaped
 	err    error         // cmd.Wait's, once exited is closed
-	stderr *cliBuffer
+	stderr *lockedBuffer
 }
 
 // cliStartWatch starts the binary with args (a watch command) and reads
@@ -251,7 +233,7 @@ func cliStartWatch(t testing.TB, env []string, args ...string) *cliWatch {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &cliWatch{cmd: cmd, lines: make(chan string, 1<<12), exited: make(chan struct{}), stderr: new(cliBuffer)}
+	w := &cliWatch{cmd: cmd, lines: make(chan string, 1<<12), exited: make(chan struct{}), stderr: new(lockedBuffer)}
 	cmd.Stderr = w.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -20,7 +20,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -205,29 +204,11 @@ func crashRandom(t testing.TB) *rand.Rand {
 
 // ---- processes whose stderr and exit we watch ----------------------------
 
-// crashLog is a concurrency-safe buffer for a child's output.
-type crashLog struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (l *crashLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *crashLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // crashRun is the kvsse binary run as a server, which may fail to start.
 type crashRun struct {
 	URL    string
 	cmd    *exec.Cmd
-	stderr *crashLog
+	stderr *lockedBuffer
 	exited chan struct{} // closed once the process has been reaped
 }
 
@@ -236,8 +217,8 @@ type crashRun struct {
 func crashLaunch(t testing.TB, args ...string) *crashRun {
 	t.Helper()
 	cmd := exec.Command(kvsseBinary(t), append([]string{"-addr", "127.0.0.1:0", "-log-level", "warn"}, args...)...)
-	stdout := new(crashLog)
-	r := &crashRun{cmd: cmd, stderr: new(crashLog), exited: make(chan struct{})}
+	stdout := new(lockedBuffer)
+	r := &crashRun{cmd: cmd, stderr: new(lockedBuffer), exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = stdout, r.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -1164,7 +1145,7 @@ func TestCompactionRestart(t *testing.T) {
 	c := crashClient(t)
 	rng := crashRandom(t)
 	model := map[string]crashItem{}
-	args := []string{"-data", dir, "-compact-bytes", "4096"}
+	args := []string{"-data", dir, "-compact-bytes", "4096", "-history", "30"}
 
 	// check compares the server with the model and returns its listing
 	// and revision.

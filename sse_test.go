@@ -204,24 +204,6 @@ func sseGet(ctx context.Context, u string, header http.Header) (*http.Response, 
 	return sseHTTP.Do(req)
 }
 
-// sseBuffer is a bytes.Buffer safe for one writer and other readers.
-type sseBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (b *sseBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *sseBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // sseStream is an open SSE stream, read by a goroutine through sse.Reader
 // into a channel, and recorded raw. Only the test goroutine calls its
 // methods.
@@ -231,7 +213,7 @@ type sseStream struct {
 	items  chan sseItem
 	stop   chan struct{}
 	once   sync.Once
-	raw    sseBuffer
+	raw    lockedBuffer
 }
 
 // sseItem is what the reading goroutine reports: a message, or the error
