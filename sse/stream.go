@@ -85,8 +85,13 @@ func Stream(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts S
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 
-	s := &stream{w: w, rc: rc, opts: opts, last: sub.Revision}
-	defer context.AfterFunc(opts.Stop, s.hurry)()
+	s := &stream{w: w, rc: rc, opts: opts, last: sub.Revision, hurried: make(chan struct{})}
+	stop := context.AfterFunc(opts.Stop, s.hurry)
+	defer func() {
+		if !stop() {
+			<-s.hurried // it started: the writer must not be touched after we return
+		}
+	}()
 	if opts.Format == SSE {
 		s.buf = Retry(opts.Retry).AppendTo(s.buf)
 	}
@@ -159,8 +164,9 @@ type stream struct {
 	opts     StreamOptions
 	buf      []byte
 	scratch  []byte
-	last     int64       // the revision of the last change written, or of the sync
-	stopping atomic.Bool // the server is shutting down: writes get a short deadline
+	last     int64         // the revision of the last change written, or of the sync
+	stopping atomic.Bool   // the server is shutting down: writes get a short deadline
+	hurried  chan struct{} // closed when hurry has run
 }
 
 // stopGrace is how long a write may take once the server is stopping.
@@ -170,6 +176,7 @@ const stopGrace = time.Second
 // starts stopping. It runs in its own goroutine (context.AfterFunc);
 // setting a deadline is safe alongside a Write.
 func (s *stream) hurry() {
+	defer close(s.hurried)
 	s.stopping.Store(true)
 	s.rc.SetWriteDeadline(time.Now().Add(stopGrace))
 }
