@@ -39,6 +39,8 @@ var errorTable = []struct {
 	{kv.ErrInvalidPattern, http.StatusBadRequest, "invalid_pattern"},
 	{kv.ErrInvalidRevision, http.StatusBadRequest, "invalid_revision"},
 	{errBadParam, http.StatusBadRequest, "bad_parameter"},
+	{errUnauthorized, http.StatusUnauthorized, "unauthorized"},
+	{errForbidden, http.StatusForbidden, "forbidden"},
 	{errCrossOrigin, http.StatusForbidden, "cross_origin"},
 	{kv.ErrNotFound, http.StatusNotFound, "not_found"},
 	{errNoRoute, http.StatusNotFound, "no_route"},
@@ -46,6 +48,8 @@ var errorTable = []struct {
 	{kv.ErrPrecondition, http.StatusPreconditionFailed, "precondition_failed"},
 	{errTooLarge, http.StatusRequestEntityTooLarge, "too_large"},
 	{errTooManySubs, http.StatusTooManyRequests, "too_many_subscribers"},
+	{errRateLimited, http.StatusTooManyRequests, "rate_limited"},
+	{kv.ErrFull, http.StatusInsufficientStorage, "store_full"},
 	{errStarting, http.StatusServiceUnavailable, "starting"},
 	{errShuttingDown, http.StatusServiceUnavailable, "shutting_down"},
 	{kv.ErrClosed, http.StatusServiceUnavailable, "shutting_down"},
@@ -77,6 +81,9 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 	}
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
+	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", "Bearer")
 	}
 	writeJSON(w, status, append(b, '}'))
 }

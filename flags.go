@@ -26,6 +26,19 @@ type config struct {
 	logFormat       string
 	logLevel        string
 	corsOrigins     string
+	metricsAddr     string
+	auth            string
+
+	// server: limits and transport
+	maxKeys             int64
+	maxBytes            int64
+	maxSubscribersPerIP int
+	maxPatterns         int
+	writeRate           float64
+	writeBurst          int
+	readHeaderTimeout   time.Duration
+	tlsCert             string
+	tlsKey              string
 
 	// client
 	server   string
@@ -67,10 +80,21 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.IntVar(&c.subBuffer, "sub-buffer", 1024, "events queued for a watcher before it is disconnected as too slow")
 	fs.DurationVar(&c.heartbeat, "heartbeat", 15*time.Second, "interval of stream heartbeats (±10 %)")
 	fs.IntVar(&c.maxSubscribers, "max-subscribers", 10_000, "open streams allowed, all together")
+	fs.IntVar(&c.maxSubscribersPerIP, "max-subscribers-per-ip", 1000, "open streams allowed from one client address; 0: no limit")
+	fs.IntVar(&c.maxPatterns, "max-patterns", 64, "patterns allowed in one stream")
+	fs.Int64Var(&c.maxKeys, "max-keys", 10_000_000, "keys the store may hold; 0: no limit")
+	fs.Int64Var(&c.maxBytes, "max-bytes", 1<<30, "bytes of values the store may hold, all together; 0: no limit")
+	fs.Float64Var(&c.writeRate, "write-rate", 10_000, "writes (PUT, DELETE) a second allowed from one client address, on average; 0: no limit")
+	fs.IntVar(&c.writeBurst, "write-burst", 20_000, "writes one client address may make at once, above -write-rate")
+	fs.DurationVar(&c.readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send a request's headers (and the TLS handshake)")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate chain file: serve HTTPS (HTTP/2 and HTTP/1.1); needs -tls-key")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key file of -tls-cert")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.Var((*originList)(&c.corsOrigins), "cors-origins", "comma-separated origins (https://app.example.com) whose pages may read and write\nwith the browser's credentials; empty: same origin only")
+	fs.StringVar(&c.auth, "auth", "", "JSON file of access tokens and the key patterns each may read and write;\nempty: no access control (SIGHUP reloads the file)")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "address of a second listener serving /metrics and /debug/pprof/; empty: none\n(/metrics is on -addr as well)")
 	fs.StringVar(&c.server, "server", "http://127.0.0.1:8080", "client: the server's URL")
 	fs.StringVar(&c.ttl, "ttl", "", "client put: time to live (Go duration or seconds)")
 	fs.Int64Var(&c.ifRev, "if-rev", 0, "client put, del: only if the key is at this revision (compare-and-set)")

@@ -31,16 +31,20 @@ type store interface {
 
 // api serves the HTTP interface of a store.
 type api struct {
-	store  store
-	cfg    *config
-	logger *slog.Logger
+	store   store
+	cfg     *config
+	logger  *slog.Logger
+	metrics *metrics
+	auth    *authz // nil: access control is off
 
 	stopping context.Context // done when the server shuts down
 	stop     context.CancelFunc
 	subs     chan struct{} // one token per open stream; capacity -max-subscribers
+	subsByIP *ipCounter    // open streams per client address
+	writes   *rateLimiter  // writes per client address; nil: no limit
 }
 
-func newAPI(s store, cfg *config, logger *slog.Logger) *api {
+func newAPI(s store, cfg *config, logger *slog.Logger, m *metrics) *api {
 	stopping, stop := context.WithCancel(context.Background())
 	return &api{
 		stopping: stopping,
@@ -48,7 +52,10 @@ func newAPI(s store, cfg *config, logger *slog.Logger) *api {
 		store:    s,
 		cfg:      cfg,
 		logger:   logger,
+		metrics:  m,
 		subs:     make(chan struct{}, cfg.maxSubscribers),
+		subsByIP: newIPCounter(cfg.maxSubscribersPerIP),
+		writes:   newRateLimiter(cfg.writeRate, cfg.writeBurst, maxRateBuckets, time.Now),
 	}
 }
 
@@ -66,11 +73,14 @@ func (a *api) routes() http.Handler {
 	mux.HandleFunc("GET /watch", a.handleWatch)
 	mux.HandleFunc("GET /watch/{pattern...}", a.handleWatch)
 	mux.HandleFunc("GET /healthz", a.handleHealth)
+	mux.HandleFunc("POST /auth/session", a.handleSessionStart)
+	mux.HandleFunc("DELETE /auth/session", a.handleSessionEnd)
+	mux.Handle("GET /metrics", a.metrics)
 	mux.HandleFunc("GET /{$}", a.handlePage)
 	mux.HandleFunc("/kv/{key...}", a.methodNotAllowed("GET, HEAD, PUT, DELETE"))
 	mux.HandleFunc("/watch/{pattern...}", a.methodNotAllowed("GET, HEAD"))
 	mux.HandleFunc("/", a.handleNotFound)
-	return crossOrigin(a.cfg.corsOrigins, a.logger, a.rejectUnclean(mux))
+	return a.observe(mux, crossOrigin(a.cfg.corsOrigins, a.logger, a.auth.guard(a.rejectUnclean(mux))))
 }
 
 // rejectUnclean answers 400 for keys and patterns in unclean paths ("//",
@@ -226,6 +236,9 @@ func parseTTL(s string) (time.Duration, error) {
 }
 
 func (a *api) handlePut(w http.ResponseWriter, r *http.Request) {
+	if !a.allowWrite(w, r) {
+		return
+	}
 	key := r.PathValue("key")
 	if err := kv.ValidateKey(key); err != nil {
 		writeError(w, r, a.logger, err)
@@ -291,6 +304,9 @@ func (a *api) writeWritten(w http.ResponseWriter, status int, key string, rev in
 }
 
 func (a *api) handleDelete(w http.ResponseWriter, r *http.Request) {
+	if !a.allowWrite(w, r) {
+		return
+	}
 	key := r.PathValue("key")
 	if err := kv.ValidateKey(key); err != nil {
 		writeError(w, r, a.logger, err)
@@ -331,7 +347,7 @@ func (a *api) handleList(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.logger, badParam("prefix and after must be valid UTF-8 of at most 1024 bytes"))
 		return
 	}
-	page, err := a.store.List(r.Context(), prefix, after, limit)
+	page, err := a.list(r, prefix, after, limit)
 	if err != nil {
 		writeError(w, r, a.logger, err)
 		return

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -39,6 +41,8 @@ func storeOptions(cfg *config, logger *slog.Logger) (kv.Options, error) {
 		History:      cfg.history,
 		SubBuffer:    cfg.subBuffer,
 		Logger:       logger,
+		MaxKeys:      cfg.maxKeys,
+		MaxBytes:     cfg.maxBytes,
 	}
 	switch cfg.sync {
 	case "always":
@@ -64,6 +68,26 @@ func storeOptions(cfg *config, logger *slog.Logger) (kv.Options, error) {
 // maxValueLimit keeps a record well inside what the log accepts.
 const maxValueLimit = 32 << 20
 
+// loadTLS loads the key pair of -tls-cert and -tls-key, or returns nil
+// when neither is given.
+func loadTLS(cfg *config) (*tls.Config, error) {
+	if (cfg.tlsCert == "") != (cfg.tlsKey == "") {
+		return nil, usageErr("give both -tls-cert and -tls-key, or neither")
+	}
+	if cfg.tlsCert == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.tlsCert, cfg.tlsKey)
+	if err != nil {
+		return nil, fmt.Errorf("-tls-cert %s -tls-key %s: %w", cfg.tlsCert, cfg.tlsKey, err)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12,
+		NextProtos:   []string{"h2", "http/1.1"},
+	}, nil
+}
+
 // serve runs the server until ctx ends, then shuts down gracefully: it
 // stops accepting, ends every stream, lets in-flight requests finish,
 // and syncs and closes the log.
@@ -76,11 +100,30 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := checkLimits(cfg); err != nil {
+		return err
+	}
+	tlsConfig, err := loadTLS(cfg)
+	if err != nil {
+		return err
+	}
+	az, err := loadAuth(cfg, logger)
+	if err != nil {
+		return err
+	}
+	stopReload := az.reloadOn(syscall.SIGHUP) // -auth: SIGHUP reloads the file
+	defer stopReload()
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	fmt.Fprintf(stdout, "kvsse listening on http://%s\n", ln.Addr())
+	scheme := "http"
+	if tlsConfig != nil {
+		scheme = "https"
+		ln = tls.NewListener(ln, tlsConfig)
+	}
+	fmt.Fprintf(stdout, "kvsse listening on %s://%s\n", scheme, ln.Addr())
+	warnIfOpen(logger, az, ln.Addr())
 
 	// Until the store is loaded, every request gets 503.
 	var h atomic.Pointer[http.Handler]
@@ -88,9 +131,15 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 		writeError(w, r, logger, errStarting)
 	}))
 	h.Store(&starting)
+	// HTTP/2 over TLS, and in clear from clients that know (h2c).
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetHTTP2(true)
+	protocols.SetUnencryptedHTTP2(true)
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*h.Load()).ServeHTTP(w, r) }),
-		ReadHeaderTimeout: 10 * time.Second,
+		Protocols:         &protocols,
+		ReadHeaderTimeout: cfg.readHeaderTimeout,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
@@ -103,11 +152,19 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 		}
 		return nil
 	})
+	met := newMetrics()
+	msrv, err := serveMetrics(g, cfg.metricsAddr, met, logger, stdout)
+	if err != nil {
+		srv.Close()
+		g.Wait()
+		return err
+	}
 
 	start := time.Now()
 	store, err := kv.Open(opts)
 	if err != nil {
 		srv.Close()
+		msrv.Close()
 		g.Wait()
 		return err
 	}
@@ -118,7 +175,9 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	if opts.Sync == kv.SyncNone {
 		logger.Warn("-sync=none: writes are acknowledged before they reach the disk and may be lost if the machine fails")
 	}
-	api := newAPI(store, cfg, logger)
+	met.setStore(store)
+	api := newAPI(store, cfg, logger, met)
+	api.auth = az
 	handler := api.routes()
 	h.Store(&handler)
 
@@ -131,6 +190,9 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	if serr != nil {
 		srv.Close()
 		serr = fmt.Errorf("shutdown: %w", serr)
+	}
+	if msrv.Shutdown(sctx) != nil {
+		msrv.Close() // a scrape or profile in flight is cut off
 	}
 	cerr := store.Close()
 	if cerr != nil {

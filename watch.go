@@ -10,9 +10,6 @@ import (
 	"kvsse/sse"
 )
 
-// maxPatterns bounds the patterns of one stream.
-const maxPatterns = 64
-
 // watchRequest is a parsed /watch request.
 type watchRequest struct {
 	opts   kv.WatchOptions
@@ -21,8 +18,9 @@ type watchRequest struct {
 
 // parseWatch reads the patterns (the path's, then each ?pattern=), the
 // revision to resume after (Last-Event-ID wins over ?since=), ?snapshot=
-// and the format (?format= or Accept).
-func parseWatch(r *http.Request) (watchRequest, error) {
+// and the format (?format= or Accept). A stream may have up to
+// maxPatterns patterns.
+func parseWatch(r *http.Request, maxPatterns int) (watchRequest, error) {
 	var wr watchRequest
 	q := r.URL.Query()
 	raw := q["pattern"]
@@ -33,7 +31,7 @@ func parseWatch(r *http.Request) (watchRequest, error) {
 		return wr, badParam("name at least one pattern: /watch/PATTERN or /watch?pattern=P")
 	}
 	if len(raw) > maxPatterns {
-		return wr, badParam("at most 64 patterns a stream")
+		return wr, badParam("at most " + strconv.Itoa(maxPatterns) + " patterns a stream")
 	}
 	for _, s := range raw {
 		p, err := kv.ParsePattern(s)
@@ -78,11 +76,17 @@ func parseWatch(r *http.Request) (watchRequest, error) {
 }
 
 func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
-	wr, err := parseWatch(r)
+	wr, err := parseWatch(r, a.cfg.maxPatterns)
 	if err != nil {
 		writeError(w, r, a.logger, err)
 		return
 	}
+	revoked, untrack, err := a.auth.track(r, wr.opts.Patterns)
+	if err != nil {
+		writeError(w, r, a.logger, err)
+		return
+	}
+	defer untrack()
 	select {
 	case a.subs <- struct{}{}:
 		defer func() { <-a.subs }()
@@ -90,12 +94,19 @@ func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.logger, errTooManySubs)
 		return
 	}
+	ip := clientIP(r)
+	if !a.subsByIP.acquire(ip) {
+		writeError(w, r, a.logger, errTooManySubsIP)
+		return
+	}
+	defer a.subsByIP.release(ip)
 	sub, err := a.store.Watch(wr.opts)
 	if err != nil {
 		writeError(w, r, a.logger, err)
 		return
 	}
 	defer sub.Cancel()
+	a.metrics.streamOpened()
 	why := sse.Stream(w, r, sub, sse.StreamOptions{
 		Format:        wr.format,
 		Retry:         2 * time.Second,
@@ -104,6 +115,9 @@ func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 		Stop:          a.stopping,
 		ShutdownRetry: 5 * time.Second,
 		Revision:      a.store.Revision,
+		Revoked:       revoked,
+		Sent:          &a.metrics.eventsSent,
 	})
+	a.metrics.streamEnded(why)
 	a.logger.Info("stream ended", "why", why, "patterns", len(wr.opts.Patterns), "remote", r.RemoteAddr)
 }

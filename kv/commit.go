@@ -106,8 +106,9 @@ func (r Result) Created() bool { return r.PrevRevision == 0 }
 
 // Put sets key to value once the write is durable. The store keeps value:
 // the caller must not modify it afterwards. Errors wrap ErrInvalidKey,
-// ErrPrecondition (a *ConflictError), ErrUnavailable or ErrClosed, or are
-// ctx's error when ctx ended before the write was handed to the committer.
+// ErrPrecondition (a *ConflictError), ErrFull, ErrUnavailable or ErrClosed,
+// or are ctx's error when ctx ended before the write was handed to the
+// committer.
 func (s *Store) Put(ctx context.Context, key string, value []byte, opts PutOptions) (Result, error) {
 	if err := ValidateKey(key); err != nil {
 		return Result{}, err
@@ -164,6 +165,7 @@ func (s *Store) commitLoop() {
 	c := committer{s: s, pending: make(map[string]*Entry)}
 	for i := range s.shards {
 		for _, e := range s.shards[i].m {
+			c.count(e, 1)
 			if e.Expires != 0 {
 				c.expiries.push(e)
 			}
@@ -204,6 +206,8 @@ type committer struct {
 	pending  map[string]*Entry // the batch's view of keys it changed; nil = deleted
 	buf      []byte
 	expiries expiryHeap
+	keys     int64 // keys in the store, as the batch so far leaves it
+	bytes    int64 // the sum of their values' lengths, likewise
 }
 
 func (c *committer) resetTimer(t *time.Timer) {
@@ -222,9 +226,41 @@ func (c *committer) lookup(key string) *Entry {
 	return c.s.current(key)
 }
 
+// add records a change decided in the batch, and e, the key's entry after
+// it (nil: deleted).
 func (c *committer) add(ch Change, e *Entry) {
+	c.count(c.lookup(ch.Key), -1)
+	c.count(e, 1)
 	c.changes = append(c.changes, ch)
 	c.pending[ch.Key] = e
+}
+
+// count adds e (nil: nothing) to the store's keys and bytes, or takes it
+// out with n = -1.
+func (c *committer) count(e *Entry, n int64) {
+	if e != nil {
+		c.keys += n
+		c.bytes += n * int64(len(e.Value))
+	}
+}
+
+// room returns an error wrapping ErrFull when putting value over cur (nil:
+// absent) would create a key beyond MaxKeys or grow the values beyond
+// MaxBytes. A put that grows neither always fits, even in a store already
+// past a limit that was lowered.
+func (c *committer) room(cur *Entry, value []byte) error {
+	o := &c.s.opts
+	if cur == nil && o.MaxKeys > 0 && c.keys >= o.MaxKeys {
+		return fmt.Errorf("%w: it holds %d keys, the most allowed", ErrFull, c.keys)
+	}
+	grow := int64(len(value))
+	if cur != nil {
+		grow -= int64(len(cur.Value))
+	}
+	if grow > 0 && o.MaxBytes > 0 && c.bytes+grow > o.MaxBytes {
+		return fmt.Errorf("%w: its values hold %d bytes; %d more would pass the limit of %d", ErrFull, c.bytes, grow, o.MaxBytes)
+	}
+	return nil
 }
 
 // commit runs one batch: decide, log, sync, apply, publish, answer.
@@ -234,6 +270,7 @@ func (c *committer) commit(batch []*op) {
 	rev := s.rev.Load()
 	c.changes = c.changes[:0]
 	clear(c.pending)
+	keys, bytes := c.keys, c.bytes // restored if the batch is not logged
 
 	// Keys whose time ran out expire first, each as a write of its own.
 	for len(c.expiries) > 0 && c.expiries[0].expires <= now {
@@ -254,6 +291,10 @@ func (c *committer) commit(batch []*op) {
 		if cur != nil {
 			curRev = cur.Revision
 		}
+		var full error
+		if o.kind == OpPut {
+			full = c.room(cur, o.value)
+		}
 		switch {
 		case s.Err() != nil:
 			o.res = result{err: s.Err()}
@@ -261,6 +302,8 @@ func (c *committer) commit(batch []*op) {
 			o.res = result{err: &ConflictError{Key: o.key, Revision: curRev}}
 		case o.kind == OpDelete && cur == nil:
 			o.res = result{err: ErrNotFound}
+		case full != nil:
+			o.res = result{err: full}
 		default:
 			rev++
 			ch := Change{Op: o.kind, Key: o.key, Revision: rev, PrevRevision: curRev}
@@ -280,6 +323,7 @@ func (c *committer) commit(batch []*op) {
 				o.res = result{err: err}
 			}
 			c.changes = c.changes[:0]
+			c.keys, c.bytes = keys, bytes
 		}
 	}
 	if len(c.changes) > 0 {

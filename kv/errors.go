@@ -20,6 +20,9 @@ var (
 	ErrClosed = errors.New("store closed")
 	// ErrInvalidRevision: a revision argument is negative.
 	ErrInvalidRevision = errors.New("invalid revision")
+	// ErrFull: a put would take the store past Options.MaxKeys keys or
+	// Options.MaxBytes bytes of values.
+	ErrFull = errors.New("store full")
 )
 
 // ConflictError is the error of a failed precondition. It matches

@@ -69,6 +69,14 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock used for expiry. nil means time.Now.
 	Now func() time.Time
+	// MaxKeys is the most keys the store holds: a put that would create
+	// one more fails with ErrFull. 0 means no limit.
+	MaxKeys int64
+	// MaxBytes bounds the sum of the lengths of the values held (keys
+	// and metadata not counted): a put that would grow it past MaxBytes
+	// fails with ErrFull. Replacing a value counts the difference;
+	// deletes and expiries free space. 0 means no limit.
+	MaxBytes int64
 }
 
 func (o *Options) setDefaults() {
@@ -136,6 +144,11 @@ type Stats struct {
 	FsyncNanos  atomic.Int64 // time spent in those fsyncs
 	LogBytes    atomic.Int64 // bytes in the active log segment
 	Compactions atomic.Int64 // snapshots written
+	// Keys and ValueBytes are gauges of the map: keys held and the sum of
+	// their values' lengths. A key past its expiry counts until its delete
+	// commits.
+	Keys       atomic.Int64
+	ValueBytes atomic.Int64
 }
 
 // Open loads the store from opts.Dir (replaying its snapshot and log) and
@@ -259,10 +272,16 @@ func (s *Store) List(_ context.Context, prefix, after string, limit int) (Page, 
 func (s *Store) apply(c *Change) {
 	sh := s.shard(c.Key)
 	sh.mu.Lock()
+	if old := sh.m[c.Key]; old != nil {
+		s.stats.Keys.Add(-1)
+		s.stats.ValueBytes.Add(-int64(len(old.Value)))
+	}
 	if c.Op == OpPut {
 		e := &Entry{Key: c.Key, Value: c.Value, ContentType: c.ContentType, Revision: c.Revision, Expires: c.Expires}
 		sh.m[c.Key] = e
 		sh.mu.Unlock()
+		s.stats.Keys.Add(1)
+		s.stats.ValueBytes.Add(int64(len(c.Value)))
 		s.order.set(e)
 		return
 	}

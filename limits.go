@@ -1,0 +1,180 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Errors of the per-address limits.
+var (
+	errRateLimited   = errors.New("too many writes from this address: retry after the seconds in Retry-After")
+	errTooManySubsIP = fmt.Errorf("%w from this address", errTooManySubs)
+)
+
+// maxRateBuckets bounds the addresses whose write rate is tracked at once.
+const maxRateBuckets = 100_000
+
+// checkLimits refuses limit flags out of their range.
+func checkLimits(cfg *config) error {
+	switch {
+	case cfg.maxKeys < 0 || cfg.maxBytes < 0:
+		return usageErr("-max-keys and -max-bytes must be 0 (no limit) or positive")
+	case cfg.maxSubscribersPerIP < 0:
+		return usageErr("-max-subscribers-per-ip must be 0 (no limit) or positive")
+	case cfg.maxPatterns <= 0:
+		return usageErr("-max-patterns must be positive")
+	case cfg.writeRate < 0 || math.IsNaN(cfg.writeRate) || math.IsInf(cfg.writeRate, 0):
+		return usageErr("-write-rate must be 0 (no limit) or a positive number of writes a second")
+	case cfg.writeRate > 0 && cfg.writeBurst < 1:
+		return usageErr("-write-burst must be at least 1")
+	case cfg.readHeaderTimeout <= 0:
+		return usageErr("-read-header-timeout must be positive")
+	}
+	return nil
+}
+
+// clientIP is the address the limits count r against: the host of its
+// connection's remote address. Behind a proxy that is the proxy's, for
+// every client: X-Forwarded-For is not trusted.
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// allowWrite reports whether r's client may write now. When it may not,
+// allowWrite has answered 429 with Retry-After, and r must not go on.
+func (a *api) allowWrite(w http.ResponseWriter, r *http.Request) bool {
+	if a.writes == nil {
+		return true
+	}
+	wait, ok := a.writes.allow(clientIP(r))
+	if ok {
+		return true
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(wait.Seconds())))))
+	writeError(w, r, a.logger, errRateLimited)
+	return false
+}
+
+// rateLimiter is a token bucket per client address: an address may write
+// rate times a second on average and burst times at once. Its map is
+// bounded: idle addresses (whose bucket has refilled) are swept out, and
+// when it holds max addresses all the same an arbitrary one is dropped,
+// which starts again with a full bucket. It is safe for concurrent use.
+type rateLimiter struct {
+	rate  float64 // tokens a second
+	burst float64
+	max   int
+	now   func() time.Time
+
+	mu      sync.Mutex // guards buckets and swept
+	buckets map[string]*bucket
+	swept   time.Time // the last sweep of idle buckets
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time // when tokens was last brought up to date
+}
+
+// newRateLimiter returns a limiter of rate writes a second, in bursts of
+// up to burst, over at most addrs addresses; nil when rate is 0 (no
+// limit).
+func newRateLimiter(rate float64, burst, addrs int, now func() time.Time) *rateLimiter {
+	if rate <= 0 {
+		return nil
+	}
+	return &rateLimiter{rate: rate, burst: float64(burst), max: addrs, now: now,
+		buckets: make(map[string]*bucket), swept: now()}
+}
+
+// allow takes a token from ip's bucket. When there is none it takes
+// nothing and returns how long until there is one.
+func (l *rateLimiter) allow(ip string) (wait time.Duration, ok bool) {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.buckets[ip]
+	if b == nil {
+		l.makeRoom(now)
+		b = &bucket{tokens: l.burst, last: now}
+		l.buckets[ip] = b
+	}
+	b.tokens = l.refill(b, now)
+	b.last = now
+	if b.tokens < 1 {
+		return time.Duration((1 - b.tokens) / l.rate * float64(time.Second)), false
+	}
+	b.tokens--
+	return 0, true
+}
+
+// refill is b's tokens at now. The caller holds mu.
+func (l *rateLimiter) refill(b *bucket, now time.Time) float64 {
+	return min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
+}
+
+// makeRoom makes room for one more address: at most once a second when
+// the map is full, and once a minute anyway, it drops the idle buckets,
+// then arbitrary ones while it is still full. The caller holds mu.
+func (l *rateLimiter) makeRoom(now time.Time) {
+	since := now.Sub(l.swept)
+	if since >= time.Minute || (len(l.buckets) >= l.max && since >= time.Second) {
+		l.swept = now
+		for ip, b := range l.buckets {
+			if l.refill(b, now) >= l.burst {
+				delete(l.buckets, ip)
+			}
+		}
+	}
+	for ip := range l.buckets {
+		if len(l.buckets) < l.max {
+			break
+		}
+		delete(l.buckets, ip)
+	}
+}
+
+// ipCounter counts the open streams of each client address, up to max
+// each (0: no limit). Its map holds only addresses with a stream open, so
+// -max-subscribers bounds it. It is safe for concurrent use.
+type ipCounter struct {
+	max int
+
+	mu sync.Mutex // guards n
+	n  map[string]int
+}
+
+func newIPCounter(perIP int) *ipCounter {
+	return &ipCounter{max: perIP, n: make(map[string]int)}
+}
+
+// acquire counts one more stream of ip, unless ip has max already. Each
+// successful acquire must be followed by one release.
+func (c *ipCounter) acquire(ip string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.max > 0 && c.n[ip] >= c.max {
+		return false
+	}
+	c.n[ip]++
+	return true
+}
+
+// release counts one stream of ip fewer.
+func (c *ipCounter) release(ip string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n[ip]--; c.n[ip] <= 0 {
+		delete(c.n, ip)
+	}
+}
