@@ -52,6 +52,9 @@ func (c *client) keyURL(key string) string {
 // ok; otherwise the server's error text, as an exitError with status 1
 // for 404 and 2 for the rest.
 func (c *client) do(req *http.Request, ok ...int) (*http.Response, error) {
+	if c.cfg.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.cfg.token)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, &exitError{code: 2, err: err}

@@ -1083,3 +1083,25 @@ func TestCLIWatchReset(t *testing.T) {
 	}
 	w.interrupt(t)
 }
+
+// TestCLIToken: against a server with -auth, the client sends -token or
+// KVSSE_TOKEN as a Bearer token, and without one it reports the server's
+// 401.
+func TestCLIToken(t *testing.T) {
+	file := authWriteFile(t, "", `{"tokens":[{"name":"ops","token":"s3cret","read":["**"],"write":["app/**"]}]}`)
+	ts := startServer(t, "-auth", file)
+	srv := "-server=" + ts.URL
+
+	r := cliRun(t, nil, nil, srv, "put", "app/x", "1")
+	if r.code != 2 || !strings.Contains(r.stderr, "401") {
+		t.Fatalf("put without a token: exit %d, stderr %q; want 2 and the 401", r.code, r.stderr)
+	}
+	cliOK(t, nil, nil, srv, "-token", "s3cret", "put", "app/x", "1")
+	if got := cliOK(t, []string{"KVSSE_TOKEN=s3cret"}, nil, srv, "get", "app/x"); string(got) != "1" {
+		t.Fatalf("get with KVSSE_TOKEN: %q", got)
+	}
+	r = cliRun(t, []string{"KVSSE_TOKEN=s3cret"}, nil, srv, "put", "other/x", "1")
+	if r.code != 2 || !strings.Contains(r.stderr, "403") {
+		t.Fatalf("put outside the token's patterns: exit %d, stderr %q; want 2 and the 403", r.code, r.stderr)
+	}
+}

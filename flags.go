@@ -42,6 +42,7 @@ type config struct {
 
 	// client
 	server   string
+	token    string
 	ttl      string
 	ifRev    int64
 	json     bool
@@ -50,10 +51,14 @@ type config struct {
 }
 
 // clientFlags are shown apart in the usage text.
-var clientFlags = map[string]bool{"server": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true}
+var clientFlags = map[string]bool{"server": true, "token": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true}
 
 // rawArgs are the commands that parse their own flags.
 var rawArgs = map[string]bool{"bench": true}
+
+// clientEnv are the client flags that read their environment twin: where
+// and as whom to connect, not what to do.
+var clientEnv = map[string]bool{"server": true, "token": true}
 
 // envName is the environment twin of a flag.
 func envName(flag string) string {
@@ -96,6 +101,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.StringVar(&c.auth, "auth", "", "JSON file of access tokens and the key patterns each may read and write;\nempty: no access control (SIGHUP reloads the file)")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "address of a second listener serving /metrics and /debug/pprof/; empty: none\n(/metrics is on -addr as well)")
 	fs.StringVar(&c.server, "server", "http://127.0.0.1:8080", "client: the server's URL")
+	fs.StringVar(&c.token, "token", "", "client: the access token sent as Authorization: Bearer (prefer the env twin: a\ncommand line is visible to other users of the machine)")
 	fs.StringVar(&c.ttl, "ttl", "", "client put: time to live (Go duration or seconds)")
 	fs.Int64Var(&c.ifRev, "if-rev", 0, "client put, del: only if the key is at this revision (compare-and-set)")
 	fs.BoolVar(&c.json, "json", false, "client watch: print the NDJSON events")
@@ -131,7 +137,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
-		if clientFlags[f.Name] && f.Name != "server" {
+		if clientFlags[f.Name] && !clientEnv[f.Name] {
 			return // per-command options: a stray variable must not change every call
 		}
 		if v := getenv(envName(f.Name)); !set[f.Name] && v != "" {
@@ -159,7 +165,8 @@ func usage(fs *flag.FlagSet) {
   kvsse [flags] ls [PREFIX]       list keys
   kvsse [flags] watch PATTERN...  print changes as they happen
 
-Server flags and -server also read the environment variable shown; the flag wins.
+Server flags, -server and -token also read the environment variable shown;
+the flag wins.
 `)
 	for _, client := range []bool{false, true} {
 		if client {
@@ -171,7 +178,7 @@ Server flags and -server also read the environment variable shown; the flag wins
 			if clientFlags[f.Name] != client {
 				return
 			}
-			if clientFlags[f.Name] && f.Name != "server" {
+			if clientFlags[f.Name] && !clientEnv[f.Name] {
 				fmt.Fprintf(w, "  -%s (default %q)\n", f.Name, f.DefValue)
 			} else {
 				fmt.Fprintf(w, "  -%s (env %s, default %q)\n", f.Name, envName(f.Name), f.DefValue)
