@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +22,9 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
+	"kvsse/sse/hub"
 	"kvsse/kv"
 )
 
@@ -38,6 +44,8 @@ type benchConfig struct {
 	pid         int
 	json        bool
 	syncTimeout time.Duration
+	baseline    bool
+	baselineExe string
 }
 
 // benchTimeDigits is the length of a send time (UnixNano in decimal, until
@@ -64,6 +72,8 @@ func parseBench(args []string, server string, stderr io.Writer) (*benchConfig, e
 	fs.IntVar(&cfg.pid, "pid", 0, "the server's process id: report its CPU time and memory (Linux /proc)")
 	fs.BoolVar(&cfg.json, "json", false, "also print the figures as one JSON object, on the last line")
 	fs.DurationVar(&cfg.syncTimeout, "sync-timeout", 10*time.Second, "how long to wait for the subscribers to be live, and, after the\nlast write, for them to receive every change")
+	fs.BoolVar(&cfg.baseline, "baseline", false, "first run the same load against a plain Go SSE hub (\"kvsse hub\", started\nas a child process on 127.0.0.1:0), then against -server, and print both\nside by side with the ratios kvsse / baseline; the hub's CPU and memory are\nalways measured, the server's with -pid. Patterns: **, PREFIX/** or a key")
+	fs.StringVar(&cfg.baselineExe, "baseline-exe", "", "the kvsse binary that runs the -baseline hub (default: this one)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage: kvsse [-server URL] bench [flags]
 
@@ -109,6 +119,8 @@ check passes, 2 otherwise.
 		problem = "-pid must not be negative"
 	case cfg.syncTimeout <= 0:
 		problem = "-sync-timeout must be positive"
+	case cfg.baseline && cfg.format != "sse":
+		problem = "-baseline streams SSE only: leave out -format ndjson"
 	case kv.ValidateKey(cfg.prefix+"/0") != nil:
 		problem = fmt.Sprintf("-prefix: %v", kv.ValidateKey(cfg.prefix+"/0"))
 	}
@@ -148,6 +160,9 @@ check passes, 2 otherwise.
 // marks revisions in a bitset and counts latencies in a fixed-bucket
 // histogram. Latency is measured with one clock, so the bench and the
 // server must run on the same machine for it to mean anything.
+//
+// With -baseline, the same load first runs against a plain Go SSE hub
+// (benchBaseline), and both sets of figures are printed side by side.
 func cmdBench(ctx context.Context, c *client, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	cfg, err := parseBench(args, c.base, stderr)
 	if err != nil {
@@ -156,11 +171,10 @@ func cmdBench(ctx context.Context, c *client, args []string, _ io.Reader, stdout
 	if err := benchRaiseNoFile(); err != nil {
 		fmt.Fprintf(stderr, "kvsse: bench: cannot raise the open file limit: %v\n", err)
 	}
-	b, err := newBench(cfg)
-	if err != nil {
-		return err
+	if cfg.baseline {
+		return benchBaseline(ctx, cfg, stdout, stderr)
 	}
-	res, err := b.run(ctx)
+	res, err := benchOnce(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -174,6 +188,15 @@ func cmdBench(ctx context.Context, c *client, args []string, _ io.Reader, stdout
 		return fmt.Errorf("bench: %s", strings.Join(res.Failures, "; "))
 	}
 	return nil
+}
+
+// benchOnce runs the load of cfg once.
+func benchOnce(ctx context.Context, cfg *benchConfig) (*benchResult, error) {
+	b, err := newBench(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return b.run(ctx)
 }
 
 // benchRaiseNoFile raises the soft limit on open files to the hard limit, so
@@ -1242,4 +1265,246 @@ func (r *benchResult) print(w io.Writer, asJSON bool) error {
 	}
 	_, err := w.Write(b.Bytes())
 	return err
+}
+
+// benchBaseline runs "kvsse bench -baseline": the load of cfg against a
+// plain Go SSE hub ("kvsse hub", a child process, measured through its
+// pid), then against cfg.server, and prints the two side by side. The hub
+// is stopped before the second run, so that it takes no CPU from it.
+func benchBaseline(ctx context.Context, cfg *benchConfig, stdout, stderr io.Writer) error {
+	h, err := startBenchHub(ctx, cfg.baselineExe, stderr)
+	if err != nil {
+		return err
+	}
+	defer h.stop()
+	hcfg := *cfg
+	hcfg.server, hcfg.pid = h.url, h.pid
+	base, err := benchOnce(ctx, &hcfg)
+	h.stop()
+	if err != nil {
+		return fmt.Errorf("baseline hub at %s: %w", h.url, err)
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("bench: interrupted: %w", ctx.Err())
+	}
+	ours, err := benchOnce(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if err := printBaseline(stdout, base, ours, cfg.json); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("bench: interrupted: %w", ctx.Err())
+	}
+	var failed []string
+	if len(base.Failures) > 0 {
+		failed = append(failed, "baseline: "+strings.Join(base.Failures, "; "))
+	}
+	if len(ours.Failures) > 0 {
+		failed = append(failed, "kvsse: "+strings.Join(ours.Failures, "; "))
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("bench: %s", strings.Join(failed, "; "))
+	}
+	return nil
+}
+
+// benchHub is a "kvsse hub" child process.
+type benchHub struct {
+	url    string
+	pid    int
+	cmd    *exec.Cmd
+	cancel context.CancelFunc
+	once   sync.Once
+}
+
+// startBenchHub starts exe (this executable when empty) as "hub -addr
+// 127.0.0.1:0" and reads the address it prints. The caller must call stop.
+func startBenchHub(ctx context.Context, exe string, stderr io.Writer) (*benchHub, error) {
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("bench: -baseline: %w", err)
+		}
+	}
+	hctx, cancel := context.WithCancel(ctx)
+	cmd := exec.CommandContext(hctx, exe, "hub", "-addr", "127.0.0.1:0")
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 5 * time.Second // then SIGKILL
+	cmd.Stderr = stderr
+	out, err := cmd.StdoutPipe()
+	if err == nil {
+		err = cmd.Start()
+	}
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("bench: -baseline: %w", err)
+	}
+	h := &benchHub{pid: cmd.Process.Pid, cmd: cmd, cancel: cancel}
+	first := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(out).ReadString('\n')
+		first <- line
+	}()
+	timer := time.NewTimer(10 * time.Second)
+	defer timer.Stop()
+	var line string
+	select {
+	case line = <-first:
+	case <-timer.C:
+		h.stop() // closes out: the reader returns
+		line = <-first
+	}
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "kvsse listening on ")
+	if !ok {
+		h.stop()
+		return nil, fmt.Errorf("bench: -baseline: %s hub printed no address (%q)", exe, line)
+	}
+	h.url = addr
+	return h, nil
+}
+
+// stop ends the hub with SIGTERM (SIGKILL 5 s later) and reaps it. It is
+// idempotent.
+func (h *benchHub) stop() {
+	h.once.Do(func() {
+		h.cancel()
+		h.cmd.Wait() // the error is the cancellation's
+	})
+}
+
+// benchRatio is ours / base, or "-" when there is no ratio.
+func benchRatio(base, ours float64) string {
+	if base <= 0 || ours < 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(ours/base, 'f', 2, 64)
+}
+
+// printBaseline writes the figures of the baseline run and of the kvsse
+// run as one table, a row a figure, with the ratio kvsse / baseline; then,
+// with asJSON, both and the ratios as one JSON object on the last line.
+func printBaseline(w io.Writer, base, ours *benchResult, asJSON bool) error {
+	var b bytes.Buffer
+	ratios := map[string]float64{}
+	row := func(name, bv, ov, ratio string) {
+		fmt.Fprintf(&b, "%-26s %14s %14s %7s\n", name, bv, ov, ratio)
+	}
+	// num is a row with a ratio, named in the JSON by field.
+	num := func(name, field, unit string, prec int, bv, ov float64) {
+		f := func(v float64) string {
+			return strings.TrimSpace(strconv.FormatFloat(v, 'f', prec, 64) + " " + unit)
+		}
+		row(name, f(bv), f(ov), benchRatio(bv, ov))
+		if bv > 0 {
+			ratios[field] = ov / bv
+		}
+	}
+	count := func(name string, bv, ov int64) {
+		row(name, strconv.FormatInt(bv, 10), strconv.FormatInt(ov, 10), "")
+	}
+	pattern := ""
+	if base.Subscribers > 0 {
+		pattern = fmt.Sprintf(" (%s, %s)", base.Format, base.Pattern)
+	}
+	fmt.Fprintf(&b, "%d writers, %d subscribers%s; baseline: a plain Go SSE hub (kvsse hub); ratio: kvsse / baseline\n\n", base.Writers, base.Subscribers, pattern)
+	row("", "baseline", "kvsse", "ratio")
+	count("writes", base.Writes, ours.Writes)
+	num("writes/s", "writes_per_sec", "", 1, base.WritesPerSec, ours.WritesPerSec)
+	num("put latency p50", "put_p50_ms", "ms", 3, base.PutP50, ours.PutP50)
+	num("put latency p99", "put_p99_ms", "ms", 3, base.PutP99, ours.PutP99)
+	if base.Subscribers > 0 {
+		count("events delivered", base.Events, ours.Events)
+		num("events/s", "events_per_sec", "", 1, base.EventsPerSec, ours.EventsPerSec)
+		num("latency p50", "latency_p50_ms", "ms", 3, base.LatencyP50, ours.LatencyP50)
+		num("latency p99", "latency_p99_ms", "ms", 3, base.LatencyP99, ours.LatencyP99)
+		count("reconnects", base.Reconnects, ours.Reconnects)
+	}
+	if bs, ks := base.Server, ours.Server; bs != nil && ks != nil {
+		num("server cpu", "cpu_seconds", "s", 2, bs.CPUSeconds, ks.CPUSeconds)
+		if base.Subscribers > 0 {
+			num("server cpu per event", "cpu_us_per_event", "µs", 2, bs.CPUPerEventMicros, ks.CPUPerEventMicros)
+		}
+		num("server cpu per write", "cpu_us_per_write", "µs", 1, bs.CPUPerWriteMicros, ks.CPUPerWriteMicros)
+		if base.Subscribers > 0 {
+			num("server rss per subscriber", "rss_per_subscriber_kib", "KiB", 1, bs.RSSPerSubscriberKiB, ks.RSSPerSubscriberKiB)
+		}
+		num("server rss after", "rss_after_kib", "KiB", 0, float64(bs.RSSAfterKiB), float64(ks.RSSAfterKiB))
+	}
+	checks := func(r *benchResult) string {
+		if len(r.Failures) > 0 {
+			return "FAILED"
+		}
+		return "ok"
+	}
+	row("checks", checks(base), checks(ours), "")
+	if asJSON {
+		j, err := json.Marshal(struct {
+			Baseline *benchResult       `json:"baseline"`
+			Kvsse    *benchResult       `json:"kvsse"`
+			Ratios   map[string]float64 `json:"ratios"`
+		}{base, ours, ratios})
+		if err != nil {
+			return err
+		}
+		b.Write(j)
+		b.WriteByte('\n')
+	}
+	_, err := w.Write(b.Bytes())
+	return err
+}
+
+// cmdHub runs "kvsse hub", the baseline that "bench -baseline" starts: a
+// plain Go SSE hub (package hub) serving the routes the bench uses, or,
+// with -bare, the bare GET/PUT handler that wrk compares against. It
+// prints "kvsse listening on http://ADDR" as the server does, and serves
+// until ctx ends.
+func cmdHub(ctx context.Context, c *client, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("kvsse hub", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", c.cfg.addr, "address to listen on")
+	bare := fs.Bool("bare", false, "serve the bare GET/PUT handler (64 fixed bytes; PUT reads the body) instead of the hub")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "Usage: kvsse hub [-addr ADDR] [-bare]\n\nServes the baselines of \"kvsse bench -baseline\" and of wrk: nothing is kept.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageErr("hub: %v", err)
+	}
+	if fs.NArg() > 0 {
+		return usageErr("hub: unexpected arguments %q", fs.Args())
+	}
+	if err := benchRaiseNoFile(); err != nil {
+		fmt.Fprintf(stderr, "kvsse: hub: cannot raise the open file limit: %v\n", err)
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return fmt.Errorf("hub: listen: %w", err)
+	}
+	h := hub.New()
+	handler := h.Handler()
+	if *bare {
+		handler = hub.Bare()
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	fmt.Fprintf(stdout, "kvsse listening on http://%s\n", ln.Addr())
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("hub: serve: %w", err)
+		}
+		return nil
+	})
+	<-gctx.Done()
+	h.Close() // ends the streams, which Shutdown would wait for
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	return g.Wait()
 }

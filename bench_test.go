@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -19,6 +21,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"kvsse/sse/hub"
+	"kvsse/sse"
 )
 
 // runBench runs "kvsse bench" through run against server and returns the
@@ -282,6 +287,7 @@ func TestBenchUsage(t *testing.T) {
 		{"-pattern", "a**"},
 		{"-prefix", "a//b"},
 		{"extra"},
+		{"-baseline", "-format", "ndjson"},
 		{}, // no server there
 	} {
 		var stderr bytes.Buffer
@@ -353,6 +359,303 @@ func TestBenchHistogram(t *testing.T) {
 	for v := int64(0); v < 1<<20; v += 7 {
 		if i := benchHistBucket(v); i < 0 || i >= benchHistBuckets || (i > 0 && benchHistBucket(v-1) > i) {
 			t.Fatalf("bucket of %d: %d", v, i)
+		}
+	}
+}
+
+// hubEvent is what a test reads of one event of a hub's stream.
+type hubEvent struct {
+	ID, Event, Data string
+}
+
+// TestHubDeliversInOrder runs several streams on the baseline hub and
+// checks that each gets the sync, then every published message in
+// revision order, with the revisions the PUTs were answered with.
+func TestHubDeliversInOrder(t *testing.T) {
+	srv := httptest.NewServer(hub.New().Handler())
+	defer srv.Close()
+	const subs, puts = 5, 300
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	type result struct {
+		got []hubEvent
+		err error
+	}
+	synced := make(chan error, subs)
+	results := make(chan result, subs)
+	for i := range subs {
+		path := []string{"/watch", "/watch/**", "/watch?pattern=h/**", "/watch?pattern=x/**&pattern=h/**", "/watch"}[i]
+		go func() {
+			var res result
+			live := false
+			defer func() {
+				if !live {
+					synced <- fmt.Errorf("%s: no sync: %v", path, res.err)
+				}
+				results <- res
+			}()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+path, nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				res.err = err
+				return
+			}
+			defer resp.Body.Close()
+			r := sse.NewReader(resp.Body)
+			for len(res.got) < puts+1 {
+				m, err := r.Next()
+				if err != nil {
+					res.err = err
+					return
+				}
+				if m.Event == "sync" && !live {
+					live = true
+					synced <- nil
+				}
+				res.got = append(res.got, hubEvent{m.ID, m.Event, m.Data})
+			}
+		}()
+	}
+	for range subs {
+		if err := <-synced; err != nil {
+			t.Fatalf("subscriber: %v", err)
+		}
+	}
+
+	want := []hubEvent{{"0", "sync", `{"revision":0}`}}
+	for i := range puts {
+		key, value := "h/"+strconv.Itoa(i%7), fmt.Sprintf("v%d \"quoted\"", i)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPut, srv.URL+"/kv/"+key, strings.NewReader(value))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		rev := resp.Header.Get("Kvsse-Revision")
+		if resp.StatusCode != http.StatusOK || rev != strconv.Itoa(i+1) {
+			t.Fatalf("PUT %d: %s, Kvsse-Revision %q; want 200, %d", i, resp.Status, rev, i+1)
+		}
+		data, _ := json.Marshal(map[string]any{"key": key, "value": value, "revision": i + 1})
+		want = append(want, hubEvent{rev, "put", string(data)})
+	}
+	for range subs {
+		res := <-results
+		if res.err != nil {
+			t.Errorf("subscriber ended after %d events: %v", len(res.got), res.err)
+		}
+		// Data is compared as decoded JSON: the hub's field order is
+		// key, value, revision; json.Marshal of a map sorts them.
+		for i := range res.got {
+			var v map[string]any
+			if json.Unmarshal([]byte(res.got[i].Data), &v) == nil {
+				b, _ := json.Marshal(v)
+				res.got[i].Data = string(b)
+			}
+		}
+		if diff := cmp.Diff(want, res.got); diff != "" {
+			t.Errorf("events (-want +got):\n%s", diff)
+		}
+	}
+}
+
+// TestHubDropsStalledSubscriber checks that a stream that stops reading
+// is dropped, its queue closed, without slowing the publisher, and that
+// the stream then ends.
+func TestHubDropsStalledSubscriber(t *testing.T) {
+	h := hub.New()
+	srv := httptest.NewServer(h.Handler())
+	defer srv.Close()
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/watch", nil)
+	if err := req.Write(conn); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := sse.NewReader(resp.Body).Next(); err != nil || m.Event != "sync" {
+		t.Fatalf("first event %+v, %v; want sync", m, err)
+	}
+
+	// Stop reading: the socket buffers fill, then the hub's queue.
+	value := bytes.Repeat([]byte("x"), 16<<10)
+	published := 0
+	for h.Subscribers() > 0 {
+		if published == 100_000 {
+			t.Fatalf("still subscribed after %d messages of %d bytes", published, len(value))
+		}
+		h.Publish("k", value) // never blocks, or the test hangs here
+		published++
+	}
+	if published <= hub.Buffer {
+		t.Errorf("dropped after %d messages, want more than the queue (%d)", published, hub.Buffer)
+	}
+	// Reading again, the stream delivers what was queued and ends.
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		t.Errorf("the dropped stream did not end cleanly: %v", err)
+	}
+}
+
+// TestHubCommand runs "kvsse hub" and "kvsse hub -bare" through run: each
+// prints its address, serves, and stops when ctx ends, an open stream
+// included.
+func TestHubCommand(t *testing.T) {
+	for _, bare := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bare=%v", bare), func(t *testing.T) {
+			args := []string{"hub", "-addr", "127.0.0.1:0"}
+			if bare {
+				args = append(args, "-bare")
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			pr, pw := io.Pipe()
+			done := make(chan error, 1)
+			go func() {
+				err := run(ctx, args, func(string) string { return "" }, strings.NewReader(""), pw, io.Discard)
+				pw.CloseWithError(fmt.Errorf("hub ended: %v", err))
+				done <- err
+			}()
+			line, err := bufio.NewReader(pr).ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			go io.Copy(io.Discard, pr)
+			url, ok := strings.CutPrefix(strings.TrimSpace(line), "kvsse listening on ")
+			if !ok {
+				t.Fatalf("first line %q", line)
+			}
+			resp, err := http.Get(url + "/healthz")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Errorf("healthz: %s", resp.Status)
+			}
+			req, _ := http.NewRequest(http.MethodPut, url+"/kv/a/b", strings.NewReader("v"))
+			resp, err = http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			wantRev := "1"
+			if bare {
+				wantRev = ""
+			}
+			if resp.StatusCode != http.StatusOK || resp.Header.Get("Kvsse-Revision") != wantRev {
+				t.Errorf("PUT: %s, Kvsse-Revision %q; want 200, %q", resp.Status, resp.Header.Get("Kvsse-Revision"), wantRev)
+			}
+			if !bare {
+				resp, err := http.Get(url + "/watch")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				if m, err := sse.NewReader(resp.Body).Next(); err != nil || m.ID != "1" || m.Event != "sync" {
+					t.Errorf("first event %+v, %v; want sync with id 1", m, err)
+				}
+			}
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("run: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("hub did not stop")
+			}
+		})
+	}
+}
+
+// TestBenchBaseline runs "bench -baseline" against a kvsse server: the
+// same load against the hub (a child process) and then the server, one
+// table of both, and both runs' checks passing.
+func TestBenchBaseline(t *testing.T) {
+	ts := startServer(t, "-sync", "none")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	args := []string{"-server", ts.URL, "bench", "-json", "-baseline", "-baseline-exe", kvsseBinary(t),
+		"-prefix", "base", "-writers", "2", "-writes", "1000", "-subscribers", "10", "-pid", strconv.Itoa(os.Getpid())}
+	err := run(ctx, args, func(string) string { return "" }, strings.NewReader(""), &stdout, &stderr)
+	out := stdout.String()
+	if err != nil {
+		t.Fatalf("bench -baseline: %v\nstdout:\n%s\nstderr:\n%s", err, out, stderr.String())
+	}
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) < 4 || !strings.Contains(lines[0], "ratio: kvsse / baseline") || lines[1] != "" {
+		t.Fatalf("no caption and blank line first:\n%s", out)
+	}
+
+	// The table: rows of a name (26 columns), baseline, kvsse and ratio.
+	var names []string
+	for _, line := range lines[2 : len(lines)-1] {
+		if len(line) < 26 {
+			t.Fatalf("short row %q:\n%s", line, out)
+		}
+		name, f := strings.TrimSpace(line[:26]), strings.Fields(line[26:])
+		names = append(names, name)
+		switch {
+		case name == "":
+			if diff := cmp.Diff([]string{"baseline", "kvsse", "ratio"}, f); diff != "" {
+				t.Errorf("header (-want +got):\n%s", diff)
+			}
+		case name == "checks":
+			if diff := cmp.Diff([]string{"ok", "ok"}, f); diff != "" {
+				t.Errorf("checks (-want +got):\n%s", diff)
+			}
+		case name == "writes" || name == "events delivered" || name == "reconnects":
+			if len(f) != 2 || f[0] != f[1] {
+				t.Errorf("row %q: want the same count twice", line)
+			}
+		case strings.HasPrefix(name, "server "):
+			// Measured in /proc ticks of 10 ms, and, for the server in
+			// this process, with the test's own memory: noise, "-" when
+			// there is no ratio to make.
+			if r, err := strconv.ParseFloat(f[len(f)-1], 64); f[len(f)-1] != "-" && (err != nil || r < 0) {
+				t.Errorf("row %q: no ratio or \"-\" last", line)
+			}
+		default:
+			if r, err := strconv.ParseFloat(f[len(f)-1], 64); err != nil || r <= 0 {
+				t.Errorf("row %q: no positive ratio last", line)
+			}
+		}
+	}
+	wantNames := []string{"", "writes", "writes/s", "put latency p50", "put latency p99",
+		"events delivered", "events/s", "latency p50", "latency p99", "reconnects",
+		"server cpu", "server cpu per event", "server cpu per write", "server rss per subscriber", "server rss after",
+		"checks"}
+	if diff := cmp.Diff(wantNames, names); diff != "" {
+		t.Errorf("rows (-want +got):\n%s\n%s", diff, out)
+	}
+
+	var res struct {
+		Baseline, Kvsse benchResult
+		Ratios          map[string]float64
+	}
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
+		t.Fatalf("last line is not JSON: %v\n%s", err, out)
+	}
+	want := benchChecks{Writes: 1000, Events: 10 * 1000, Expected: 10 * 1000}
+	for name, r := range map[string]benchResult{"baseline": res.Baseline, "kvsse": res.Kvsse} {
+		if diff := cmp.Diff(want, checksOf(r)); diff != "" {
+			t.Errorf("%s figures (-want +got):\n%s", name, diff)
+		}
+		if r.Server == nil || r.Server.CPUSeconds < 0 || r.Server.RSSAfterKiB <= 0 {
+			t.Errorf("%s server figures %+v", name, r.Server)
+		}
+	}
+	for _, k := range []string{"writes_per_sec", "events_per_sec", "latency_p99_ms", "put_p99_ms"} {
+		if res.Ratios[k] <= 0 {
+			t.Errorf("ratio %s = %v, want positive", k, res.Ratios[k])
 		}
 	}
 }

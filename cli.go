@@ -37,6 +37,7 @@ var commands = map[string]command{
 	"ls":    cmdLs,
 	"watch": cmdWatch,
 	"bench": cmdBench,
+	"hub":   cmdHub, // hidden: the baselines of bench -baseline and wrk
 }
 
 // keyURL is the URL of a key, each segment escaped.

@@ -54,7 +54,7 @@ type config struct {
 var clientFlags = map[string]bool{"server": true, "token": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true}
 
 // rawArgs are the commands that parse their own flags.
-var rawArgs = map[string]bool{"bench": true}
+var rawArgs = map[string]bool{"bench": true, "hub": true}
 
 // clientEnv are the client flags that read their environment twin: where
 // and as whom to connect, not what to do.
