@@ -24,8 +24,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"kvsse/sse/hub"
 	"kvsse/kv"
+	"kvsse/sse/hub"
 )
 
 // benchConfig holds the flags of "kvsse bench".

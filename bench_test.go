@@ -22,8 +22,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"kvsse/sse/hub"
 	"kvsse/sse"
+	"kvsse/sse/hub"
 )
 
 // runBench runs "kvsse bench" through run against server and returns the
