@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"kvsse/kv/wal"
@@ -29,6 +30,32 @@ type Change struct {
 	Expires      int64  // OpPut only: Unix nanoseconds, 0 for never
 	Revision     int64
 	PrevRevision int64 // the key's revision before this change; 0 when it was absent
+
+	memo *memo // encodings shared by every stream that sends this change
+}
+
+// memo holds a change's encodings, one per slot.
+type memo [2]atomic.Pointer[[]byte]
+
+// MemoSlots is how many encodings a change can keep.
+const MemoSlots = len(memo{})
+
+// Encoded returns enc(c), computed once per published change and slot
+// (0 ≤ slot < MemoSlots) and then shared: every subscription receives the
+// same *Change, so a change is encoded once however many streams send it.
+// enc must be a pure function of the change, the same for a slot every
+// time; the result must not be modified. Safe for concurrent use; a
+// change that was never published is encoded at each call.
+func (c *Change) Encoded(slot int, enc func(*Change) []byte) []byte {
+	if c.memo == nil {
+		return enc(c)
+	}
+	if b := c.memo[slot].Load(); b != nil {
+		return *b
+	}
+	b := enc(c)
+	c.memo[slot].CompareAndSwap(nil, &b)
+	return *c.memo[slot].Load()
 }
 
 // Event is the change's event name on the wire: "put" or "delete".

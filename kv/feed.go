@@ -32,8 +32,13 @@ func (f *feed) publish(changes []Change) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for i := range changes {
-		c := new(Change)
+		p := new(struct {
+			c Change
+			m memo
+		}) // one allocation for the change and its encodings
+		c := &p.c
 		*c = changes[i]
+		c.memo = &p.m
 		f.hist.add(c)
 		f.idx.match(c.Key, func(sub *Subscription) {
 			if sub.last == c.Revision {
