@@ -59,6 +59,8 @@ func storeOptions(cfg *config, logger *slog.Logger) (kv.Options, error) {
 		return o, usageErr("-compact-bytes must be positive")
 	case cfg.history <= 0 || cfg.subBuffer <= 0 || cfg.maxSubscribers <= 0:
 		return o, usageErr("-history, -sub-buffer and -max-subscribers must be positive")
+	case cfg.flushInterval < 0 || cfg.flushInterval > time.Second:
+		return o, usageErr("-flush-interval must be between 0 and 1s")
 	case cfg.heartbeat <= 0 || cfg.shutdownTimeout <= 0:
 		return o, usageErr("-heartbeat and -shutdown-timeout must be positive")
 	}

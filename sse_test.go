@@ -1560,3 +1560,31 @@ func TestSSEMaxSubscribers(t *testing.T) {
 	}
 	s2.close()
 }
+
+// TestSSEPacing: a stream flushes at most once a -flush-interval. Events
+// written right after the sync (itself a flush) wait for the interval to
+// pass and then arrive together, in order.
+func TestSSEPacing(t *testing.T) {
+	const interval = 800 * time.Millisecond
+	ts := startServer(t, "-sync", "none", "-flush-interval", interval.String())
+	s := sseOpen(t, ts.URL+"/watch/p/**", nil)
+	defer s.close()
+	s.sync(t)
+	flushed := time.Now() // the sync was flushed at the latest now
+	var revs []int64
+	for i := range 3 {
+		revs = append(revs, ssePut(t, ts.URL, fmt.Sprintf("p/%d", i), "v"))
+	}
+	evs := s.events(t, 3)
+	// The sync reached us after it was flushed, so the events may seem to
+	// come a little early; without pacing they would come within
+	// milliseconds.
+	if waited := time.Since(flushed); waited < interval/2 {
+		t.Errorf("events arrived %v after the previous flush, want about %v", waited, interval)
+	}
+	for i, ev := range evs {
+		if ev.ID != sseID(revs[i]) {
+			t.Errorf("event %d has id %s, want %d", i, ev.ID, revs[i])
+		}
+	}
+}

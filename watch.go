@@ -111,6 +111,7 @@ func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 		Format:        wr.format,
 		Retry:         2 * time.Second,
 		Heartbeat:     a.cfg.heartbeat,
+		FlushInterval: a.cfg.flushInterval,
 		WriteTimeout:  30 * time.Second,
 		Stop:          a.stopping,
 		ShutdownRetry: 5 * time.Second,

@@ -66,10 +66,11 @@ type StreamOptions struct {
 	Revoked <-chan struct{}
 	// Sent, when not nil, counts the changes written to the client.
 	Sent *atomic.Int64
+	// FlushInterval is the least time between two flushes of a busy
+	// stream: events that arrive sooner wait for the next flush and go
+	// out together. 0 flushes every event at once.
+	FlushInterval time.Duration
 }
-
-// maxQueued is how many queued events are written before one flush.
-const maxQueued = 64
 
 // Stream writes a subscription to w until the client goes away, the
 // subscription ends (lag or store closed) or opts.Stop is closed, and
@@ -90,6 +91,9 @@ func Stream(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts S
 	defer func() {
 		if !stop() {
 			<-s.hurried // it started: the writer must not be touched after we return
+		}
+		if s.paceTimer != nil {
+			s.paceTimer.Stop()
 		}
 	}()
 	if opts.Format == SSE {
@@ -142,7 +146,8 @@ func Stream(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts S
 				return s.ended(sub)
 			}
 			s.change(c)
-			if !s.drain(sub.C, maxQueued-1) {
+			s.pace(r.Context())
+			if !s.drain(sub.C, len(sub.C)) {
 				s.flush()
 				return s.ended(sub)
 			}
@@ -153,21 +158,46 @@ func Stream(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts S
 	}
 }
 
+// pace waits, when the stream flushed less than FlushInterval ago, until
+// that much time has passed, without waking for each event that arrives
+// meanwhile: a busy stream then writes everything that gathered with one
+// flush (one system call instead of one an event), while a quiet stream's
+// event goes out at once. It returns early when the stream must end.
+func (s *stream) pace(ctx context.Context) {
+	wait := s.opts.FlushInterval - time.Since(s.flushed)
+	if wait <= 0 {
+		return
+	}
+	if s.paceTimer == nil {
+		s.paceTimer = time.NewTimer(wait)
+	} else {
+		s.paceTimer.Reset(wait)
+	}
+	select {
+	case <-s.paceTimer.C:
+	case <-ctx.Done():
+	case <-s.opts.Revoked:
+	case <-s.opts.Stop.Done():
+	}
+}
+
 func jitter(d time.Duration) time.Duration {
 	return d - d/10 + time.Duration(rand.Int64N(int64(d/5)+1))
 }
 
 // stream is the state of one Stream call.
 type stream struct {
-	w        http.ResponseWriter
-	rc       *http.ResponseController
-	opts     StreamOptions
-	buf      []byte
-	scratch  []byte
-	last     int64         // the revision of the last change written, or of the sync
-	deadline time.Time     // the write deadline last set
-	stopping atomic.Bool   // the server is shutting down: writes get a short deadline
-	hurried  chan struct{} // closed when hurry has run
+	w         http.ResponseWriter
+	rc        *http.ResponseController
+	opts      StreamOptions
+	buf       []byte
+	scratch   []byte
+	last      int64         // the revision of the last change written, or of the sync
+	deadline  time.Time     // the write deadline last set
+	flushed   time.Time     // when the last flush ended
+	paceTimer *time.Timer   // pace's, made on first use
+	stopping  atomic.Bool   // the server is shutting down: writes get a short deadline
+	hurried   chan struct{} // closed when hurry has run
 }
 
 // stopGrace is how long a write may take once the server is stopping.
@@ -227,6 +257,7 @@ func (s *stream) flush() bool {
 	if err == nil {
 		err = s.rc.Flush()
 	}
+	s.flushed = time.Now()
 	return err == nil
 }
 
