@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,13 +48,14 @@ func (d *durability) load() error {
 	if err != nil {
 		return err
 	}
+	l := loader{s: s}
 	var snapRev int64
 	if n := len(files.Snapshots); n > 0 {
 		snapRev = files.Snapshots[n-1]
 		path := wal.SnapshotPath(d.dir, snapRev)
-		rev, err := wal.ReadSnapshot(path, func(r wal.Record) error {
-			c := changeOf(r)
-			s.apply(&c)
+		size := func(keys int) { l.presize(d.dir, path, keys, snapRev, files.Segments) }
+		rev, err := wal.ReadSnapshotSized(path, size, func(r wal.Record) error {
+			l.snapshotPut(r)
 			return nil
 		})
 		if err != nil {
@@ -65,12 +67,18 @@ func (d *durability) load() error {
 	}
 	rev := snapRev
 	last := int64(-1) // the revision of the previous log record
+	hist := &s.feed.hist
+	// The records of a segment that may stay in the history: the last
+	// hist.max of them, in a ring that starts at ringStart once full.
+	var ring []wal.Record
 	for i, first := range files.Segments {
 		path := wal.SegmentPath(d.dir, first)
 		data, err := os.ReadFile(path)
 		if err != nil {
 			return fmt.Errorf("read log: %w", err)
 		}
+		ring = ring[:0]
+		ringStart, dropped := 0, int64(-1)
 		valid, err := wal.Scan(data, wal.LogMagic, func(r wal.Record) error {
 			if r.Op != wal.OpPut && r.Op != wal.OpDelete && r.Op != wal.OpExpire {
 				return fmt.Errorf("%w: op %d in a log", wal.ErrCorrupt, r.Op)
@@ -79,15 +87,20 @@ func (d *durability) load() error {
 				if r.Rev > snapRev+1 {
 					return fmt.Errorf("%w: the log starts at revision %d but the snapshot ends at %d", wal.ErrCorrupt, r.Rev, snapRev)
 				}
-				s.feed.hist.floor = r.Rev - 1
+				hist.floor = r.Rev - 1
 			} else if r.Rev != last+1 {
 				return fmt.Errorf("%w: revision %d follows %d", wal.ErrCorrupt, r.Rev, last)
 			}
 			last = r.Rev
-			c := changeOf(r)
-			s.feed.hist.add(&c)
+			if len(ring) < hist.max {
+				ring = append(ring, r)
+			} else {
+				dropped = ring[ringStart].Rev
+				ring[ringStart] = r
+				ringStart = (ringStart + 1) % len(ring)
+			}
 			if r.Rev > snapRev {
-				s.apply(&c)
+				l.logApply(r)
 				rev = r.Rev
 			}
 			return nil
@@ -95,6 +108,17 @@ func (d *durability) load() error {
 		if err != nil {
 			return fmt.Errorf("log %s: %w", path, err)
 		}
+		// Adding the segment's records to the history one by one would
+		// push out all those that did not make it into the ring, and
+		// every older one.
+		if dropped >= 0 {
+			hist.buf, hist.start, hist.floor = hist.buf[:0], 0, dropped
+		}
+		for j := range ring {
+			c := changeOf(ring[(ringStart+j)%len(ring)])
+			hist.add(&c)
+		}
+		clear(ring) // let data go
 		if valid < len(data) {
 			if i != len(files.Segments)-1 {
 				return fmt.Errorf("log %s: damaged record at offset %d in a segment that is not the last: refusing to drop the segments after it", path, valid)
@@ -111,8 +135,9 @@ func (d *durability) load() error {
 			d.seg = seg
 		}
 	}
+	l.finish()
 	if last == -1 {
-		s.feed.hist.floor = rev
+		hist.floor = rev
 	}
 	if d.seg == nil {
 		seg, err := wal.CreateSegment(d.dir, rev+1)
@@ -124,6 +149,119 @@ func (d *durability) load() error {
 	s.rev.Store(rev)
 	s.stats.LogBytes.Store(d.seg.Size())
 	return nil
+}
+
+// loader fills a store's maps and order from the snapshot and the log
+// during Open, before the committer starts and anything else can see the
+// store, so it takes no locks.
+type loader struct {
+	s          *Store
+	keys       int64  // the change to Stats.Keys
+	bytes      int64  // the change to Stats.ValueBytes
+	prev       string // the key of the snapshot's previous record
+	logChanged []string
+}
+
+// presize makes the maps big enough for the snapshot's keys and an
+// estimate of the keys that the log segments written after it add, from
+// their sizes and the snapshot's average record size.
+func (l *loader) presize(dir, snapPath string, keys int, snapRev int64, segments []int64) {
+	if keys <= 0 {
+		return
+	}
+	total := keys
+	if st, err := os.Stat(snapPath); err == nil {
+		per := max(st.Size()/int64(keys), 1)
+		for _, first := range segments {
+			if first <= snapRev {
+				continue
+			}
+			if st, err := os.Stat(wal.SegmentPath(dir, first)); err == nil {
+				total += int(st.Size() / per)
+			}
+		}
+	}
+	shards := l.s.shards
+	per := total/len(shards) + total/len(shards)/16 + 8 // the hash spreads keys unevenly
+	for i := range shards {
+		if len(shards[i].m) == 0 {
+			shards[i].m = make(map[string]*Entry, per)
+		}
+	}
+}
+
+// entryOf turns a put record read from disk into an entry that owns its
+// bytes.
+func entryOf(r wal.Record) *Entry {
+	v := []byte{}
+	if len(r.Value) > 0 {
+		v = bytes.Clone(r.Value)
+	}
+	return &Entry{Key: string(r.Key), Value: v, ContentType: string(r.ContentType), Revision: r.Rev, Expires: r.Expires}
+}
+
+// snapshotPut loads a put record of the snapshot. A snapshot holds each
+// key once, in order, so each record is a new key at the end of the order;
+// a record that is not is still loaded right, only slower.
+func (l *loader) snapshotPut(r wal.Record) {
+	e := entryOf(r)
+	if e.Key <= l.prev {
+		l.put(e)
+		l.s.order.set(e)
+		return
+	}
+	l.prev = e.Key
+	l.s.shard(e.Key).m[e.Key] = e
+	l.keys++
+	l.bytes += int64(len(e.Value))
+	l.s.order.set(e)
+}
+
+// logApply loads a change from the log into the maps. The order follows in
+// finish, from the keys in key order, which keeps its searches short.
+func (l *loader) logApply(r wal.Record) {
+	if r.Op == wal.OpPut {
+		e := entryOf(r)
+		l.put(e)
+		l.logChanged = append(l.logChanged, e.Key)
+		return
+	}
+	key := string(r.Key)
+	m := l.s.shard(key).m
+	if old := m[key]; old != nil {
+		l.keys--
+		l.bytes -= int64(len(old.Value))
+		delete(m, key)
+	}
+	l.logChanged = append(l.logChanged, key)
+}
+
+func (l *loader) put(e *Entry) {
+	m := l.s.shard(e.Key).m
+	if old := m[e.Key]; old != nil {
+		l.keys--
+		l.bytes -= int64(len(old.Value))
+	}
+	m[e.Key] = e
+	l.keys++
+	l.bytes += int64(len(e.Value))
+}
+
+// finish brings the order up to date with the keys the log changed and
+// sets the stats.
+func (l *loader) finish() {
+	s := l.s
+	slices.Sort(l.logChanged)
+	for _, key := range slices.Compact(l.logChanged) {
+		if e := s.shard(key).m[key]; e != nil {
+			s.order.set(e)
+		} else {
+			s.order.remove(key)
+		}
+	}
+	l.logChanged = nil
+	s.stats.Keys.Add(l.keys)
+	s.stats.ValueBytes.Add(l.bytes)
 }
 
 // changeOf turns a record read from disk into a change that owns its bytes.

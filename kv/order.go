@@ -10,6 +10,12 @@ type ordered struct {
 	level int
 	len   int
 	rng   *rand.PCG
+	// finger is the search path of the last set or remove: at each level,
+	// a node in the list whose key is below the key of that operation (the
+	// head counts as below every key). A set of a larger key, as when
+	// loading a snapshot (sorted) or a log written in roughly key order,
+	// searches from there instead of from the head.
+	finger [maxLevel]*orderNode
 }
 
 const maxLevel = 20 // 4^20 keys before the list degrades
@@ -17,14 +23,21 @@ const maxLevel = 20 // 4^20 keys before the list degrades
 type orderNode struct {
 	e    *Entry
 	next []*orderNode
+	// one is next's backing array for nodes of level 1, three in four of
+	// them, so that most nodes are a single allocation.
+	one [1]*orderNode
 }
 
 func newOrdered() *ordered {
-	return &ordered{
+	o := &ordered{
 		head:  orderNode{next: make([]*orderNode, maxLevel)},
 		level: 1,
 		rng:   rand.NewPCG(1, 2),
 	}
+	for i := range o.finger {
+		o.finger[i] = &o.head
+	}
+	return o
 }
 
 // findPrev fills prev with the last node at each level whose key is < key.
@@ -39,10 +52,47 @@ func (o *ordered) findPrev(key string, prev *[maxLevel]*orderNode) *orderNode {
 	return x.next[0]
 }
 
+// findPrevFinger is findPrev starting from the finger when key sorts after
+// it. Only set and remove, which hold orderMu for writing, call it.
+func (o *ordered) findPrevFinger(key string, prev *[maxLevel]*orderNode) *orderNode {
+	f := &o.finger
+	if f[0] == &o.head || f[0].e.Key >= key {
+		return o.findPrev(key, prev)
+	}
+	// Every finger node sorts below key. From the lowest level h at which
+	// the finger's successor does not, the finger is already the
+	// predecessor at h and at every level above it.
+	h := 0
+	for h < o.level && f[h].next[h] != nil && f[h].next[h].e.Key < key {
+		h++
+	}
+	for i := h; i < o.level; i++ {
+		prev[i] = f[i]
+	}
+	x := &o.head
+	if h < o.level {
+		x = f[h]
+	}
+	for i := h - 1; i >= 0; i-- {
+		// Start from whichever of x and the finger lies further right.
+		if y := f[i]; y != &o.head && (x == &o.head || y.e.Key > x.e.Key) {
+			x = y
+		}
+		for x.next[i] != nil && x.next[i].e.Key < key {
+			x = x.next[i]
+		}
+		prev[i] = x
+	}
+	return prev[0].next[0]
+}
+
 // set inserts e, or replaces the entry with the same key.
 func (o *ordered) set(e *Entry) {
-	var prev [maxLevel]*orderNode
-	if n := o.findPrev(e.Key, &prev); n != nil && n.e.Key == e.Key {
+	prev := &o.finger
+	path := o.headPath()
+	n := o.findPrevFinger(e.Key, &path)
+	*prev = path
+	if n != nil && n.e.Key == e.Key {
 		n.e = e
 		return
 	}
@@ -56,18 +106,34 @@ func (o *ordered) set(e *Entry) {
 		}
 		o.level = lvl
 	}
-	n := &orderNode{e: e, next: make([]*orderNode, lvl)}
+	n = &orderNode{e: e}
+	if lvl == 1 {
+		n.next = n.one[:]
+	} else {
+		n.next = make([]*orderNode, lvl)
+	}
 	for i := 0; i < lvl; i++ {
 		n.next[i] = prev[i].next[i]
 		prev[i].next[i] = n
+		prev[i] = n // n sorts below any key the next set may take the finger for
 	}
 	o.len++
 }
 
+// headPath returns a search path that is the head at every level, which
+// the searches then fill up to the list's level.
+func (o *ordered) headPath() (p [maxLevel]*orderNode) {
+	for i := range p {
+		p[i] = &o.head
+	}
+	return p
+}
+
 // remove deletes key if present.
 func (o *ordered) remove(key string) {
-	var prev [maxLevel]*orderNode
-	n := o.findPrev(key, &prev)
+	prev := o.headPath()
+	n := o.findPrevFinger(key, &prev)
+	o.finger = prev // nodes below key: n is not one of them
 	if n == nil || n.e.Key != key {
 		return
 	}

@@ -2,6 +2,7 @@ package wal
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -271,9 +272,20 @@ func WriteSnapshot(dir string, rev int64, each func(add func(*Record) error) err
 // record. A snapshot must be whole: any damage, or a missing end record,
 // is an error naming the file.
 func ReadSnapshot(path string, fn func(Record) error) (rev int64, err error) {
+	return ReadSnapshotSized(path, nil, fn)
+}
+
+// ReadSnapshotSized is ReadSnapshot that first, unless size is nil, calls
+// size with the number of key records that the snapshot's end record
+// gives, before any record is checked: a hint for sizing what the records
+// go into. It does not call size when the file does not end in such a record.
+func ReadSnapshotSized(path string, size func(keys int), fn func(Record) error) (rev int64, err error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return 0, fmt.Errorf("read snapshot: %w", err)
+	}
+	if n := snapshotKeys(data); size != nil && n >= 0 && n <= int64(len(data)/HeaderSize) {
+		size(int(n))
 	}
 	var count, seen int64
 	state := 0 // 0: expect OpSnapRev, 1: records, 2: after end
@@ -298,4 +310,20 @@ func ReadSnapshot(path string, fn func(Record) error) (rev int64, err error) {
 		return 0, fmt.Errorf("snapshot %s: %w", path, err)
 	}
 	return rev, nil
+}
+
+// snapshotKeys returns the count in the OpSnapEnd record at the end of
+// data, a snapshot's contents, found by trying the few lengths that record
+// can have; -1 when there is none.
+func snapshotKeys(data []byte) int64 {
+	for p := 4; p <= 3+binary.MaxVarintLen64; p++ {
+		off := len(data) - HeaderSize - p
+		if off < len(SnapMagic) {
+			break
+		}
+		if r, n, err := Decode(data[off:]); err == nil && n == len(data)-off && r.Op == OpSnapEnd {
+			return r.Rev
+		}
+	}
+	return -1
 }

@@ -172,6 +172,13 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			if diff := cmp.Diff(tt.records, got, equateEmpty); diff != "" {
 				t.Errorf("records (-want +got):\n%s", diff)
 			}
+			hint := -1
+			if _, err := wal.ReadSnapshotSized(path, func(n int) { hint = n }, func(wal.Record) error { return nil }); err != nil {
+				t.Fatalf("ReadSnapshotSized: %v", err)
+			}
+			if hint != len(tt.records) {
+				t.Errorf("size hint = %d, want %d", hint, len(tt.records))
+			}
 			files, err := wal.List(dir)
 			if err != nil {
 				t.Fatal(err)

@@ -1,0 +1,76 @@
+package kv
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+)
+
+// TestOrderedFinger mixes sets of keys in and out of order with removes,
+// so that searches start both from the head and from the finger, and
+// checks every level of the list against a sorted reference.
+func TestOrderedFinger(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	o := newOrdered()
+	want := map[string]*Entry{}
+	next := 0
+	for step := range 20000 {
+		var key string
+		switch r := rng.IntN(10); {
+		case r < 5: // roughly ascending, as a log written by many writers
+			key = fmt.Sprintf("k%06d", next+rng.IntN(64))
+			next++
+		case r < 7:
+			key = fmt.Sprintf("k%06d", rng.IntN(next+64))
+		default:
+			key = fmt.Sprintf("k%06d", rng.IntN(next+64))
+			o.remove(key)
+			delete(want, key)
+			continue
+		}
+		e := &Entry{Key: key, Revision: int64(step)}
+		o.set(e)
+		want[key] = e
+		if step%997 == 0 {
+			checkOrdered(t, o, want)
+		}
+	}
+	checkOrdered(t, o, want)
+}
+
+func checkOrdered(t *testing.T, o *ordered, want map[string]*Entry) {
+	t.Helper()
+	keys := make([]string, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	if o.len != len(keys) {
+		t.Fatalf("len = %d, want %d", o.len, len(keys))
+	}
+	i := 0
+	for n := o.head.next[0]; n != nil; n = n.next[0] {
+		if i >= len(keys) || n.e.Key != keys[i] || n.e != want[keys[i]] {
+			t.Fatalf("node %d holds %q, want %q", i, n.e.Key, keys[i])
+		}
+		i++
+	}
+	if i != len(keys) {
+		t.Fatalf("list holds %d nodes, want %d", i, len(keys))
+	}
+	for lvl := 1; lvl < maxLevel; lvl++ {
+		var last string
+		for n := o.head.next[lvl]; n != nil; n = n.next[lvl] {
+			if len(n.next) <= lvl || n.e.Key <= last || want[n.e.Key] != n.e {
+				t.Fatalf("level %d: bad node %q after %q", lvl, n.e.Key, last)
+			}
+			last = n.e.Key
+		}
+	}
+	for _, k := range keys[:min(len(keys), 50)] {
+		if n := o.seek(k); n == nil || n.e.Key != k {
+			t.Fatalf("seek(%q) missed", k)
+		}
+	}
+}
