@@ -266,7 +266,7 @@ func (a *api) handlePut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.NewResponseController(w).SetReadDeadline(time.Now().Add(time.Minute))
-	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.cfg.maxValue))
+	value, err := readBody(http.MaxBytesReader(w, r.Body, a.cfg.maxValue), r.ContentLength)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -287,6 +287,22 @@ func (a *api) handlePut(w http.ResponseWriter, r *http.Request) {
 		status = http.StatusCreated
 	}
 	a.writeWritten(w, status, key, res.Revision)
+}
+
+// readBody reads a request body of n bytes (n < 0: unknown) into a slice
+// of exactly its size: the store keeps it as the value.
+func readBody(body io.Reader, n int64) ([]byte, error) {
+	if n < 0 {
+		return io.ReadAll(body)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(body, b); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return b, nil
 }
 
 func (a *api) writeWritten(w http.ResponseWriter, status int, key string, rev int64) {
