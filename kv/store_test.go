@@ -862,19 +862,18 @@ func TestOpenLockedDir(t *testing.T) {
 	}
 }
 
-// TestReopenCutsTornTail appends half a record to the log, as a crash in
-// the middle of a write would leave it: the store opens with everything
-// before it, and appends after it.
-func TestReopenCutsTornTail(t *testing.T) {
-	dir := t.TempDir()
+// writeKeys writes keys k0..k<n-1> into a store in dir, closes it, and
+// returns what it held and the path of its only log segment.
+func writeKeys(t *testing.T, dir string, n int) (kv.Page, string) {
+	t.Helper()
 	s, err := kv.Open(kv.Options{Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range 5 {
+	for i := range n {
 		put(t, s, fmt.Sprintf("k%d", i), "v")
 	}
-	want := listAll(t, s)
+	held := listAll(t, s)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -882,7 +881,15 @@ func TestReopenCutsTornTail(t *testing.T) {
 	if err != nil || len(files.Segments) != 1 {
 		t.Fatalf("List = %+v, %v; want one segment", files, err)
 	}
-	path := wal.SegmentPath(dir, files.Segments[0])
+	return held, wal.SegmentPath(dir, files.Segments[0])
+}
+
+// TestReopenCutsTornTail appends half a record to the log, as a crash in
+// the middle of a write would leave it: the store opens with everything
+// before it, and appends after it.
+func TestReopenCutsTornTail(t *testing.T) {
+	dir := t.TempDir()
+	want, path := writeKeys(t, dir, 5)
 	torn := wal.Append(nil, &wal.Record{Op: wal.OpPut, Rev: 6, Key: []byte("torn"), Value: []byte("value")})
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
@@ -895,7 +902,7 @@ func TestReopenCutsTornTail(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s, err = kv.Open(kv.Options{Dir: dir})
+	s, err := kv.Open(kv.Options{Dir: dir})
 	if err != nil {
 		t.Fatalf("Open with a torn tail: %v", err)
 	}
@@ -921,21 +928,7 @@ func TestReopenCutsTornTail(t *testing.T) {
 // than cut the log at the damage and lose them.
 func TestReopenRefusesDamageBeforeTail(t *testing.T) {
 	dir := t.TempDir()
-	s, err := kv.Open(kv.Options{Dir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 10 {
-		put(t, s, fmt.Sprintf("k%d", i), "v")
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	files, err := wal.List(dir)
-	if err != nil || len(files.Segments) != 1 {
-		t.Fatalf("List = %+v, %v; want one segment", files, err)
-	}
-	path := wal.SegmentPath(dir, files.Segments[0])
+	_, path := writeKeys(t, dir, 10)
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -954,7 +947,7 @@ func TestReopenRefusesDamageBeforeTail(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s, err = kv.Open(kv.Options{Dir: dir})
+	s, err := kv.Open(kv.Options{Dir: dir})
 	if err == nil {
 		got := keysOf(listAll(t, s).Items)
 		s.Close()
