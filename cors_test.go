@@ -26,22 +26,11 @@ const (
 // response with its body read.
 func corsDo(t *testing.T, method, url, body string, headers map[string]string) (*http.Response, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
+	var hdr []string
 	for k, v := range headers {
-		req.Header.Set(k, v)
+		hdr = append(hdr, k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, b := send(t, method, url, strings.NewReader(body), hdr...)
 	return resp, string(b)
 }
 

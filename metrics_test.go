@@ -390,23 +390,7 @@ func metricsWait(t *testing.T, url, what string, ok func(*promText) bool) *promT
 // metricsDo sends one request and returns the response with its body read.
 func metricsDo(t *testing.T, method, url, body string, header ...string) (*http.Response, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Set(header[i], header[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp, b
+	return send(t, method, url, strings.NewReader(body), header...)
 }
 
 // metricsOpenStream opens a watch and reads up to its sync event. Cancel ends it.
