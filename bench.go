@@ -1255,8 +1255,14 @@ func (r *benchResult) print(w io.Writer, asJSON bool) error {
 	} else {
 		line("checks", "FAILED")
 	}
+	return benchWriteReport(w, &b, asJSON, r)
+}
+
+// benchWriteReport writes the text report in b and, with asJSON, v as one
+// JSON line after it.
+func benchWriteReport(w io.Writer, b *bytes.Buffer, asJSON bool, v any) error {
 	if asJSON {
-		j, err := json.Marshal(r)
+		j, err := json.Marshal(v)
 		if err != nil {
 			return err
 		}
@@ -1439,20 +1445,11 @@ func printBaseline(w io.Writer, base, ours *benchResult, asJSON bool) error {
 		return "ok"
 	}
 	row("checks", checks(base), checks(ours), "")
-	if asJSON {
-		j, err := json.Marshal(struct {
-			Baseline *benchResult       `json:"baseline"`
-			Kvsse    *benchResult       `json:"kvsse"`
-			Ratios   map[string]float64 `json:"ratios"`
-		}{base, ours, ratios})
-		if err != nil {
-			return err
-		}
-		b.Write(j)
-		b.WriteByte('\n')
-	}
-	_, err := w.Write(b.Bytes())
-	return err
+	return benchWriteReport(w, &b, asJSON, struct {
+		Baseline *benchResult       `json:"baseline"`
+		Kvsse    *benchResult       `json:"kvsse"`
+		Ratios   map[string]float64 `json:"ratios"`
+	}{base, ours, ratios})
 }
 
 // cmdHub runs "kvsse hub", the baseline that "bench -baseline" starts: a
