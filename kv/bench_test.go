@@ -20,7 +20,7 @@ func BenchmarkPublish(b *testing.B) {
 		{"matching=1000", 1000, 0},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			f := newFeed(100_000)
+			f := NewFeed(100_000, 1024, 0)
 			var subs []*Subscription
 			add := func(pattern string) {
 				p, err := ParsePattern(pattern)
@@ -43,7 +43,7 @@ func BenchmarkPublish(b *testing.B) {
 			b.ResetTimer()
 			for i := range b.N {
 				changes[0].Revision = int64(i + 1)
-				f.publish(changes)
+				f.Publish(changes, 0)
 				if i%1000 == 999 && bc.matching > 0 {
 					b.StopTimer()
 					for _, s := range subs {

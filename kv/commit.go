@@ -364,7 +364,7 @@ func (c *committer) commit(batch []*op) {
 		}
 		// Publish before the revision moves: whoever reads Revision R
 		// knows every change up to R is already in the subscriptions.
-		s.feed.publish(c.changes)
+		s.feed.Publish(c.changes, rev)
 		s.rev.Store(rev)
 		s.orderMu.Unlock()
 		s.stats.Writes.Add(int64(len(c.changes)))

@@ -147,6 +147,7 @@ func (d *durability) load() error {
 		d.seg = seg
 	}
 	s.rev.Store(rev)
+	s.feed.rev = rev
 	s.stats.LogBytes.Store(d.seg.Size())
 	return nil
 }

@@ -8,29 +8,57 @@ import (
 	"sync/atomic"
 )
 
-// feed is the change feed: the history of recent changes and the live
-// subscriptions, indexed by pattern.
-type feed struct {
-	mu     sync.Mutex // guards everything below; taken after orderMu
+// Feed is the change feed: the history of recent changes and the live
+// subscriptions, indexed by pattern. A Store has one; it is exported so
+// that another source of committed changes (a replicated log followed
+// over the network) can serve watchers the same way.
+type Feed struct {
+	subBuffer int
+
+	mu     sync.Mutex // guards everything below; taken after Store.orderMu
+	rev    int64      // every change up to rev is published, none above
 	hist   history
 	idx    *index[*Subscription]
 	subs   map[*Subscription]struct{}
 	closed bool
 }
 
-func newFeed(size int) *feed {
-	return &feed{hist: history{buf: make([]*Change, 0, min(size, 1024)), max: size}, idx: newIndex[*Subscription](), subs: make(map[*Subscription]struct{})}
+// NewFeed returns a feed at revision rev that keeps the last history
+// changes for resuming watchers and lets a subscription queue subBuffer
+// changes before it is dropped as lagging.
+func NewFeed(keep, subBuffer int, rev int64) *Feed {
+	return &Feed{
+		subBuffer: subBuffer,
+		rev:       rev,
+		hist:      history{buf: make([]*Change, 0, min(keep, 1024)), max: keep, floor: rev},
+		idx:       newIndex[*Subscription](),
+		subs:      make(map[*Subscription]struct{}),
+	}
 }
 
-// publish is the hook through which every committed change passes, once,
+// Revision returns the feed's revision: every change up to it has been
+// published.
+func (f *Feed) Revision() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.rev
+}
+
+// Publish is the hook through which every committed change passes, once,
 // in revision order, after it is durable and visible: it is kept in the
 // history and sent to each subscription whose patterns match its key,
 // without ever waiting. A subscription whose buffer is full is dropped as
-// lagged. The committer calls it with orderMu held; changes is reused
-// afterwards, so publish copies what it keeps.
-func (f *feed) publish(changes []Change) {
+// lagged. The feed's revision then moves to rev, which is at least the
+// last change's: a source may know that no change happened up to a
+// revision beyond it. changes is reused afterwards, so Publish copies
+// what it keeps.
+func (f *Feed) Publish(changes []Change, rev int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if n := len(changes); n > 0 {
+		rev = max(rev, changes[n-1].Revision)
+	}
+	f.rev = max(f.rev, rev)
 	for i := range changes {
 		p := new(struct {
 			c Change
@@ -57,7 +85,7 @@ func (f *feed) publish(changes []Change) {
 
 // drop removes sub from the index and closes its channel, once. The
 // caller holds f.mu.
-func (f *feed) drop(sub *Subscription) {
+func (f *Feed) drop(sub *Subscription) {
 	if sub.gone {
 		return
 	}
@@ -69,14 +97,31 @@ func (f *feed) drop(sub *Subscription) {
 	close(sub.ch)
 }
 
-// close ends every subscription: the store is closing.
-func (f *feed) close() {
+// Close ends every subscription, and every later Subscribe fails with
+// ErrClosed: the source is closing.
+func (f *Feed) Close() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.closed = true
 	for sub := range f.subs {
 		f.drop(sub)
 	}
+}
+
+// Restart drops every subscription as lagged and forgets the history,
+// and the feed goes on from rev: for a source that lost changes (a
+// followed log compacted past the point it had reached). The watchers
+// resume, and find their revision too old.
+func (f *Feed) Restart(rev int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for sub := range f.subs {
+		sub.lagged.Store(true)
+		f.drop(sub)
+	}
+	clear(f.hist.buf)
+	f.hist.buf, f.hist.start, f.hist.floor = f.hist.buf[:0], 0, rev
+	f.rev = rev
 }
 
 // history keeps the last max changes, oldest first, in a ring.
@@ -138,7 +183,7 @@ type Subscription struct {
 
 	ch       chan *Change
 	patterns []Pattern
-	feed     *feed
+	feed     *Feed
 	lagged   atomic.Bool
 	last     int64 // guarded by feed.mu: the last revision sent
 	gone     bool  // guarded by feed.mu: dropped from the index
@@ -172,55 +217,77 @@ type WatchOptions struct {
 // duplicate. It returns ErrClosed once the store is closed, and
 // ErrInvalidRevision for a negative From.
 func (s *Store) Watch(opts WatchOptions) (*Subscription, error) {
-	if opts.Resume && opts.From < 0 {
-		return nil, fmt.Errorf("kv: watch from %d: %w", opts.From, ErrInvalidRevision)
-	}
-	sub := &Subscription{
-		ch:       make(chan *Change, s.opts.SubBuffer),
-		patterns: opts.Patterns,
-		feed:     s.feed,
-	}
-	sub.C = sub.ch
-	match := func(key string) bool {
-		for _, p := range opts.Patterns {
-			if p.Match(key) {
-				return true
-			}
-		}
-		return false
-	}
-
+	// orderMu holds the revision still while the snapshot is read.
 	s.orderMu.RLock()
 	defer s.orderMu.RUnlock()
-	rev := s.rev.Load()
-	sub.Revision = rev
-	f := s.feed
-	f.mu.Lock()
-	if f.closed {
-		f.mu.Unlock()
-		return nil, ErrClosed
+	sub, snapshot, err := s.feed.Subscribe(opts)
+	if err != nil {
+		return nil, err
 	}
+	if snapshot {
+		sub.Snapshot = s.snapshot(opts.Patterns, opts.match)
+	}
+	return sub, nil
+}
+
+// match reports whether key matches any of the patterns.
+func (opts WatchOptions) match(key string) bool {
+	for _, p := range opts.Patterns {
+		if p.Match(key) {
+			return true
+		}
+	}
+	return false
+}
+
+// Subscribe registers a subscription at the feed's revision and fills the
+// catch-up the feed can give: Replay when resuming within the history,
+// or Reset ("history" or "future"). snapshot reports that the caller must
+// fill sub.Snapshot with the matching entries at sub.Revision, which it
+// must hold still until it has (no change above it may be published in
+// between, or the subscription would receive it twice). Errors:
+// ErrClosed, ErrInvalidRevision for a negative From.
+func (f *Feed) Subscribe(opts WatchOptions) (sub *Subscription, snapshot bool, err error) {
+	if opts.Resume && opts.From < 0 {
+		return nil, false, fmt.Errorf("kv: watch from %d: %w", opts.From, ErrInvalidRevision)
+	}
+	sub = &Subscription{
+		ch:       make(chan *Change, f.subBuffer),
+		patterns: opts.Patterns,
+		feed:     f,
+	}
+	sub.C = sub.ch
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, false, ErrClosed
+	}
+	sub.Revision = f.rev
 	f.subs[sub] = struct{}{}
 	for _, p := range opts.Patterns {
 		f.idx.add(p, sub)
 	}
-	snapshot := opts.Snapshot
+	snapshot = opts.Snapshot
 	if opts.Resume {
 		switch {
-		case opts.From > rev:
+		case opts.From > f.rev:
 			sub.Reset, snapshot = "future", true
 		case opts.From < f.hist.floor:
 			sub.Reset, snapshot = "history", true
 		default:
 			snapshot = false
-			sub.Replay = f.hist.after(opts.From, func(c *Change) bool { return match(c.Key) })
+			sub.Replay = f.hist.after(opts.From, func(c *Change) bool { return opts.match(c.Key) })
 		}
 	}
-	f.mu.Unlock()
-	if snapshot {
-		sub.Snapshot = s.snapshot(opts.Patterns, match)
-	}
-	return sub, nil
+	return sub, snapshot, nil
+}
+
+// Floor returns the revision after which the feed keeps every change:
+// a watcher may resume from it or later.
+func (f *Feed) Floor() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.hist.floor
 }
 
 // snapshot returns the live entries matching, in key order. The caller

@@ -118,7 +118,7 @@ type Store struct {
 	order   *ordered
 	rev     atomic.Int64 // the revision of the last applied write
 
-	feed *feed
+	feed *Feed
 
 	ops    chan *op      // writes, to the committer; unbuffered
 	quit   chan struct{} // closed by Close to stop the committer
@@ -167,7 +167,7 @@ func Open(opts Options) (*Store, error) {
 	for i := range s.shards {
 		s.shards[i].m = make(map[string]*Entry)
 	}
-	s.feed = newFeed(opts.History)
+	s.feed = NewFeed(opts.History, opts.SubBuffer, 0)
 	if opts.Dir != "" {
 		d, err := openDurability(s)
 		if err != nil {
@@ -186,7 +186,7 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.quit)
 		<-s.done
-		s.feed.close()
+		s.feed.Close()
 		if s.log != nil {
 			s.closeErr = s.log.close()
 		}
