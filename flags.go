@@ -41,6 +41,11 @@ type config struct {
 	tlsCert             string
 	tlsKey              string
 
+	// server: where the data lives
+	backend       string
+	etcdEndpoints string
+	etcdPrefix    string
+
 	// client
 	server   string
 	token    string
@@ -96,6 +101,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.DurationVar(&c.readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send a request's headers (and the TLS handshake)")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate chain file: serve HTTPS (HTTP/2 and HTTP/1.1); needs -tls-key")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key file of -tls-cert")
+	fs.StringVar(&c.backend, "backend", "embedded", "where the data lives: embedded (the map and log in -data) or etcd (an etcd cluster;\nsee -etcd-endpoints)")
+	fs.StringVar(&c.etcdEndpoints, "etcd-endpoints", "", "comma-separated client URLs of the etcd members (http://host:2379), for -backend etcd")
+	fs.StringVar(&c.etcdPrefix, "etcd-prefix", "/kvsse/", "prefix of every key kvsse writes to etcd, for -backend etcd")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")

@@ -63,6 +63,13 @@ func storeOptions(cfg *config, logger *slog.Logger) (kv.Options, error) {
 		return o, usageErr("-flush-interval must be between 0 and 1s")
 	case cfg.heartbeat <= 0 || cfg.shutdownTimeout <= 0:
 		return o, usageErr("-heartbeat and -shutdown-timeout must be positive")
+	case cfg.backend != "embedded" && cfg.backend != "etcd":
+		return o, usageErr("-backend must be embedded or etcd, got %q", cfg.backend)
+	}
+	if cfg.backend == "etcd" {
+		if _, err := etcdEndpoints(cfg); err != nil {
+			return o, err
+		}
 	}
 	return o, nil
 }
@@ -163,20 +170,14 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	}
 
 	start := time.Now()
-	store, err := kv.Open(opts)
+	store, err := openBackend(gctx, cfg, opts, logger)
 	if err != nil {
 		srv.Close()
 		msrv.Close()
 		g.Wait()
 		return err
 	}
-	logger.Info("store loaded", "data", cfg.data, "revision", store.Revision(), "took", time.Since(start).Round(time.Millisecond))
-	if cfg.data == "" {
-		logger.Warn("running in memory: nothing is kept when the server stops")
-	}
-	if opts.Sync == kv.SyncNone {
-		logger.Warn("-sync=none: writes are acknowledged before they reach the disk and may be lost if the machine fails")
-	}
+	logger.Info("ready", "took", time.Since(start).Round(time.Millisecond))
 	met.setStore(store)
 	api := newAPI(store, cfg, logger, met)
 	api.auth = az

@@ -102,8 +102,8 @@ func IfExists() Cond { return Cond{kind: condExists} }
 // rev of 0 or less).
 func IfRevision(rev int64) Cond { return Cond{kind: condRevision, rev: rev} }
 
-// holds reports whether c holds for the current entry cur (nil: absent).
-func (c Cond) holds(cur *Entry) bool {
+// Holds reports whether c holds for the current entry cur (nil: absent).
+func (c Cond) Holds(cur *Entry) bool {
 	switch c.kind {
 	case condAbsent:
 		return cur == nil
@@ -325,7 +325,7 @@ func (c *committer) commit(batch []*op) {
 		switch {
 		case s.Err() != nil:
 			o.res = result{err: s.Err()}
-		case !o.cond.holds(cur):
+		case !o.cond.Holds(cur):
 			o.res = result{err: &ConflictError{Key: o.key, Revision: curRev}}
 		case o.kind == OpDelete && cur == nil:
 			o.res = result{err: ErrNotFound}

@@ -60,13 +60,7 @@ func (f *Feed) Publish(changes []Change, rev int64) {
 	}
 	f.rev = max(f.rev, rev)
 	for i := range changes {
-		p := new(struct {
-			c Change
-			m memo
-		}) // one allocation for the change and its encodings
-		c := &p.c
-		*c = changes[i]
-		c.memo = &p.m
+		c := shared(&changes[i])
 		f.hist.add(c)
 		f.idx.match(c.Key, func(sub *Subscription) {
 			if sub.last == c.Revision {
@@ -81,6 +75,45 @@ func (f *Feed) Publish(changes []Change, rev int64) {
 			}
 		})
 	}
+}
+
+// shared copies c for the history and the subscriptions, with room for
+// the encodings they share.
+func shared(c *Change) *Change {
+	p := new(struct {
+		c Change
+		m memo
+	}) // one allocation for the change and its encodings
+	p.c = *c
+	p.c.memo = &p.m
+	return &p.c
+}
+
+// Backfill adds older changes to the history, so that watchers resuming
+// from as far back as from are served by the feed: changes must hold
+// every change in (from, to], in order, where to is the feed's floor
+// (Floor). It does nothing when the floor is no longer to. When the
+// history cannot hold them all, it keeps the newest.
+func (f *Feed) Backfill(changes []Change, from, to int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	h := &f.hist
+	if h.floor != to || from >= to {
+		return
+	}
+	n := len(h.buf)
+	keep := min(len(changes), h.max-n)
+	if keep < len(changes) {
+		from = changes[len(changes)-keep-1].Revision
+	}
+	buf := make([]*Change, 0, min(h.max, keep+n+1024))
+	for i := len(changes) - keep; i < len(changes); i++ {
+		buf = append(buf, shared(&changes[i]))
+	}
+	for i := range n {
+		buf = append(buf, h.at(i))
+	}
+	h.buf, h.start, h.floor = buf, 0, from
 }
 
 // drop removes sub from the index and closes its channel, once. The
@@ -225,13 +258,13 @@ func (s *Store) Watch(opts WatchOptions) (*Subscription, error) {
 		return nil, err
 	}
 	if snapshot {
-		sub.Snapshot = s.snapshot(opts.Patterns, opts.match)
+		sub.Snapshot = s.snapshot(opts.Patterns, opts.Match)
 	}
 	return sub, nil
 }
 
-// match reports whether key matches any of the patterns.
-func (opts WatchOptions) match(key string) bool {
+// Match reports whether key matches any of opts.Patterns.
+func (opts WatchOptions) Match(key string) bool {
 	for _, p := range opts.Patterns {
 		if p.Match(key) {
 			return true
@@ -276,7 +309,7 @@ func (f *Feed) Subscribe(opts WatchOptions) (sub *Subscription, snapshot bool, e
 			sub.Reset, snapshot = "history", true
 		default:
 			snapshot = false
-			sub.Replay = f.hist.after(opts.From, func(c *Change) bool { return opts.match(c.Key) })
+			sub.Replay = f.hist.after(opts.From, func(c *Change) bool { return opts.Match(c.Key) })
 		}
 	}
 	return sub, snapshot, nil
@@ -294,7 +327,7 @@ func (f *Feed) Floor() int64 {
 // holds orderMu.
 func (s *Store) snapshot(patterns []Pattern, match func(string) bool) []Entry {
 	now := s.opts.Now().UnixNano()
-	prefix := commonPrefix(patterns)
+	prefix := CommonPrefix(patterns)
 	var out []Entry
 	for n := s.order.seek(prefix); n != nil && strings.HasPrefix(n.e.Key, prefix); n = n.next[0] {
 		if match(n.e.Key) && !n.e.expired(now) {
@@ -304,10 +337,10 @@ func (s *Store) snapshot(patterns []Pattern, match func(string) bool) []Entry {
 	return out
 }
 
-// commonPrefix is a literal prefix that every key matched by any of the
+// CommonPrefix is a literal prefix that every key matched by any of the
 // patterns has: the patterns' longest common prefix up to the first
 // wildcard.
-func commonPrefix(patterns []Pattern) string {
+func CommonPrefix(patterns []Pattern) string {
 	var prefix string
 	for i, p := range patterns {
 		s := p.Prefix()

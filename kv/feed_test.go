@@ -530,3 +530,60 @@ func TestHistoryAfterReopen(t *testing.T) {
 		res.Cancel()
 	}
 }
+
+// A feed's history takes older changes from its source, keeping the
+// newest it has room for, and resumes are served from them.
+func TestFeedBackfill(t *testing.T) {
+	changes := func(from, to int64) []kv.Change {
+		var out []kv.Change
+		for r := from; r <= to; r++ {
+			out = append(out, kv.Change{Op: kv.OpPut, Key: fmt.Sprintf("k%d", r), Revision: r})
+		}
+		return out
+	}
+	revs := func(cs []*kv.Change) []int64 {
+		var out []int64
+		for _, c := range cs {
+			out = append(out, c.Revision)
+		}
+		return out
+	}
+	all := patterns(t, "**")
+	f := kv.NewFeed(15, 8, 10)
+	f.Publish(changes(11, 20), 20)
+	if got := f.Floor(); got != 10 {
+		t.Fatalf("floor = %d, want 10", got)
+	}
+	f.Backfill(changes(5, 9), 4, 9) // not the floor: ignored
+	if got := f.Floor(); got != 10 {
+		t.Fatalf("floor after a backfill to the wrong revision = %d, want 10", got)
+	}
+	f.Backfill(changes(3, 10), 2, 10) // 18 changes in all: the oldest 3 do not fit
+	if got := f.Floor(); got != 5 {
+		t.Fatalf("floor after backfill = %d, want 5", got)
+	}
+	sub, snap, err := f.Subscribe(kv.WatchOptions{Patterns: all, Resume: true, From: 5})
+	if err != nil || snap || sub.Reset != "" {
+		t.Fatalf("resume from 5: err %v, snapshot %v, reset %q", err, snap, sub.Reset)
+	}
+	if diff := cmp.Diff(revs(changesPtrs(changes(6, 20))), revs(sub.Replay)); diff != "" {
+		t.Errorf("replay from 5 (-want +got):\n%s", diff)
+	}
+	sub, _, _ = f.Subscribe(kv.WatchOptions{Patterns: all, Resume: true, From: 4})
+	if sub.Reset != "history" {
+		t.Errorf("resume from 4: reset %q, want history", sub.Reset)
+	}
+	f.Publish(changes(21, 21), 21) // the ring goes on from the backfilled state
+	sub, _, _ = f.Subscribe(kv.WatchOptions{Patterns: all, Resume: true, From: 6})
+	if diff := cmp.Diff(revs(changesPtrs(changes(7, 21))), revs(sub.Replay)); diff != "" || sub.Reset != "" {
+		t.Errorf("replay from 6 after one more change, reset %q (-want +got):\n%s", sub.Reset, diff)
+	}
+}
+
+func changesPtrs(cs []kv.Change) []*kv.Change {
+	out := make([]*kv.Change, len(cs))
+	for i := range cs {
+		out[i] = &cs[i]
+	}
+	return out
+}

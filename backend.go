@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"kvsse/kv"
+	"kvsse/kv/etcd"
+)
+
+// backend is a store the server opens at start and closes at the end:
+// the embedded kv.Store or an etcd cluster.
+type backend interface {
+	store
+	Stats() *kv.Stats
+	Close() error
+}
+
+// etcdEndpoints checks and splits -etcd-endpoints.
+func etcdEndpoints(cfg *config) ([]string, error) {
+	var out []string
+	for _, e := range strings.Split(cfg.etcdEndpoints, ",") {
+		e = strings.TrimRight(strings.TrimSpace(e), "/")
+		if e == "" {
+			continue
+		}
+		u, err := url.Parse(e)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" {
+			return nil, usageErr("-etcd-endpoints: %q is not a URL like http://host:2379", e)
+		}
+		out = append(out, e)
+	}
+	if len(out) == 0 {
+		return nil, usageErr("-backend etcd needs -etcd-endpoints")
+	}
+	if !strings.HasPrefix(cfg.etcdPrefix, "/") {
+		return nil, usageErr("-etcd-prefix must start with /, got %q", cfg.etcdPrefix)
+	}
+	return out, nil
+}
+
+// openBackend opens the store -backend names. An etcd cluster that
+// cannot be reached yet is tried again until ctx ends, while the server
+// answers 503.
+func openBackend(ctx context.Context, cfg *config, opts kv.Options, logger *slog.Logger) (backend, error) {
+	switch cfg.backend {
+	case "embedded":
+		s, err := kv.Open(opts)
+		if err != nil {
+			return nil, err
+		}
+		logger.Info("store loaded", "data", cfg.data, "revision", s.Revision())
+		if cfg.data == "" {
+			logger.Warn("running in memory: nothing is kept when the server stops")
+		}
+		if opts.Sync == kv.SyncNone {
+			logger.Warn("-sync=none: writes are acknowledged before they reach the disk and may be lost if the machine fails")
+		}
+		return s, nil
+	case "etcd":
+		endpoints, err := etcdEndpoints(cfg)
+		if err != nil {
+			return nil, err
+		}
+		eo := etcd.Options{Endpoints: endpoints, Prefix: cfg.etcdPrefix, History: cfg.history, SubBuffer: cfg.subBuffer, Logger: logger}
+		for attempt := 0; ; attempt++ {
+			s, err := etcd.Open(ctx, eo)
+			if err == nil {
+				logger.Info("following etcd", "endpoints", cfg.etcdEndpoints, "prefix", cfg.etcdPrefix, "revision", s.Revision())
+				return s, nil
+			}
+			if !errors.Is(err, kv.ErrUnavailable) {
+				return nil, err
+			}
+			if attempt == 0 {
+				logger.Warn("etcd unreachable; retrying", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("etcd: %w", err)
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	return nil, usageErr("-backend must be embedded or etcd, got %q", cfg.backend)
+}
