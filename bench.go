@@ -58,7 +58,7 @@ func parseBench(args []string, server string, stderr io.Writer) (*benchConfig, e
 	cfg := new(benchConfig)
 	fs := flag.NewFlagSet("kvsse bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.server, "server", server, "the server's URL")
+	fs.StringVar(&cfg.server, "server", server, "the server's URL; several, comma-separated, spread the writers and the\nsubscribers over them in turn (nodes in front of one etcd cluster)")
 	fs.IntVar(&cfg.writers, "writers", 8, "concurrent writers, each with its own keep-alive connection")
 	fs.Float64Var(&cfg.rate, "rate", 0, "writes per second, all writers together; 0: as fast as the server answers")
 	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "how long to write, unless -writes is given")
@@ -94,7 +94,6 @@ check passes, 2 otherwise.
 	if cfg.pattern == "" {
 		cfg.pattern = cfg.prefix + "/**"
 	}
-	cfg.server = strings.TrimSuffix(cfg.server, "/")
 	var problem string
 	switch {
 	case fs.NArg() > 0:
@@ -127,8 +126,10 @@ check passes, 2 otherwise.
 	if _, err := kv.ParsePattern(strings.ReplaceAll(cfg.pattern, "%d", "0")); problem == "" && err != nil {
 		problem = fmt.Sprintf("-pattern: %v", err)
 	}
-	if u, err := url.Parse(cfg.server); problem == "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
-		problem = fmt.Sprintf("-server %q is not an http(s) URL", cfg.server)
+	for _, srv := range cfg.servers() {
+		if u, err := url.Parse(srv); problem == "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
+			problem = fmt.Sprintf("-server %q is not an http(s) URL", srv)
+		}
 	}
 	if problem != "" {
 		return nil, usageErr("bench: %s", problem)
@@ -216,9 +217,9 @@ func benchRaiseNoFile() error {
 // bench is one run of cmdBench. Its fields are set before the writers and
 // subscribers start and only read afterwards, except tickets.
 type bench struct {
-	cfg     *benchConfig
-	keys    []string // the keys written, by number
-	keyURLs []string // their URLs
+	cfg      *benchConfig
+	keys     []string // the keys written, by number
+	keyPaths []string // their paths on a server
 	writeHTTP,
 	watchHTTP *http.Client
 	gate chan struct{} // bounds the streams being opened at once
@@ -226,6 +227,21 @@ type bench struct {
 	start   time.Time    // the first write's scheduled time
 	end     time.Time    // no write is sent at or after it; zero with -writes
 	tickets atomic.Int64 // writes handed out to the writers
+}
+
+// servers are the URLs of -server.
+func (cfg *benchConfig) servers() []string {
+	var out []string
+	for srv := range strings.SplitSeq(cfg.server, ",") {
+		out = append(out, strings.TrimSuffix(strings.TrimSpace(srv), "/"))
+	}
+	return out
+}
+
+// serverFor is the server of writer or subscriber number i.
+func (cfg *benchConfig) serverFor(i int) string {
+	srvs := cfg.servers()
+	return srvs[i%len(srvs)]
 }
 
 func newBench(cfg *benchConfig) (*bench, error) {
@@ -236,7 +252,7 @@ func newBench(cfg *benchConfig) (*bench, error) {
 	}
 	for k := range cfg.keys {
 		b.keys = append(b.keys, cfg.prefix+"/"+strconv.Itoa(k))
-		b.keyURLs = append(b.keyURLs, cfg.server+"/kv/"+prefix.String()+strconv.Itoa(k))
+		b.keyPaths = append(b.keyPaths, "/kv/"+prefix.String()+strconv.Itoa(k))
 	}
 	base, ok := http.DefaultTransport.(*http.Transport)
 	if !ok {
@@ -316,6 +332,7 @@ func (b *bench) run(ctx context.Context) (*benchResult, error) {
 	writers := make([]benchWriter, cfg.writers)
 	var wwg sync.WaitGroup
 	for i := range writers {
+		writers[i].server = cfg.serverFor(i)
 		wwg.Go(func() { b.write(ctx, &writers[i]) })
 	}
 	wwg.Wait()
@@ -350,17 +367,19 @@ func (b *bench) run(ctx context.Context) (*benchResult, error) {
 // bench against no server fails at once rather than after -duration of
 // errors.
 func (b *bench) healthy(ctx context.Context) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.cfg.server+"/healthz", nil)
-	if err != nil {
-		return usageErr("bench: %v", err)
-	}
-	resp, err := b.writeHTTP.Do(req)
-	if err != nil {
-		return fmt.Errorf("bench: %w", err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("bench: GET /healthz: %s", resp.Status)
+	for _, srv := range b.cfg.servers() {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv+"/healthz", nil)
+		if err != nil {
+			return usageErr("bench: %v", err)
+		}
+		resp, err := b.writeHTTP.Do(req)
+		if err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("bench: GET %s/healthz: %s", srv, resp.Status)
+		}
 	}
 	return nil
 }
@@ -368,6 +387,7 @@ func (b *bench) healthy(ctx context.Context) error {
 // benchWriter is what one writer saw. Only its writer touches it until the
 // writers have all ended.
 type benchWriter struct {
+	server   string // the URL it writes to
 	acked    []benchAck
 	errors   int64
 	firstErr error
@@ -448,7 +468,7 @@ func (b *bench) put(ctx context.Context, ws *benchWriter, k int) bool {
 		}
 		ws.errors++
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, b.keyURLs[k], bytes.NewReader(value))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, ws.server+b.keyPaths[k], bytes.NewReader(value))
 	if err != nil {
 		fail(err)
 		return false
@@ -554,7 +574,7 @@ func (b *bench) newSubscribers() ([]*benchSub, error) {
 			n:       i,
 			pattern: text,
 			keys:    keys,
-			url:     cfg.server + "/watch?" + q.Encode(),
+			url:     cfg.serverFor(i) + "/watch?" + q.Encode(),
 			ndjson:  cfg.format == "ndjson",
 		}
 	}

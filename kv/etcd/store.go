@@ -290,7 +290,7 @@ func (s *Store) write(ctx context.Context, key string, cond kv.Cond, op requestO
 			cmp = []compare{{Key: s.etcdKey(key), Result: "EQUAL", Target: "MOD", ModRevision: cur.Revision}}
 		}
 		var r txnResponse
-		if err := s.call(ctx, "/v3/kv/txn", txnRequest{Compare: cmp, Success: []requestOp{op}}, &r); err != nil {
+		if err := s.txn(ctx, cmp, op, &r); err != nil {
 			return kv.Result{}, err
 		}
 		if !r.Succeeded {
@@ -304,6 +304,25 @@ func (s *Store) write(ctx context.Context, key string, cond kv.Cond, op requestO
 			return kv.Result{}, kv.ErrNotFound
 		}
 		return kv.Result{Revision: r.Header.Revision, PrevRevision: p}, nil
+	}
+}
+
+// txn carries out op if cmp holds. Without a condition it is a plain put
+// or delete, which etcd does with less work than a txn.
+func (s *Store) txn(ctx context.Context, cmp []compare, op requestOp, r *txnResponse) error {
+	switch {
+	case cmp != nil:
+		return s.call(ctx, "/v3/kv/txn", txnRequest{Compare: cmp, Success: []requestOp{op}}, r)
+	case op.Put != nil:
+		var p putResponse
+		err := s.call(ctx, "/v3/kv/put", op.Put, &p)
+		*r = txnResponse{Header: p.Header, Succeeded: true, Responses: []responseOp{{Put: &p}}}
+		return err
+	default:
+		var d deleteResponse
+		err := s.call(ctx, "/v3/kv/deleterange", op.Delete, &d)
+		*r = txnResponse{Header: d.Header, Succeeded: true, Responses: []responseOp{{Delete: &d}}}
+		return err
 	}
 }
 
