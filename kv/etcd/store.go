@@ -152,7 +152,8 @@ func (s *Store) etcdKey(key string) []byte {
 // currentRevision is etcd's revision now, read linearizably.
 func (s *Store) currentRevision(ctx context.Context) (int64, error) {
 	var r rangeResponse
-	if err := s.call(ctx, "/v3/kv/range", rangeRequest{Key: s.prefix, RangeEnd: rangeEnd(s.prefix), Limit: 1, CountOnly: true}, &r); err != nil {
+	// One key, so that etcd has nothing to count.
+	if err := s.call(ctx, "/v3/kv/range", rangeRequest{Key: s.etcdKey(fenceKey), CountOnly: true}, &r); err != nil {
 		return 0, err
 	}
 	return r.Header.Revision, nil

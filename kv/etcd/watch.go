@@ -46,7 +46,7 @@ func (s *Store) follow(rev int64) {
 		}
 		werr := fmt.Errorf("%w: following etcd: %v", kv.ErrUnavailable, err)
 		if s.watchErr.Swap(&werr) == nil {
-			s.opts.Logger.Warn("etcd watch broken; retrying", "revision", rev, "err", err)
+			s.opts.Logger.Warn("etcd watch broken; retrying", "revision", s.feed.Revision(), "err", err)
 		}
 		s.c.next()
 		d := backoff(attempt)
@@ -110,6 +110,9 @@ func (s *Store) watchFrom(ctx context.Context, from int64, each func(changes []k
 		if r.Canceled {
 			return fmt.Errorf("etcd watch canceled: %s", r.CancelReason)
 		}
+		if r.Created && !each(nil, 0) { // the watch is up
+			return nil
+		}
 		if len(r.Events) == 0 {
 			continue
 		}
@@ -158,19 +161,20 @@ func (s *Store) change(ev *event, now int64) (c kv.Change, ok bool) {
 	return c, true
 }
 
-// Watch subscribes to the changes of keys matching opts.Patterns. A
-// resume from a revision this node has not reached yet (the watcher came
-// from a node ahead of it) first waits until the node has caught up with
-// etcd; a resume from before the changes the node keeps first fills the
-// node's history from etcd's, and gets a reset when etcd has compacted
-// those changes (or there are more than the history holds).
+// Watch subscribes to the changes of keys matching opts.Patterns. It
+// first lets the node catch up with etcd, so that the stream turns live
+// at a revision at or after every write acknowledged before it began, on
+// any node. A resume from before the changes the node keeps first fills
+// the node's history from etcd's, and gets a reset when etcd has
+// compacted those changes (or there are more than the history holds).
+// While etcd cannot be reached, a watch starts from what the node has
+// seen, unless it needs etcd: a snapshot, or a resume from a revision the
+// node has not reached.
 func (s *Store) Watch(opts kv.WatchOptions) (*kv.Subscription, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, 2*s.opts.Timeout)
 	defer cancel()
-	if opts.Resume && opts.From > s.feed.Revision() {
-		if err := s.catchUp(ctx, opts.From); err != nil {
-			return nil, fmt.Errorf("kv: watch: %w", err)
-		}
+	if err := s.catchUp(ctx); err != nil && opts.Resume && opts.From > s.feed.Revision() {
+		return nil, fmt.Errorf("kv: watch: %w", err)
 	}
 	// etcd keeps the changes from compactedTo on: a resume before it can
 	// only be reset.
@@ -248,33 +252,41 @@ func (s *Store) fence(ctx context.Context) (int64, error) {
 	return r.Header.Revision, nil
 }
 
-// catchUp waits until the feed has reached rev, when etcd has. A revision
-// beyond etcd's is left for the feed to answer with a "future" reset.
-func (s *Store) catchUp(ctx context.Context, rev int64) error {
+// catchUp waits until the feed has reached etcd's current revision.
+// Changes under the prefix get it there by themselves; when they do not
+// within a moment (the last writes were outside the prefix, or the watch
+// lags), a fence write makes a change that comes after them.
+func (s *Store) catchUp(ctx context.Context) error {
 	now, err := s.currentRevision(ctx)
 	if err != nil {
 		return err
 	}
-	if rev > now {
+	wait, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	err = s.reach(wait, now)
+	cancel()
+	if err == nil {
 		return nil
 	}
-	// Changes outside the prefix move etcd's revision without an event
-	// here: the fence makes one, after rev.
 	f, err := s.fence(ctx)
 	if err != nil {
 		return err
 	}
+	return s.reach(ctx, f)
+}
+
+// reach waits until the feed's revision is rev or more.
+func (s *Store) reach(ctx context.Context, rev int64) error {
 	for {
 		s.mu.Lock()
 		advance := s.advance
 		s.mu.Unlock()
-		if s.feed.Revision() >= f {
+		if s.feed.Revision() >= rev {
 			return nil
 		}
 		select {
 		case <-advance:
 		case <-ctx.Done():
-			return fmt.Errorf("%w: waiting for etcd's watch to reach revision %d: %v", kv.ErrUnavailable, f, ctx.Err())
+			return fmt.Errorf("%w: waiting for etcd's watch to reach revision %d: %v", kv.ErrUnavailable, rev, ctx.Err())
 		}
 	}
 }
