@@ -852,3 +852,81 @@ func TestEtcdOutage(t *testing.T) {
 		t.Errorf("the write refused while etcd was down: GET %d %q, want 404", st, got)
 	}
 }
+
+// TestEtcdResumeFromEtcdHistory: a node keeps no changes from before it
+// started, so a client that resumes on a fresh node is served from
+// etcd's history; once etcd has compacted that history, it gets a reset
+// and a snapshot instead.
+func TestEtcdResumeFromEtcdHistory(t *testing.T) {
+	c := sharedEtcd(t)
+	args := c.serverArgs(etcdTestPrefix())
+	first := startServer(t, args...)
+	var revs []int64
+	for i := range 10 {
+		if i%3 == 2 { // delete what the write before put
+			revs = append(revs, sseDel(t, first.URL, fmt.Sprintf("h/k%d", (i-1)%4)))
+		} else {
+			revs = append(revs, ssePut(t, first.URL, fmt.Sprintf("h/k%d", i%4), strconv.Itoa(i)))
+		}
+	}
+	first.stop(t)
+
+	// Written while no node runs: only etcd has seen them.
+	revs = append(revs, ssePut(t, startServer(t, args...).URL, "h/k9", "late"))
+	fresh := startServer(t, args...)
+	hdr := http.Header{"Last-Event-ID": {sseID(revs[2])}}
+	s := sseOpen(t, fresh.URL+"/watch/h/**", hdr)
+	got := s.until(t, func(e sseEvent) bool { return e.Event == "sync" })
+	var ids []int64
+	for _, e := range got[:len(got)-1] {
+		ids = append(ids, e.Data.Revision)
+		if e.ID != sseID(e.Data.Revision) {
+			t.Errorf("event %+v: id is not its revision", e)
+		}
+	}
+	if diff := cmp.Diff(revs[3:], ids); diff != "" {
+		t.Errorf("resume from %d on a fresh node: revisions (-want +got):\n%s", revs[2], diff)
+	}
+	s.close()
+
+	// Compacting etcd past the asked-for revision: reset, then the keys.
+	var compacted struct{}
+	body := fmt.Appendf(nil, `{"revision":"%d"}`, revs[6])
+	if err := etcdPost(c.Endpoints()[0], "/v3/kv/compaction", body, &compacted); err != nil {
+		t.Fatal(err)
+	}
+	fresh = startServer(t, args...)
+	s = sseOpen(t, fresh.URL+"/watch/h/**", http.Header{"Last-Event-ID": {sseID(revs[2])}})
+	got = s.until(t, func(e sseEvent) bool { return e.Event == "sync" })
+	if got[0].Event != "reset" || got[0].Data.Reason != "history" {
+		t.Fatalf("resume from before etcd's compaction: first event %+v, want a history reset", got[0])
+	}
+	keys := map[string]string{}
+	for _, e := range got[1 : len(got)-1] {
+		if e.Event != "put" || e.ID != "" {
+			t.Fatalf("after the reset: %+v, want snapshot puts without id", e)
+		}
+		keys[e.Data.Key] = *e.Data.Value
+	}
+	if want := sseList(t, fresh.URL, "h/"); len(want) != len(keys) {
+		t.Errorf("snapshot after reset holds %v, the listing %v", keys, want)
+	}
+	s.close()
+}
+
+// etcdPost calls etcd's gateway directly.
+func etcdPost(endpoint, path string, body []byte, into any) error {
+	resp, err := etcdTestHTTP.Post(endpoint+path, "application/json", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("etcd %s: %s: %s", path, resp.Status, b)
+	}
+	return json.Unmarshal(b, into)
+}
