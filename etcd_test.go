@@ -858,7 +858,7 @@ func TestEtcdOutage(t *testing.T) {
 // etcd's history; once etcd has compacted that history, it gets a reset
 // and a snapshot instead.
 func TestEtcdResumeFromEtcdHistory(t *testing.T) {
-	c := sharedEtcd(t)
+	c := startEtcd(t, 1) // of its own: it compacts etcd's history
 	args := c.serverArgs(etcdTestPrefix())
 	first := startServer(t, args...)
 	var revs []int64
