@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"time"
@@ -14,29 +15,78 @@ import (
 // value or the query string, where an access_token may be. mux is the
 // API's router, asked for the route of requests answered before it saw
 // them (by the middleware in between).
+//
+// A handler that hands its response over to another goroutine (a stream
+// whose connection is taken over) calls handOver: the request is then
+// counted and logged when that goroutine calls the function it returns.
 func (a *api) observe(mux *http.ServeMux, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		rec := &recorder{ResponseWriter: w}
+		rec := &recorder{ResponseWriter: w, a: a, mux: mux, r: r, start: time.Now()}
 		next.ServeHTTP(rec, r)
-		d := time.Since(start)
-		route := r.Pattern
-		if route == "" {
-			_, route = mux.Handler(r)
+		if !rec.handedOver {
+			e := rec.entry()
+			e.log(0)
 		}
-		status := rec.status
-		if status == 0 {
-			status = http.StatusOK // the handler wrote nothing
-		}
-		a.metrics.request(route, status, d, rec.stream)
-		a.logger.LogAttrs(r.Context(), slog.LevelInfo, "access",
-			slog.String("method", r.Method),
-			slog.String("route", route),
-			slog.Int("status", status),
-			slog.Duration("duration", d),
-			slog.Int64("bytes", rec.bytes),
-			slog.String("remote", r.RemoteAddr))
 	})
+}
+
+// access is what the access line of a request holds: a stream that lives
+// on after its handler keeps this, not the request.
+type access struct {
+	a             *api
+	start         time.Time
+	method, route string
+	remote        string
+	status        int
+	stream        bool
+	bytes         int64
+}
+
+func (rec *recorder) entry() access {
+	r := rec.r
+	route := r.Pattern
+	if route == "" {
+		_, route = rec.mux.Handler(r)
+	}
+	status := rec.status
+	if status == 0 {
+		status = http.StatusOK // the handler wrote nothing
+	}
+	return access{a: rec.a, start: rec.start, method: r.Method, route: route, remote: r.RemoteAddr,
+		status: status, stream: rec.stream, bytes: rec.bytes}
+}
+
+// log counts the request and logs its line, with bytes more body bytes
+// than its recorder saw.
+func (e *access) log(bytes int64) {
+	d := time.Since(e.start)
+	e.a.metrics.request(e.route, e.status, d, e.stream)
+	e.a.logger.LogAttrs(context.Background(), slog.LevelInfo, "access",
+		slog.String("method", e.method),
+		slog.String("route", e.route),
+		slog.Int("status", e.status),
+		slog.Duration("duration", d),
+		slog.Int64("bytes", e.bytes+bytes),
+		slog.String("remote", e.remote))
+}
+
+// handOver tells observe that the response goes on after the handler
+// returns, and returns the function to call once when it ends, with the
+// body bytes written after the hand-over. On a ResponseWriter that
+// observe did not make it returns nil.
+func handOver(w http.ResponseWriter) func(bytes int64) {
+	for {
+		switch v := w.(type) {
+		case *recorder:
+			v.handedOver = true
+			e := v.entry()
+			return e.log
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = v.Unwrap()
+		default:
+			return nil
+		}
+	}
 }
 
 // recorder is a ResponseWriter that notes the status, whether the
@@ -45,9 +95,15 @@ func (a *api) observe(mux *http.ServeMux, next http.Handler) http.Handler {
 // connection's deadlines. Only the handler's goroutine uses it.
 type recorder struct {
 	http.ResponseWriter
-	status int   // the final status; 0 until the header is written
-	stream bool  // the response is text/event-stream or application/x-ndjson
-	bytes  int64 // body bytes written
+	status     int   // the final status; 0 until the header is written
+	stream     bool  // the response is text/event-stream or application/x-ndjson
+	bytes      int64 // body bytes written
+	handedOver bool  // the response goes on after the handler (handOver)
+
+	a     *api // what observe needs to log the request
+	mux   *http.ServeMux
+	r     *http.Request
+	start time.Time
 }
 
 func (rec *recorder) WriteHeader(code int) {

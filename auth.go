@@ -241,7 +241,7 @@ type watcher struct {
 	name     string
 	digest   [sha256.Size]byte
 	patterns []kv.Pattern
-	revoked  chan struct{} // closed, with the watcher removed, when the token lost the right
+	revoke   context.CancelFunc // called, with the watcher removed, when the token lost the right
 }
 
 // loadAuth reads the -auth file; it returns nil (access control off) when
@@ -285,7 +285,7 @@ func (az *authz) reload() error {
 	ended := 0
 	for w := range az.watchers {
 		if s.permits(w) != nil {
-			close(w.revoked)
+			w.revoke()
 			delete(az.watchers, w)
 			ended++
 		}
@@ -339,11 +339,12 @@ func (s *tokenSet) permits(w *watcher) error {
 }
 
 // track registers a stream of r on patterns, which the guard let through,
-// and returns the channel that closes when its token loses the right to
-// it, and the function to call when the stream ends. It checks the
-// patterns again against the current tokens, in case a reload came
-// between. With access control off it returns a nil channel.
-func (az *authz) track(r *http.Request, patterns []kv.Pattern) (revoked <-chan struct{}, untrack func(), err error) {
+// and returns the context that is done when its token loses the right to
+// it (a context, so that a stream served without a goroutine of its own
+// can be told), and the function to call when the stream ends. It checks
+// the patterns again against the current tokens, in case a reload came
+// between. With access control off it returns a nil context.
+func (az *authz) track(r *http.Request, patterns []kv.Pattern) (revoked context.Context, untrack func(), err error) {
 	if az == nil {
 		return nil, func() {}, nil
 	}
@@ -351,17 +352,20 @@ func (az *authz) track(r *http.Request, patterns []kv.Pattern) (revoked <-chan s
 	if g == nil {
 		return nil, nil, fmt.Errorf("%w: no token", errUnauthorized)
 	}
-	w := &watcher{name: g.name, digest: g.digest, patterns: patterns, revoked: make(chan struct{})}
+	revoked, revoke := context.WithCancel(context.Background())
+	w := &watcher{name: g.name, digest: g.digest, patterns: patterns, revoke: revoke}
 	az.mu.Lock()
 	defer az.mu.Unlock()
 	if err := az.set.Load().permits(w); err != nil {
+		revoke()
 		return nil, nil, err
 	}
 	az.watchers[w] = struct{}{}
-	return w.revoked, func() {
+	return revoked, func() {
 		az.mu.Lock()
 		delete(az.watchers, w)
 		az.mu.Unlock()
+		revoke()
 	}, nil
 }
 

@@ -652,7 +652,7 @@ func TestAuthReload(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(untrack)
-		return revoked
+		return revoked.Done()
 	}
 	streams := map[string]<-chan struct{}{
 		"a on x/1":          open("ta", "x/1"),

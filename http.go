@@ -39,6 +39,7 @@ type api struct {
 
 	stopping context.Context // done when the server shuts down
 	stop     context.CancelFunc
+	streams  *sse.Pool     // serves the streams of HTTP/1.1 connections it takes over
 	subs     chan struct{} // one token per open stream; capacity -max-subscribers
 	subsByIP *ipCounter    // open streams per client address
 	writes   *rateLimiter  // writes per client address; nil: no limit
@@ -53,15 +54,20 @@ func newAPI(s store, cfg *config, logger *slog.Logger, m *metrics) *api {
 		cfg:      cfg,
 		logger:   logger,
 		metrics:  m,
+		streams:  sse.NewPool(0),
 		subs:     make(chan struct{}, cfg.maxSubscribers),
 		subsByIP: newIPCounter(cfg.maxSubscribersPerIP),
 		writes:   newRateLimiter(cfg.writeRate, cfg.writeBurst, maxRateBuckets, time.Now),
 	}
 }
 
-// shutdown makes /healthz answer 503 and ends every stream. It is
-// idempotent.
-func (a *api) shutdown() { a.stop() }
+// shutdown makes /healthz answer 503 and ends every stream, waiting for
+// those whose connections a.streams took over (http.Server.Shutdown does
+// not know them). It is idempotent.
+func (a *api) shutdown() {
+	a.stop()
+	a.streams.Close()
+}
 
 // routes is every route of the server, in one place.
 func (a *api) routes() http.Handler {
@@ -137,7 +143,7 @@ func (a *api) handleHealth(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.logger, st.Err())
 		return
 	}
-	writeJSON(w, http.StatusOK, fmt.Appendf(nil, `{"status":"ok","revision":%d}`, a.store.Revision()))
+	writeJSON(w, http.StatusOK, fmt.Appendf(nil, `{"status":"ok","backend":%q,"revision":%d}`, a.cfg.backend, a.store.Revision()))
 }
 
 func etag(rev int64) string { return `"` + strconv.FormatInt(rev, 10) + `"` }

@@ -75,6 +75,10 @@ func parseWatch(r *http.Request, maxPatterns int) (watchRequest, error) {
 	return wr, nil
 }
 
+// handleWatch serves a stream. Its resources (the subscriber slots, the
+// auth tracking, the subscription) are freed by the stream's end, which
+// comes after the handler returned when the stream's connection was
+// handed over to a.streams.
 func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 	wr, err := parseWatch(r, a.cfg.maxPatterns)
 	if err != nil {
@@ -86,28 +90,35 @@ func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.logger, err)
 		return
 	}
-	defer untrack()
 	select {
 	case a.subs <- struct{}{}:
-		defer func() { <-a.subs }()
 	default:
+		untrack()
 		writeError(w, r, a.logger, errTooManySubs)
 		return
 	}
 	ip := clientIP(r)
 	if !a.subsByIP.acquire(ip) {
+		<-a.subs
+		untrack()
 		writeError(w, r, a.logger, errTooManySubsIP)
 		return
 	}
-	defer a.subsByIP.release(ip)
+	release := func() {
+		a.subsByIP.release(ip)
+		<-a.subs
+		untrack()
+	}
 	sub, err := a.store.Watch(wr.opts)
 	if err != nil {
+		release()
 		writeError(w, r, a.logger, err)
 		return
 	}
-	defer sub.Cancel()
 	a.metrics.streamOpened()
-	why := sse.Stream(w, r, sub, sse.StreamOptions{
+	patterns, remote := len(wr.opts.Patterns), r.RemoteAddr
+	var logAccess func(bytes int64) // set when the connection is handed over
+	a.streams.Serve(w, r, sub, sse.StreamOptions{
 		Format:        wr.format,
 		Retry:         2 * time.Second,
 		Heartbeat:     a.cfg.heartbeat,
@@ -118,7 +129,14 @@ func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 		Revision:      a.store.Revision,
 		Revoked:       revoked,
 		Sent:          &a.metrics.eventsSent,
+		HandOver:      func() { logAccess = handOver(w) },
+	}, func(why string, bytes int64) {
+		a.metrics.streamEnded(why)
+		a.logger.Info("stream ended", "why", why, "patterns", patterns, "remote", remote)
+		sub.Cancel()
+		release()
+		if logAccess != nil {
+			logAccess(bytes) // as observe would have, once the handler returned
+		}
 	})
-	a.metrics.streamEnded(why)
-	a.logger.Info("stream ended", "why", why, "patterns", len(wr.opts.Patterns), "remote", r.RemoteAddr)
 }

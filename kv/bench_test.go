@@ -22,14 +22,16 @@ func BenchmarkPublish(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			f := NewFeed(100_000, 1024, 0)
 			var subs []*Subscription
+			spares := make([][]*Change, bc.matching+bc.nomatch)
 			add := func(pattern string) {
 				p, err := ParsePattern(pattern)
 				if err != nil {
 					b.Fatal(err)
 				}
-				sub := &Subscription{ch: make(chan *Change, 1024), patterns: []Pattern{p}, feed: f}
-				f.subs[sub] = struct{}{}
-				f.idx.add(p, sub)
+				sub, _, err := f.Subscribe(WatchOptions{Patterns: []Pattern{p}})
+				if err != nil {
+					b.Fatal(err)
+				}
 				subs = append(subs, sub)
 			}
 			for i := range bc.nomatch {
@@ -46,10 +48,8 @@ func BenchmarkPublish(b *testing.B) {
 				f.Publish(changes, 0)
 				if i%1000 == 999 && bc.matching > 0 {
 					b.StopTimer()
-					for _, s := range subs {
-						for len(s.ch) > 0 {
-							<-s.ch
-						}
+					for i, s := range subs {
+						spares[i], _ = s.Take(spares[i]) // as a consumer does
 					}
 					b.StartTimer()
 				}

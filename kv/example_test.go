@@ -82,7 +82,10 @@ func ExampleStore_Watch() {
 		log.Fatal(err)
 	}
 	for range 2 {
-		c := <-sub.C
+		c, ok := sub.Next(ctx)
+		if !ok {
+			log.Fatal("the subscription ended")
+		}
 		fmt.Printf("%d %s %s value=%q reason=%q\n", c.Revision, c.Event(), c.Key, c.Value, c.Reason())
 	}
 	// Output:

@@ -1,11 +1,11 @@
 package kv
 
 import (
+	"context"
 	"fmt"
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 )
 
 // Feed is the change feed: the history of recent changes and the live
@@ -67,11 +67,8 @@ func (f *Feed) Publish(changes []Change, rev int64) {
 				return // several of its patterns match this key
 			}
 			sub.last = c.Revision
-			select {
-			case sub.ch <- c:
-			default:
-				sub.lagged.Store(true)
-				f.drop(sub)
+			if !sub.push(c, f.subBuffer) {
+				f.drop(sub, true)
 			}
 		})
 	}
@@ -116,9 +113,9 @@ func (f *Feed) Backfill(changes []Change, from, to int64) {
 	h.buf, h.start, h.floor = buf, 0, from
 }
 
-// drop removes sub from the index and closes its channel, once. The
-// caller holds f.mu.
-func (f *Feed) drop(sub *Subscription) {
+// drop removes sub from the index and ends it, once; lagged says it was
+// dropped because its queue was full. The caller holds f.mu.
+func (f *Feed) drop(sub *Subscription, lagged bool) {
 	if sub.gone {
 		return
 	}
@@ -127,7 +124,7 @@ func (f *Feed) drop(sub *Subscription) {
 	for _, p := range sub.patterns {
 		f.idx.remove(p, sub)
 	}
-	close(sub.ch)
+	sub.end(lagged)
 }
 
 // Close ends every subscription, and every later Subscribe fails with
@@ -137,7 +134,7 @@ func (f *Feed) Close() {
 	defer f.mu.Unlock()
 	f.closed = true
 	for sub := range f.subs {
-		f.drop(sub)
+		f.drop(sub, false)
 	}
 }
 
@@ -149,8 +146,7 @@ func (f *Feed) Restart(rev int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for sub := range f.subs {
-		sub.lagged.Store(true)
-		f.drop(sub)
+		f.drop(sub, true)
 	}
 	clear(f.hist.buf)
 	f.hist.buf, f.hist.start, f.hist.floor = f.hist.buf[:0], 0, rev
@@ -192,7 +188,16 @@ func (h *history) after(rev int64, keep func(*Change) bool) []*Change {
 }
 
 // Subscription is a watch on a set of patterns. Its owner reads the
-// catch-up fields first, then C, and calls Cancel when done.
+// catch-up fields first, then takes the live changes (Take or Next, told
+// by Ready or OnReady that some are queued), and calls Cancel when done.
+//
+// The live changes wait in a queue that grows as they come, up to the
+// feed's subscription buffer, and is handed over whole: an idle
+// subscription holds no buffer (a channel of 1,024 slots held 8 KiB that
+// the garbage collector scanned, for each of thousands of idle watchers),
+// and a busy consumer takes everything that gathered with one lock. A
+// full queue ends the subscription as lagged: the feed never waits for a
+// consumer.
 type Subscription struct {
 	// Reset is why the catch-up is a snapshot rather than a replay:
 	// "history" (the asked-for revision is older than the history kept) or
@@ -205,32 +210,153 @@ type Subscription struct {
 	// to Revision, in order.
 	Replay []*Change
 	// Revision is the revision at which the stream turns live: the
-	// catch-up covers everything up to it, and C carries only changes
-	// above it.
+	// catch-up covers everything up to it, and the queue holds only
+	// changes above it.
 	Revision int64
 
-	// C carries every matching change after Revision, in order. It is
-	// closed when the subscription lags (Lagged then reports true), is
-	// cancelled, or the store closes.
-	C <-chan *Change
-
-	ch       chan *Change
 	patterns []Pattern
 	feed     *Feed
-	lagged   atomic.Bool
-	last     int64 // guarded by feed.mu: the last revision sent
+	last     int64 // guarded by feed.mu: the last revision queued
 	gone     bool  // guarded by feed.mu: dropped from the index
+
+	mu     sync.Mutex    // guards the fields below; taken after feed.mu
+	queue  []*Change     // matching changes not taken yet, oldest first
+	ended  bool          // no change will be queued any more
+	lagged bool          // it ended because the queue was full
+	ready  chan struct{} // made by Ready: one value when changes are queued, closed at the end
+	notify func()        // set by OnReady: called instead of signalling ready
 }
 
-// Lagged reports whether the subscription was dropped because its buffer
-// was full.
-func (sub *Subscription) Lagged() bool { return sub.lagged.Load() }
+// push queues c, unless max changes are queued already: false then, and
+// the subscription must be dropped. The caller holds feed.mu.
+func (sub *Subscription) push(c *Change, max int) bool {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	if len(sub.queue) >= max {
+		return false
+	}
+	sub.queue = append(sub.queue, c)
+	if len(sub.queue) == 1 {
+		sub.signal()
+	}
+	return true
+}
 
-// Cancel ends the subscription and closes C. It is idempotent.
+// end marks the subscription ended, once, and tells the consumer. The
+// caller holds feed.mu.
+func (sub *Subscription) end(lagged bool) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	sub.ended, sub.lagged = true, lagged
+	if sub.ready != nil {
+		close(sub.ready)
+	}
+	if sub.notify != nil {
+		sub.notify()
+	}
+}
+
+// signal tells the consumer that changes are queued. The caller holds
+// sub.mu.
+func (sub *Subscription) signal() {
+	if sub.notify != nil {
+		sub.notify()
+		return
+	}
+	select {
+	case sub.ready <- struct{}{}: // a nil ready is never ready
+	default:
+	}
+}
+
+// Ready returns a channel that receives a value when changes are queued
+// after the queue was empty (take them all, or no other value may come),
+// and is closed when the subscription ends. Its owner is the
+// subscription: a consumer only receives from it.
+func (sub *Subscription) Ready() <-chan struct{} {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	if sub.ready == nil {
+		sub.ready = make(chan struct{}, 1)
+		switch {
+		case sub.ended:
+			close(sub.ready)
+		case len(sub.queue) > 0:
+			sub.ready <- struct{}{}
+		}
+	}
+	return sub.ready
+}
+
+// OnReady makes fn the consumer's signal, for a consumer that does not
+// wait in a select: fn is called when changes are queued after the queue
+// was empty and when the subscription ends, and at once if either
+// already holds. fn runs under the feed's locks, on the publisher's
+// goroutine: it must return quickly and must not call into the feed or
+// the subscription. OnReady(nil) stops the calls.
+func (sub *Subscription) OnReady(fn func()) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	sub.notify = fn
+	if fn != nil && (sub.ended || len(sub.queue) > 0) {
+		fn()
+	}
+}
+
+// Take returns every queued change, oldest first, and empties the
+// queue; ended reports that the subscription has ended and that nothing
+// follows the changes returned. spare, when not nil, is a slice the
+// caller has done with (a previous Take's): it is cleared and becomes
+// the queue, to be filled again without allocating.
+func (sub *Subscription) Take(spare []*Change) (changes []*Change, ended bool) {
+	clear(spare)
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	changes, sub.queue = sub.queue, spare[:0]
+	return changes, sub.ended
+}
+
+// Next returns the next change, waiting for one until ctx ends. ok is
+// false when the subscription has ended and every change queued before
+// its end was returned, or when ctx ended first. It is for consumers
+// that take one change at a time; Take serves a batch with one lock.
+func (sub *Subscription) Next(ctx context.Context) (c *Change, ok bool) {
+	for {
+		sub.mu.Lock()
+		if len(sub.queue) > 0 {
+			c = sub.queue[0]
+			sub.queue[0] = nil
+			sub.queue = sub.queue[1:]
+			sub.mu.Unlock()
+			return c, true
+		}
+		ended := sub.ended
+		sub.mu.Unlock()
+		if ended {
+			return nil, false
+		}
+		select {
+		case <-sub.Ready():
+		case <-ctx.Done():
+			return nil, false
+		}
+	}
+}
+
+// Lagged reports whether the subscription ended because its queue was
+// full.
+func (sub *Subscription) Lagged() bool {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	return sub.lagged
+}
+
+// Cancel ends the subscription; changes already queued can still be
+// taken. It is idempotent.
 func (sub *Subscription) Cancel() {
 	sub.feed.mu.Lock()
 	defer sub.feed.mu.Unlock()
-	sub.feed.drop(sub)
+	sub.feed.drop(sub, false)
 }
 
 // WatchOptions say what a Watch follows and from where.
@@ -284,12 +410,7 @@ func (f *Feed) Subscribe(opts WatchOptions) (sub *Subscription, snapshot bool, e
 	if opts.Resume && opts.From < 0 {
 		return nil, false, fmt.Errorf("kv: watch from %d: %w", opts.From, ErrInvalidRevision)
 	}
-	sub = &Subscription{
-		ch:       make(chan *Change, f.subBuffer),
-		patterns: opts.Patterns,
-		feed:     f,
-	}
-	sub.C = sub.ch
+	sub = &Subscription{patterns: opts.Patterns, feed: f}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {

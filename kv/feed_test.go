@@ -67,38 +67,47 @@ func patterns(t testing.TB, ss ...string) []kv.Pattern {
 // machine, short enough to fail in reasonable time.
 const waitTimeout = 10 * time.Second
 
-// receive reads n changes from sub, failing the test when C closes or
+// receive reads n changes from sub, failing the test when it ends or
 // they do not come in time.
 func receive(t testing.TB, sub *kv.Subscription, n int) []change {
 	t.Helper()
 	out := make([]change, 0, n)
-	deadline := time.NewTimer(waitTimeout)
-	defer deadline.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
 	for len(out) < n {
-		select {
-		case c, ok := <-sub.C:
-			if !ok {
-				t.Fatalf("C closed after %d of %d changes (lagged: %v): %+v", len(out), n, sub.Lagged(), out)
-			}
+		c, ok := sub.Next(ctx)
+		switch {
+		case ok:
 			out = append(out, changeOf(c))
-		case <-deadline.C:
+		case ctx.Err() != nil:
 			t.Fatalf("got %d of %d changes in %v: %+v", len(out), n, waitTimeout, out)
+		default:
+			t.Fatalf("ended after %d of %d changes (lagged: %v): %+v", len(out), n, sub.Lagged(), out)
 		}
 	}
 	return out
 }
 
+// drain returns the revisions of every change left in sub, which must
+// have ended.
+func drain(sub *kv.Subscription) []int64 {
+	var revs []int64
+	for {
+		c, ok := sub.Next(context.Background())
+		if !ok {
+			return revs
+		}
+		revs = append(revs, c.Revision)
+	}
+}
+
 // noMore checks that sub has nothing queued.
 func noMore(t testing.TB, sub *kv.Subscription) {
 	t.Helper()
-	select {
-	case c, ok := <-sub.C:
-		if ok {
-			t.Errorf("unexpected change %+v", changeOf(c))
-		} else {
-			t.Errorf("C closed")
-		}
-	default:
+	if changes, ended := sub.Take(nil); len(changes) > 0 {
+		t.Errorf("unexpected change %+v", changeOf(changes[0]))
+	} else if ended {
+		t.Errorf("the subscription ended")
 	}
 }
 
@@ -394,10 +403,7 @@ func TestWatchLag(t *testing.T) {
 		}
 	}
 	t.Logf("%d writes with a stalled subscriber took %v", writes, time.Since(start))
-	var got []int64
-	for c := range slow.C {
-		got = append(got, c.Revision)
-	}
+	got := drain(slow)
 	if diff := cmp.Diff([]int64{1, 2, 3, 4}, got); diff != "" {
 		t.Errorf("the lagging subscription delivered (-want +got):\n%s", diff)
 	}
@@ -456,8 +462,7 @@ func lagGlobSiblings(t *testing.T) {
 	if got := receive(t, fast, 1); got[0].Key != "user-2" {
 		t.Errorf("the subscriber that kept up got %+v", got)
 	}
-	for range slow.C {
-	}
+	drain(slow)
 	if !slow.Lagged() {
 		t.Error("the slow subscriber was not dropped")
 	}
@@ -476,8 +481,8 @@ func TestCancel(t *testing.T) {
 	defer other.Cancel()
 	sub.Cancel()
 	sub.Cancel()
-	if _, ok := <-sub.C; ok {
-		t.Error("C delivered a change after Cancel")
+	if c, ok := sub.Next(context.Background()); ok {
+		t.Errorf("a change after Cancel: %+v", changeOf(c))
 	}
 	if sub.Lagged() {
 		t.Error("a cancelled subscription reports Lagged")

@@ -26,7 +26,8 @@ func TestEncodedOnce(t *testing.T) {
 	if _, err := s.Put(context.Background(), "k", []byte("v"), kv.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ca, cb := <-a.C, <-b.C
+	ca, _ := a.Next(context.Background())
+	cb, _ := b.Next(context.Background())
 	if ca != cb {
 		t.Fatal("the subscriptions got different copies of one change")
 	}

@@ -756,10 +756,10 @@ func TestClose(t *testing.T) {
 	if _, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**")}); !errors.Is(err, kv.ErrClosed) {
 		t.Errorf("Watch after Close: %v, want ErrClosed", err)
 	}
-	if c := <-sub.C; c == nil || c.Key != "k" {
+	if c, _ := sub.Next(context.Background()); c == nil || c.Key != "k" {
 		t.Errorf("the change before Close is lost: %v", c)
 	}
-	if _, ok := <-sub.C; ok {
+	if _, ok := sub.Next(context.Background()); ok {
 		t.Error("Close left a subscription open")
 	}
 	if sub.Lagged() {

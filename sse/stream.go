@@ -61,15 +61,20 @@ type StreamOptions struct {
 	// Revision returns the store's revision. A heartbeat carries it as its
 	// id only after every change up to it has been written.
 	Revision func() int64
-	// Revoked, when closed, ends the stream: its credentials lost the
-	// right to it. nil never ends it.
-	Revoked <-chan struct{}
+	// Revoked, when done, ends the stream: its credentials lost the right
+	// to it. nil never ends it. (A context rather than a channel, so that a
+	// Pool can be told without a goroutine waiting on it.)
+	Revoked context.Context
 	// Sent, when not nil, counts the changes written to the client.
 	Sent *atomic.Int64
 	// FlushInterval is the least time between two flushes of a busy
 	// stream: events that arrive sooner wait for the next flush and go
 	// out together. 0 flushes every event at once.
 	FlushInterval time.Duration
+	// HandOver, when not nil, is called on the handler's goroutine just
+	// before a Pool takes the connection over from net/http: from then on
+	// the handler's return does not end the response.
+	HandOver func()
 }
 
 // Stream writes a subscription to w until the client goes away, the
@@ -79,6 +84,17 @@ type StreamOptions struct {
 // the live changes. It is the only writer of w and must run in the
 // request's handler goroutine. It does not cancel sub.
 func Stream(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts StreamOptions) string {
+	s := newStream(w, opts, sub.Revision)
+	defer s.release()
+	if !s.catchUp(sub) {
+		return EndWrite
+	}
+	return s.live(r.Context(), sub)
+}
+
+// newStream writes the headers and starts watching opts.Stop; the caller
+// calls release when it has done with w.
+func newStream(w http.ResponseWriter, opts StreamOptions, rev int64) *stream {
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", opts.Format.ContentType())
@@ -86,76 +102,114 @@ func Stream(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts S
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 
-	s := &stream{w: w, rc: rc, opts: opts, last: sub.Revision, hurried: make(chan struct{})}
-	stop := context.AfterFunc(opts.Stop, s.hurry)
-	defer func() {
-		if !stop() {
-			<-s.hurried // it started: the writer must not be touched after we return
-		}
-		if s.paceTimer != nil {
-			s.paceTimer.Stop()
-		}
-	}()
-	if opts.Format == SSE {
-		s.buf = Retry(opts.Retry).AppendTo(s.buf)
+	s := &stream{w: w, rc: rc, opts: opts, hurried: make(chan struct{})}
+	s.enc = encoder{format: opts.Format, sent: opts.Sent, last: rev}
+	s.stopHurry = context.AfterFunc(opts.Stop, s.hurry)
+	return s
+}
+
+// release stops watching opts.Stop and waits for a hurry under way: the
+// writer must not be touched after it returns.
+func (s *stream) release() {
+	if !s.stopHurry() {
+		<-s.hurried
+	}
+	if s.paceTimer != nil {
+		s.paceTimer.Stop()
+	}
+}
+
+// catchUp writes the retry line, the reset, snapshot and replay, and the
+// sync, and flushes them; false when a write failed. It lets go of the
+// subscription's catch-up fields once they are written.
+func (s *stream) catchUp(sub *kv.Subscription) bool {
+	if s.opts.Format == SSE {
+		s.enc.buf = Retry(s.opts.Retry).AppendTo(s.enc.buf)
 	}
 	if sub.Reset != "" {
-		s.control("reset", sub.Revision, sub.Reset)
+		s.enc.control("reset", sub.Revision, sub.Reset)
 	}
 	for i := range sub.Snapshot {
-		s.snapshotItem(&sub.Snapshot[i])
-	}
-	for _, c := range sub.Replay {
-		s.change(c)
-		if len(s.buf) > 64<<10 && !s.flush() {
-			return EndWrite
+		s.enc.snapshotItem(&sub.Snapshot[i])
+		if len(s.enc.buf) > 64<<10 && !s.flush() {
+			return false
 		}
 	}
-	s.control("sync", sub.Revision, "")
-	if !s.flush() {
-		return EndWrite
+	for _, c := range sub.Replay {
+		s.enc.change(c)
+		if len(s.enc.buf) > 64<<10 && !s.flush() {
+			return false
+		}
 	}
+	sub.Snapshot, sub.Replay = nil, nil
+	s.enc.control("sync", sub.Revision, "")
+	return s.flush()
+}
 
-	beat := time.NewTimer(jitter(opts.Heartbeat))
+// live writes the live changes until the stream ends, and returns why.
+func (s *stream) live(ctx context.Context, sub *kv.Subscription) string {
+	var revoked <-chan struct{}
+	if s.opts.Revoked != nil {
+		revoked = s.opts.Revoked.Done()
+	}
+	ready := sub.Ready()
+	beat := time.NewTimer(jitter(s.opts.Heartbeat))
 	defer beat.Stop()
 	for {
 		select {
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			return EndClient
-		case <-opts.Revoked:
+		case <-revoked:
 			return EndAuth
-		case <-opts.Stop.Done():
-			if opts.Format == SSE {
-				s.buf = Retry(time.Duration(rand.Int64N(int64(opts.ShutdownRetry)) + 1)).AppendTo(s.buf)
+		case <-s.opts.Stop.Done():
+			if s.opts.Format == SSE {
+				s.enc.retry(s.opts.ShutdownRetry)
 				s.flush()
 			}
 			return EndShutdown
 		case <-beat.C:
-			rev := opts.Revision()
-			if !s.drain(sub.C, len(sub.C)) {
+			rev := s.opts.Revision()
+			if s.take(sub) {
 				s.flush()
-				return s.ended(sub)
+				return ended(sub)
 			}
-			s.heartbeat(max(rev, s.last))
+			s.enc.heartbeat(max(rev, s.enc.last))
 			if !s.flush() {
 				return EndWrite
 			}
-			beat.Reset(jitter(opts.Heartbeat))
-		case c, ok := <-sub.C:
-			if !ok {
-				return s.ended(sub)
-			}
-			s.change(c)
-			s.pace(r.Context())
-			if !s.drain(sub.C, len(sub.C)) {
+			beat.Reset(jitter(s.opts.Heartbeat))
+		case <-ready:
+			s.pace(ctx)
+			if s.take(sub) {
 				s.flush()
-				return s.ended(sub)
+				return ended(sub)
 			}
 			if !s.flush() {
 				return EndWrite
 			}
 		}
 	}
+}
+
+// take appends every queued change; true when the subscription has
+// ended.
+func (s *stream) take(sub *kv.Subscription) bool {
+	changes, ended := sub.Take(s.spare)
+	for _, c := range changes {
+		s.enc.change(c)
+	}
+	s.spare = keepSpare(changes)
+	return ended
+}
+
+// keepSpare returns the batch just taken, to be the next Take's spare,
+// unless it is big: a busy stream's batches then reuse one slice, and a
+// burst's big one goes back to the collector.
+func keepSpare(changes []*kv.Change) []*kv.Change {
+	if cap(changes) > 256 {
+		return nil
+	}
+	return changes
 }
 
 // pace waits, when the stream flushed less than FlushInterval ago, until
@@ -173,10 +227,14 @@ func (s *stream) pace(ctx context.Context) {
 	} else {
 		s.paceTimer.Reset(wait)
 	}
+	var revoked <-chan struct{}
+	if s.opts.Revoked != nil {
+		revoked = s.opts.Revoked.Done()
+	}
 	select {
 	case <-s.paceTimer.C:
 	case <-ctx.Done():
-	case <-s.opts.Revoked:
+	case <-revoked:
 	case <-s.opts.Stop.Done():
 	}
 }
@@ -190,13 +248,13 @@ type stream struct {
 	w         http.ResponseWriter
 	rc        *http.ResponseController
 	opts      StreamOptions
-	buf       []byte
-	scratch   []byte
-	last      int64         // the revision of the last change written, or of the sync
+	enc       encoder
+	spare     []*kv.Change  // the last batch taken, for the next Take
 	deadline  time.Time     // the write deadline last set
 	flushed   time.Time     // when the last flush ended
 	paceTimer *time.Timer   // pace's, made on first use
 	stopping  atomic.Bool   // the server is shutting down: writes get a short deadline
+	stopHurry func() bool   // stops watching opts.Stop
 	hurried   chan struct{} // closed when hurry has run
 }
 
@@ -212,33 +270,17 @@ func (s *stream) hurry() {
 	s.rc.SetWriteDeadline(time.Now().Add(stopGrace))
 }
 
-func (s *stream) ended(sub *kv.Subscription) string {
+// ended is why a subscription that ended did.
+func ended(sub *kv.Subscription) string {
 	if sub.Lagged() {
 		return EndLag
 	}
 	return EndClosed
 }
 
-// drain appends up to n changes that are already queued, without
-// waiting; false when the channel is closed.
-func (s *stream) drain(c <-chan *kv.Change, n int) bool {
-	for range n {
-		select {
-		case ch, ok := <-c:
-			if !ok {
-				return false
-			}
-			s.change(ch)
-		default:
-			return true
-		}
-	}
-	return true
-}
-
 // flush writes the buffered events and flushes them to the client.
 func (s *stream) flush() bool {
-	if len(s.buf) == 0 {
+	if len(s.enc.buf) == 0 {
 		return true
 	}
 	if s.opts.WriteTimeout > 0 {
@@ -252,8 +294,8 @@ func (s *stream) flush() bool {
 	if s.stopping.Load() {
 		s.rc.SetWriteDeadline(time.Now().Add(stopGrace))
 	}
-	_, err := s.w.Write(s.buf)
-	s.buf = s.buf[:0]
+	_, err := s.w.Write(s.enc.buf)
+	s.enc.buf = s.enc.buf[:0]
 	if err == nil {
 		err = s.rc.Flush()
 	}
@@ -261,17 +303,33 @@ func (s *stream) flush() bool {
 	return err == nil
 }
 
+// encoder builds the bytes of a stream's events, in its format.
+type encoder struct {
+	format  Format
+	sent    *atomic.Int64 // counts the changes appended, when not nil
+	buf     []byte
+	scratch []byte
+	last    int64 // the revision of the last change appended, or of the sync
+}
+
+// retry appends the retry line of a stream that ends because the server
+// stops: a random delay of up to d, so that clients do not all return at
+// once.
+func (e *encoder) retry(d time.Duration) {
+	e.buf = Retry(time.Duration(rand.Int64N(int64(d)) + 1)).AppendTo(e.buf)
+}
+
 // change appends a live or replayed change: id, event name, JSON data.
-func (s *stream) change(c *kv.Change) {
-	s.last = c.Revision
-	if s.opts.Sent != nil {
-		s.opts.Sent.Add(1)
+func (e *encoder) change(c *kv.Change) {
+	e.last = c.Revision
+	if e.sent != nil {
+		e.sent.Add(1)
 	}
-	if s.opts.Format == NDJSON {
-		s.buf = append(s.buf, c.Encoded(1, encodeNDJSON)...)
+	if e.format == NDJSON {
+		e.buf = append(e.buf, c.Encoded(1, encodeNDJSON)...)
 		return
 	}
-	s.buf = append(s.buf, c.Encoded(0, encodeSSE)...)
+	e.buf = append(e.buf, c.Encoded(0, encodeSSE)...)
 }
 
 func encodeSSE(c *kv.Change) []byte { return AppendChangeEvent(nil, c) }
@@ -295,21 +353,21 @@ func AppendChangeEvent(b []byte, c *kv.Change) []byte {
 }
 
 // snapshotItem appends a key of a snapshot: a put event with no id.
-func (s *stream) snapshotItem(e *kv.Entry) {
-	if s.opts.Format == NDJSON {
-		s.buf = append(s.buf, `{"event":"put",`...)
-		s.buf = append(appendEntryFields(s.buf, e, false), '}', '\n')
+func (e *encoder) snapshotItem(en *kv.Entry) {
+	if e.format == NDJSON {
+		e.buf = append(e.buf, `{"event":"put",`...)
+		e.buf = append(appendEntryFields(e.buf, en, false), '}', '\n')
 		return
 	}
-	s.buf = append(s.buf, "event: put\ndata: "...)
-	s.buf = AppendEntry(s.buf, e, false)
-	s.buf = append(s.buf, '\n', '\n')
+	e.buf = append(e.buf, "event: put\ndata: "...)
+	e.buf = AppendEntry(e.buf, en, false)
+	e.buf = append(e.buf, '\n', '\n')
 }
 
 // control appends a reset or sync event. A sync carries the revision as
 // its id; a reset has none.
-func (s *stream) control(name string, rev int64, reason string) {
-	data := append(s.scratch[:0], `"revision":`...)
+func (e *encoder) control(name string, rev int64, reason string) {
+	data := append(e.scratch[:0], `"revision":`...)
 	data = strconv.AppendInt(data, rev, 10)
 	if reason != "" {
 		data = append(data, `,"reason":"`...)
@@ -317,12 +375,12 @@ func (s *stream) control(name string, rev int64, reason string) {
 		data = append(data, '"')
 	}
 	data = append(data, '}')
-	s.scratch = data
-	if s.opts.Format == NDJSON {
-		s.buf = append(s.buf, `{"event":"`...)
-		s.buf = append(s.buf, name...)
-		s.buf = append(s.buf, `",`...)
-		s.buf = append(append(s.buf, data...), '\n')
+	e.scratch = data
+	if e.format == NDJSON {
+		e.buf = append(e.buf, `{"event":"`...)
+		e.buf = append(e.buf, name...)
+		e.buf = append(e.buf, `",`...)
+		e.buf = append(append(e.buf, data...), '\n')
 		return
 	}
 	var id string
@@ -333,21 +391,21 @@ func (s *stream) control(name string, rev int64, reason string) {
 	if err != nil {
 		panic(err) // the name, id and data are ours and valid
 	}
-	s.buf = ev.AppendTo(s.buf)
+	e.buf = ev.AppendTo(e.buf)
 }
 
 // heartbeat appends a keep-alive: in SSE a comment and an id with no data,
 // which fires no event but moves the client's last event id to rev.
-func (s *stream) heartbeat(rev int64) {
-	if s.opts.Format == NDJSON {
-		s.buf = append(s.buf, `{"event":"heartbeat","revision":`...)
-		s.buf = strconv.AppendInt(s.buf, rev, 10)
-		s.buf = append(s.buf, '}', '\n')
+func (e *encoder) heartbeat(rev int64) {
+	if e.format == NDJSON {
+		e.buf = append(e.buf, `{"event":"heartbeat","revision":`...)
+		e.buf = strconv.AppendInt(e.buf, rev, 10)
+		e.buf = append(e.buf, '}', '\n')
 		return
 	}
 	ev, err := Heartbeat("keep-alive", strconv.FormatInt(rev, 10))
 	if err != nil {
 		panic(err) // a number is a valid id
 	}
-	s.buf = ev.AppendTo(s.buf)
+	e.buf = ev.AppendTo(e.buf)
 }
