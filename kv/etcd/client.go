@@ -248,10 +248,11 @@ type leaseGrantResponse struct {
 }
 
 type watchCreate struct {
-	Key           []byte `json:"key"`
-	RangeEnd      []byte `json:"range_end"`
-	StartRevision int64  `json:"start_revision,string"`
-	PrevKV        bool   `json:"prev_kv"`
+	Key            []byte `json:"key"`
+	RangeEnd       []byte `json:"range_end"`
+	StartRevision  int64  `json:"start_revision,string"`
+	PrevKV         bool   `json:"prev_kv"`
+	ProgressNotify bool   `json:"progress_notify"`
 }
 
 type watchRequest struct {
@@ -283,7 +284,7 @@ type watchMessage struct {
 // endpoint (or the next ones, if it cannot be reached). The caller reads
 // watchMessages from the body and closes it.
 func (c *client) watch(ctx context.Context, key, end []byte, from int64) (io.ReadCloser, error) {
-	body, err := json.Marshal(watchRequest{Create: watchCreate{Key: key, RangeEnd: end, StartRevision: from, PrevKV: true}})
+	body, err := json.Marshal(watchRequest{Create: watchCreate{Key: key, RangeEnd: end, StartRevision: from, PrevKV: true, ProgressNotify: true}})
 	if err != nil {
 		return nil, err
 	}

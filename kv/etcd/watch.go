@@ -110,10 +110,17 @@ func (s *Store) watchFrom(ctx context.Context, from int64, each func(changes []k
 		if r.Canceled {
 			return fmt.Errorf("etcd watch canceled: %s", r.CancelReason)
 		}
-		if r.Created && !each(nil, 0) { // the watch is up
-			return nil
-		}
 		if len(r.Events) == 0 {
+			// The watch is up; or a progress notification: every
+			// change up to the header's revision has been sent (etcd
+			// sends one when the prefix has been quiet for a while).
+			upTo := r.Header.Revision
+			if r.Created {
+				upTo = 0
+			}
+			if !each(nil, upTo) {
+				return nil
+			}
 			continue
 		}
 		changes = changes[:0]
