@@ -996,10 +996,22 @@ func testSSEResumeLastEventID(t *testing.T, be testBackend) {
 	close(halfway)
 
 	s2 := sseOpen(t, ts.URL+"/watch/r/**", http.Header{"Last-Event-ID": {lastID}})
+	acked, resumed := sseResumed(t, s2, done, 2*sseWait)
+	if diff := cmp.Diff(acked, append(got, resumed...)); diff != "" {
+		t.Errorf("both streams together (-acknowledged +delivered):\n%s", diff)
+	}
+}
+
+// sseResumed waits for the writers to report on done, then reads the
+// resumed stream s up to their last write and returns what they
+// acknowledged and the changes s sent. It fails the test unless s sends
+// exactly one sync, no reset, and every change with its revision as id.
+func sseResumed(t *testing.T, s *sseStream, done <-chan sseResult, wait time.Duration) (acked, got []sseOp) {
+	t.Helper()
 	var res sseResult
 	select {
 	case res = <-done:
-	case <-time.After(2 * sseWait):
+	case <-time.After(wait):
 		t.Fatal("writers did not finish")
 	}
 	if res.err != nil {
@@ -1009,7 +1021,7 @@ func testSSEResumeLastEventID(t *testing.T, be testBackend) {
 	// After the sync, or at it when the replay reached the last write.
 	syncs := 0
 	synced := false
-	for _, e := range s2.until(t, func(e sseEvent) bool {
+	for _, e := range s.until(t, func(e sseEvent) bool {
 		if e.Event == "sync" {
 			synced = true
 		}
@@ -1027,9 +1039,7 @@ func testSSEResumeLastEventID(t *testing.T, be testBackend) {
 	if syncs != 1 {
 		t.Errorf("resumed stream sent %d syncs, want 1", syncs)
 	}
-	if diff := cmp.Diff(res.ops, got); diff != "" {
-		t.Errorf("both streams together (-acknowledged +delivered):\n%s", diff)
-	}
+	return res.ops, got
 }
 
 func TestSSEReset(t *testing.T) {
