@@ -104,7 +104,9 @@ func (s *Store) watchFrom(ctx context.Context, from int64, each func(changes []k
 			continue
 		}
 		if r.CompactRevision != 0 {
-			s.compactedTo.Store(max(s.compactedTo.Load(), r.CompactRevision))
+			for old := s.compactedTo.Load(); old < r.CompactRevision && !s.compactedTo.CompareAndSwap(old, r.CompactRevision); {
+				old = s.compactedTo.Load()
+			}
 			return fmt.Errorf("%w: asked from %d, kept from %d", errCompacted, from, r.CompactRevision)
 		}
 		if r.Canceled {
