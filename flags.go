@@ -90,7 +90,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.IntVar(&c.history, "history", 100_000, "committed changes kept for watchers that resume (events)")
 	fs.IntVar(&c.subBuffer, "sub-buffer", 1024, "events queued for a watcher before it is disconnected as too slow")
 	fs.DurationVar(&c.heartbeat, "heartbeat", 15*time.Second, "interval of stream heartbeats (±10 %)")
-	fs.DurationVar(&c.flushInterval, "flush-interval", 30*time.Millisecond, "least time between two writes to a busy stream: events arriving sooner go out\ntogether with the next write (0: write every event at once)")
+	fs.DurationVar(&c.flushInterval, "flush-interval", 30*time.Millisecond, "least time between two writes to a busy stream once 1,000 streams are open (a\nshare of it with fewer): events arriving sooner go out together with the next\nwrite (0: write every event at once)")
 	fs.IntVar(&c.maxSubscribers, "max-subscribers", 10_000, "open streams allowed, all together")
 	fs.IntVar(&c.maxSubscribersPerIP, "max-subscribers-per-ip", 1000, "open streams allowed from one client address; 0: no limit")
 	fs.IntVar(&c.maxPatterns, "max-patterns", 64, "patterns allowed in one stream")

@@ -1611,12 +1611,22 @@ func TestSSEMaxSubscribers(t *testing.T) {
 	s2.close()
 }
 
-// TestSSEPacing: a stream flushes at most once a -flush-interval. Events
-// written right after the sync (itself a flush) wait for the interval to
-// pass and then arrive together, in order.
+// TestSSEPacing: a busy stream flushes at most once an interval that
+// grows with the streams open, up to -flush-interval. Events written right
+// after the sync (itself a flush) wait for the interval to pass and then
+// arrive together, in order.
 func TestSSEPacing(t *testing.T) {
-	const interval = 800 * time.Millisecond
+	// With 100 streams open a busy stream waits a tenth of -flush-interval
+	// between two flushes; with 1,000 or more, all of it.
+	const interval = time.Second
+	const streams = 100
+	pace := interval * streams / 1000
 	ts := startServer(t, "-sync", "none", "-flush-interval", interval.String())
+	for range streams - 1 {
+		idle := sseOpen(t, ts.URL+"/watch/idle/**", nil)
+		idle.sync(t)
+		defer idle.close()
+	}
 	s := sseOpen(t, ts.URL+"/watch/p/**", nil)
 	defer s.close()
 	s.sync(t)
@@ -1628,9 +1638,9 @@ func TestSSEPacing(t *testing.T) {
 	evs := s.events(t, 3)
 	// The sync reached us after it was flushed, so the events may seem to
 	// come a little early; without pacing they would come within
-	// milliseconds.
-	if waited := time.Since(flushed); waited < interval/2 {
-		t.Errorf("events arrived %v after the previous flush, want about %v", waited, interval)
+	// milliseconds, with the whole -flush-interval after 1 s.
+	if waited := time.Since(flushed); waited < pace/2 || waited > interval/2 {
+		t.Errorf("events arrived %v after the previous flush, want about %v", waited, pace)
 	}
 	for i, ev := range evs {
 		if ev.ID != sseID(revs[i]) {

@@ -375,7 +375,7 @@ func (c *conn) run() {
 	}
 	beat := c.beatDue.Swap(false)
 	if !beat {
-		if wait := c.opts.FlushInterval - time.Since(c.flushed); wait > 0 {
+		if wait := c.opts.flushInterval() - time.Since(c.flushed); wait > 0 {
 			c.paceFor(wait)
 			return
 		}

@@ -67,10 +67,11 @@ type StreamOptions struct {
 	Revoked context.Context
 	// Sent, when not nil, counts the changes written to the client.
 	Sent *atomic.Int64
-	// FlushInterval is the least time between two flushes of a busy
-	// stream: events that arrive sooner wait for the next flush and go
-	// out together. 0 flushes every event at once.
-	FlushInterval time.Duration
+	// FlushInterval returns the least time between two flushes of a busy
+	// stream, now: events that arrive sooner wait for the next flush and
+	// go out together. It is asked at each flush, so that the pacing can
+	// follow the load. nil (or 0) flushes every event at once.
+	FlushInterval func() time.Duration
 	// HandOver, when not nil, is called on the handler's goroutine just
 	// before a Pool takes the connection over from net/http: from then on
 	// the handler's return does not end the response.
@@ -212,13 +213,21 @@ func keepSpare(changes []*kv.Change) []*kv.Change {
 	return changes
 }
 
+// flushInterval is the least time between two flushes now.
+func (o *StreamOptions) flushInterval() time.Duration {
+	if o.FlushInterval == nil {
+		return 0
+	}
+	return o.FlushInterval()
+}
+
 // pace waits, when the stream flushed less than FlushInterval ago, until
 // that much time has passed, without waking for each event that arrives
 // meanwhile: a busy stream then writes everything that gathered with one
 // flush (one system call instead of one an event), while a quiet stream's
 // event goes out at once. It returns early when the stream must end.
 func (s *stream) pace(ctx context.Context) {
-	wait := s.opts.FlushInterval - time.Since(s.flushed)
+	wait := s.opts.flushInterval() - time.Since(s.flushed)
 	if wait <= 0 {
 		return
 	}
