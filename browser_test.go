@@ -303,25 +303,11 @@ type brBrowser struct {
 	cdp      *brCDP // the browser target
 }
 
-// brChromium finds chromium, or skips the test (fails it when
-// KVSSE_REQUIRE_CHROMIUM=1).
-func brChromium(t *testing.T) string {
-	t.Helper()
-	path, err := exec.LookPath("chromium")
-	if err != nil {
-		if os.Getenv("KVSSE_REQUIRE_CHROMIUM") == "1" {
-			t.Fatalf("KVSSE_REQUIRE_CHROMIUM=1 but chromium is not on PATH: %v", err)
-		}
-		t.Skip("chromium is not on PATH: the browser tests need it (apt-get install chromium); set KVSSE_REQUIRE_CHROMIUM=1 to fail instead")
-	}
-	return path
-}
-
 // brStart starts headless chromium with a fresh profile and connects to
 // it; cleanup closes it and ends every process it started.
 func brStart(t *testing.T) *brBrowser {
 	t.Helper()
-	path := brChromium(t)
+	path := requireTool(t, "chromium", "chromium", "KVSSE_REQUIRE_CHROMIUM")
 	profile := t.TempDir()
 	cmd := exec.Command(path,
 		"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -98,14 +98,7 @@ func etcdTestPrefix() string {
 // KVSSE_REQUIRE_ETCD=1).
 func requireEtcd(t testing.TB) string {
 	t.Helper()
-	path, err := exec.LookPath("etcd")
-	if err != nil {
-		if os.Getenv("KVSSE_REQUIRE_ETCD") == "1" {
-			t.Fatalf("KVSSE_REQUIRE_ETCD=1 but etcd not installed (%v): apt-get install -y etcd-server", err)
-		}
-		t.Skip("etcd not installed: apt-get install -y etcd-server (KVSSE_REQUIRE_ETCD=1 fails instead)")
-	}
-	return path
+	return requireTool(t, "etcd", "etcd-server", "KVSSE_REQUIRE_ETCD")
 }
 
 // etcdCluster is an etcd cluster of child processes on loopback, each

@@ -234,3 +234,18 @@ func send(t testing.TB, method, url string, body io.Reader, hdr ...string) (*htt
 	}
 	return resp, b
 }
+
+// requireTool returns the path of the program name, or skips the test
+// when it is not on PATH, saying which Debian package has it; with env
+// set to 1 (as CI does) it fails the test instead.
+func requireTool(t testing.TB, name, pkg, env string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv(env) == "1" {
+			t.Fatalf("%s=1 but %s is not on PATH (%v): apt-get install -y %s", env, name, err, pkg)
+		}
+		t.Skipf("%s is not on PATH: apt-get install -y %s (%s=1 fails instead)", name, pkg, env)
+	}
+	return path
+}
