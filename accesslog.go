@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"log/slog"
 	"net/http"
 	"time"
@@ -61,13 +60,19 @@ func (rec *recorder) entry() access {
 func (e *access) log(bytes int64) {
 	d := time.Since(e.start)
 	e.a.metrics.request(e.route, e.status, d, e.stream)
-	e.a.logger.LogAttrs(context.Background(), slog.LevelInfo, "access",
+	e.a.access.write(e, e.start.Add(d), d, e.bytes+bytes)
+}
+
+// attrs are the access line's attributes after the message.
+func (e *access) attrs(d time.Duration, bytes int64) []slog.Attr {
+	return []slog.Attr{
 		slog.String("method", e.method),
 		slog.String("route", e.route),
 		slog.Int("status", e.status),
 		slog.Duration("duration", d),
-		slog.Int64("bytes", e.bytes+bytes),
-		slog.String("remote", e.remote))
+		slog.Int64("bytes", bytes),
+		slog.String("remote", e.remote),
+	}
 }
 
 // handOver tells observe that the response goes on after the handler

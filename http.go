@@ -34,6 +34,7 @@ type api struct {
 	store   store
 	cfg     *config
 	logger  *slog.Logger
+	access  *accessLine
 	metrics *metrics
 	auth    *authz // nil: access control is off
 

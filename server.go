@@ -18,20 +18,26 @@ import (
 	"kvsse/kv"
 )
 
-// newLogger builds the server's logger from -log-format and -log-level.
-func newLogger(cfg *config, w io.Writer) (*slog.Logger, error) {
+// newLogger builds the server's logger from -log-format and -log-level,
+// and the writer of its access lines, both writing to w, which must take
+// concurrent Writes (a logWriter does).
+func newLogger(cfg *config, w io.Writer) (*slog.Logger, *accessLine, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
-		return nil, usageErr("-log-level: %v", err)
+		return nil, nil, usageErr("-log-level: %v", err)
 	}
 	opts := &slog.HandlerOptions{Level: level}
+	al := &accessLine{on: level <= slog.LevelInfo, w: w}
 	switch cfg.logFormat {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		al.logger = slog.New(slog.NewTextHandler(al.w, opts))
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		al.json = true
+		al.logger = slog.New(slog.NewJSONHandler(al.w, opts))
+	default:
+		return nil, nil, usageErr("-log-format must be text or json, got %q", cfg.logFormat)
 	}
-	return nil, usageErr("-log-format must be text or json, got %q", cfg.logFormat)
+	return al.logger, al, nil
 }
 
 func storeOptions(cfg *config, logger *slog.Logger) (kv.Options, error) {
@@ -101,7 +107,9 @@ func loadTLS(cfg *config) (*tls.Config, error) {
 // stops accepting, ends every stream, lets in-flight requests finish,
 // and syncs and closes the log.
 func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
-	logger, err := newLogger(cfg, stderr)
+	logw := newLogWriter(stderr, 5*time.Millisecond) // a line is written at most 5 ms late
+	defer logw.Close()
+	logger, access, err := newLogger(cfg, logw)
 	if err != nil {
 		return err
 	}
@@ -180,6 +188,7 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	logger.Info("ready", "took", time.Since(start).Round(time.Millisecond))
 	met.setStore(store)
 	api := newAPI(store, cfg, logger, met)
+	api.access = access
 	api.auth = az
 	handler := api.routes()
 	h.Store(&handler)
