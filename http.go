@@ -170,18 +170,19 @@ func (a *api) handleGet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.logger, err)
 		return
 	}
-	h := w.Header()
-	h.Set("ETag", etag(e.Revision))
+	tag := etag(e.Revision)
 	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatches(inm, e.Revision) {
+		setHeaders(w.Header(), "Etag", tag)
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
-	h.Set("Content-Type", e.ContentType)
-	h.Set("Content-Length", strconv.Itoa(len(e.Value)))
-	// A stored value is the user's bytes, not part of this site: browsers
-	// must neither sniff it nor run it with the site's rights.
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Content-Security-Policy", "default-src 'none'; sandbox")
+	setHeaders(w.Header(), "Etag", tag,
+		"Content-Type", e.ContentType,
+		"Content-Length", strconv.Itoa(len(e.Value)),
+		// A stored value is the user's bytes, not part of this site:
+		// browsers must neither sniff it nor run it with the site's rights.
+		"X-Content-Type-Options", "nosniff",
+		"Content-Security-Policy", "default-src 'none'; sandbox")
 	w.WriteHeader(http.StatusOK)
 	w.Write(e.Value)
 }
@@ -313,9 +314,7 @@ func readBody(body io.Reader, n int64) ([]byte, error) {
 }
 
 func (a *api) writeWritten(w http.ResponseWriter, status int, key string, rev int64) {
-	h := w.Header()
-	h.Set("ETag", etag(rev))
-	h.Set("Kvsse-Revision", strconv.FormatInt(rev, 10))
+	setHeaders(w.Header(), "Etag", etag(rev), "Kvsse-Revision", strconv.FormatInt(rev, 10))
 	if status == http.StatusNoContent {
 		w.WriteHeader(status)
 		return
@@ -393,9 +392,20 @@ func (a *api) handleList(w http.ResponseWriter, r *http.Request) {
 }
 
 func writeJSON(w http.ResponseWriter, status int, body []byte) {
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", strconv.Itoa(len(body)+1))
+	setHeaders(w.Header(), "Content-Type", "application/json", "Content-Length", strconv.Itoa(len(body)+1))
 	w.WriteHeader(status)
 	w.Write(append(body, '\n'))
+}
+
+// setHeaders sets headers from pairs of a canonical key (as
+// textproto.CanonicalMIMEHeaderKey gives it: "Etag") and a value, with
+// one allocation for all the values. Header.Set canonicalises each key
+// and allocates each value; on GET and PUT, which set four or five, that
+// showed in the profile.
+func setHeaders(h http.Header, pairs ...string) {
+	vals := make([]string, len(pairs)/2)
+	for i := range vals {
+		vals[i] = pairs[2*i+1]
+		h[pairs[2*i]] = vals[i : i+1 : i+1]
+	}
 }
