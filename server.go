@@ -18,28 +18,6 @@ import (
 	"kvsse/kv"
 )
 
-// newLogger builds the server's logger from -log-format and -log-level,
-// and the writer of its access lines, both writing to w, which must take
-// concurrent Writes (a logWriter does).
-func newLogger(cfg *config, w io.Writer) (*slog.Logger, *accessLine, error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
-		return nil, nil, usageErr("-log-level: %v", err)
-	}
-	opts := &slog.HandlerOptions{Level: level}
-	al := &accessLine{on: level <= slog.LevelInfo, w: w}
-	switch cfg.logFormat {
-	case "text":
-		al.logger = slog.New(slog.NewTextHandler(al.w, opts))
-	case "json":
-		al.json = true
-		al.logger = slog.New(slog.NewJSONHandler(al.w, opts))
-	default:
-		return nil, nil, usageErr("-log-format must be text or json, got %q", cfg.logFormat)
-	}
-	return al.logger, al, nil
-}
-
 func storeOptions(cfg *config, logger *slog.Logger) (kv.Options, error) {
 	o := kv.Options{
 		Dir:          cfg.data,

@@ -9,6 +9,28 @@ import (
 	"time"
 )
 
+// newLogger builds the server's logger from -log-format and -log-level,
+// and the writer of its access lines, both writing to w, which must take
+// concurrent Writes (a logWriter does).
+func newLogger(cfg *config, w io.Writer) (*slog.Logger, *accessLine, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
+		return nil, nil, usageErr("-log-level: %v", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	al := &accessLine{on: level <= slog.LevelInfo, w: w}
+	switch cfg.logFormat {
+	case "text":
+		al.logger = slog.New(slog.NewTextHandler(al.w, opts))
+	case "json":
+		al.json = true
+		al.logger = slog.New(slog.NewJSONHandler(al.w, opts))
+	default:
+		return nil, nil, usageErr("-log-format must be text or json, got %q", cfg.logFormat)
+	}
+	return al.logger, al, nil
+}
+
 // accessLine writes the access lines of requests: one for every request,
 // the log's hottest line. It writes them in the log's format
 // (-log-format) by hand, without slog's work for each record (a record,
@@ -22,71 +44,6 @@ type accessLine struct {
 	w      io.Writer    // the log's writer, shared with logger: one Write a line
 	logger *slog.Logger // for lines with unusual values
 	bufs   sync.Pool    // of *[]byte
-}
-
-// logWriter gathers the log's lines in memory and writes them to w in
-// one Write at most a delay after the first of them, or at once when
-// flushBytes are waiting: under load, one system call carries hundreds of
-// lines instead of one for every request. Lines keep their order and are
-// never split. Close writes what is left; after it, lines go straight to
-// w.
-type logWriter struct {
-	w      io.Writer
-	mu     sync.Mutex // guards buf and closed, and orders the writes to w
-	buf    []byte
-	delay  time.Duration
-	timer  *time.Timer // runs flush; armed while buf holds lines
-	closed bool
-}
-
-// flushBytes is as much as a logWriter gathers before it writes.
-const flushBytes = 64 << 10
-
-// newLogWriter writes to w lines at most delay late.
-func newLogWriter(w io.Writer, delay time.Duration) *logWriter {
-	l := &logWriter{w: w, delay: delay}
-	l.timer = time.AfterFunc(time.Hour, l.flush)
-	l.timer.Stop()
-	return l
-}
-
-func (l *logWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
-		return l.w.Write(b)
-	}
-	l.buf = append(l.buf, b...)
-	switch {
-	case len(l.buf) >= flushBytes:
-		l.writeLocked()
-	case len(l.buf) == len(b):
-		l.timer.Reset(l.delay)
-	}
-	return len(b), nil
-}
-
-func (l *logWriter) flush() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.writeLocked()
-}
-
-func (l *logWriter) writeLocked() {
-	if len(l.buf) > 0 {
-		l.w.Write(l.buf) // like slog, a log that cannot be written is not an error of the request
-		l.buf = l.buf[:0]
-	}
-}
-
-// Close writes the lines still gathered. Later lines are written at once.
-func (l *logWriter) Close() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.timer.Stop()
-	l.writeLocked()
-	l.closed = true
-	return nil
 }
 
 // write logs the access line of e, which ended at end after d.
@@ -185,4 +142,69 @@ func appendRFC3339Millis(b []byte, t time.Time) []byte {
 	// keeps four digits, of which the fourth is cut.
 	b = t.Truncate(time.Millisecond).Add(time.Millisecond/10).AppendFormat(b, time.RFC3339Nano)
 	return append(b[:n+prefix], b[n+prefix+1:]...)
+}
+
+// logWriter gathers the log's lines in memory and writes them to w in
+// one Write at most a delay after the first of them, or at once when
+// flushBytes are waiting: under load, one system call carries hundreds of
+// lines instead of one for every request. Lines keep their order and are
+// never split. Close writes what is left; after it, lines go straight to
+// w.
+type logWriter struct {
+	w      io.Writer
+	mu     sync.Mutex // guards buf and closed, and orders the writes to w
+	buf    []byte
+	delay  time.Duration
+	timer  *time.Timer // runs flush; armed while buf holds lines
+	closed bool
+}
+
+// flushBytes is as much as a logWriter gathers before it writes.
+const flushBytes = 64 << 10
+
+// newLogWriter writes to w lines at most delay late.
+func newLogWriter(w io.Writer, delay time.Duration) *logWriter {
+	l := &logWriter{w: w, delay: delay}
+	l.timer = time.AfterFunc(time.Hour, l.flush)
+	l.timer.Stop()
+	return l
+}
+
+func (l *logWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return l.w.Write(b)
+	}
+	l.buf = append(l.buf, b...)
+	switch {
+	case len(l.buf) >= flushBytes:
+		l.writeLocked()
+	case len(l.buf) == len(b):
+		l.timer.Reset(l.delay)
+	}
+	return len(b), nil
+}
+
+func (l *logWriter) flush() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.writeLocked()
+}
+
+func (l *logWriter) writeLocked() {
+	if len(l.buf) > 0 {
+		l.w.Write(l.buf) // like slog, a log that cannot be written is not an error of the request
+		l.buf = l.buf[:0]
+	}
+}
+
+// Close writes the lines still gathered. Later lines are written at once.
+func (l *logWriter) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.timer.Stop()
+	l.writeLocked()
+	l.closed = true
+	return nil
 }
