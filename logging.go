@@ -10,9 +10,9 @@ import (
 )
 
 // newLogger builds the server's logger from -log-format and -log-level,
-// and the writer of its access lines, both writing to w, which must take
-// concurrent Writes (a logWriter does).
-func newLogger(cfg *config, w io.Writer) (*slog.Logger, *accessLine, error) {
+// and the writer of its access lines, both writing to w: the logger's
+// lines at once, the access lines gathered.
+func newLogger(cfg *config, w *logWriter) (*slog.Logger, *accessLine, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
 		return nil, nil, usageErr("-log-level: %v", err)
@@ -41,7 +41,7 @@ func newLogger(cfg *config, w io.Writer) (*slog.Logger, *accessLine, error) {
 type accessLine struct {
 	on     bool // -log-level lets Info through
 	json   bool
-	w      io.Writer    // the log's writer, shared with logger: one Write a line
+	w      *logWriter   // the log's writer, shared with logger
 	logger *slog.Logger // for lines with unusual values
 	bufs   sync.Pool    // of *[]byte
 }
@@ -62,7 +62,7 @@ func (l *accessLine) write(e *access, end time.Time, d time.Duration, bytes int6
 		bp = new([]byte)
 	}
 	b := l.appendLine((*bp)[:0], e, end, d, bytes)
-	l.w.Write(b)
+	l.w.gather(b)
 	*bp = b
 	l.bufs.Put(bp)
 }
@@ -144,16 +144,17 @@ func appendRFC3339Millis(b []byte, t time.Time) []byte {
 	return append(b[:n+prefix], b[n+prefix+1:]...)
 }
 
-// logWriter gathers the log's lines in memory and writes them to w in
-// one Write at most a delay after the first of them, or at once when
-// flushBytes are waiting: under load, one system call carries hundreds of
-// lines instead of one for every request. Lines keep their order and are
-// never split. Close writes what is left; after it, lines go straight to
-// w.
+// logWriter is the log's writer. It writes the lines it is given with
+// Write at once, and gathers those given with gather (the access lines,
+// one for every request) in memory, to write them in one Write at most a
+// delay after the first of them, or at once when flushBytes are waiting:
+// under load, one system call carries hundreds of access lines instead
+// of one for every request, while a warning or an error is never late.
+// Lines keep their order and are never split.
 type logWriter struct {
 	w      io.Writer
 	mu     sync.Mutex // guards buf and closed, and orders the writes to w
-	buf    []byte
+	buf    []byte     // gathered lines not yet written
 	delay  time.Duration
 	timer  *time.Timer // runs flush; armed while buf holds lines
 	closed bool
@@ -162,7 +163,7 @@ type logWriter struct {
 // flushBytes is as much as a logWriter gathers before it writes.
 const flushBytes = 64 << 10
 
-// newLogWriter writes to w lines at most delay late.
+// newLogWriter writes to w gathered lines at most delay late.
 func newLogWriter(w io.Writer, delay time.Duration) *logWriter {
 	l := &logWriter{w: w, delay: delay}
 	l.timer = time.AfterFunc(time.Hour, l.flush)
@@ -170,11 +171,25 @@ func newLogWriter(w io.Writer, delay time.Duration) *logWriter {
 	return l
 }
 
+// Write writes b at once, after the lines gathered before it.
 func (l *logWriter) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed {
+	if len(l.buf) == 0 {
 		return l.w.Write(b)
+	}
+	l.buf = append(l.buf, b...)
+	l.writeLocked()
+	return len(b), nil
+}
+
+// gather adds b to the lines to write at most the delay later.
+func (l *logWriter) gather(b []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		l.w.Write(b)
+		return
 	}
 	l.buf = append(l.buf, b...)
 	switch {
@@ -183,7 +198,6 @@ func (l *logWriter) Write(b []byte) (int, error) {
 	case len(l.buf) == len(b):
 		l.timer.Reset(l.delay)
 	}
-	return len(b), nil
 }
 
 func (l *logWriter) flush() {

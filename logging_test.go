@@ -15,7 +15,8 @@ import (
 func slogLine(t *testing.T, format string, e *access, end time.Time, d time.Duration, n int64) string {
 	t.Helper()
 	var buf bytes.Buffer
-	logger, _, err := newLogger(&config{logLevel: "info", logFormat: format}, &buf)
+	lw := newLogWriter(&buf, time.Hour)
+	logger, _, err := newLogger(&config{logLevel: "info", logFormat: format}, lw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,11 +32,13 @@ func slogLine(t *testing.T, format string, e *access, end time.Time, d time.Dura
 func ourLine(t *testing.T, format, level string, e *access, end time.Time, d time.Duration, n int64) string {
 	t.Helper()
 	var buf bytes.Buffer
-	_, al, err := newLogger(&config{logLevel: level, logFormat: format}, &buf)
+	lw := newLogWriter(&buf, time.Hour)
+	_, al, err := newLogger(&config{logLevel: level, logFormat: format}, lw)
 	if err != nil {
 		t.Fatal(err)
 	}
 	al.write(e, end, d, n)
+	lw.Close()
 	return buf.String()
 }
 
@@ -111,7 +114,7 @@ func TestLogWriterGathers(t *testing.T) {
 	var want strings.Builder
 	for i := range 10 {
 		line := fmt.Sprintf("line %d\n", i)
-		l.Write([]byte(line))
+		l.gather([]byte(line))
 		want.WriteString(line)
 	}
 	if n := out.writes.Load(); n != 0 {
@@ -120,21 +123,29 @@ func TestLogWriterGathers(t *testing.T) {
 
 	// A full buffer is written at once, in order, never split.
 	big := strings.Repeat("x", flushBytes-want.Len()-1) + "\n"
-	l.Write([]byte(big))
+	l.gather([]byte(big))
 	want.WriteString(big)
 	if got, n := out.String(), out.writes.Load(); got != want.String() || n != 1 {
 		t.Errorf("at %d bytes: %d Writes of %d bytes, want 1 of %d", flushBytes, n, len(got), want.Len())
 	}
 
-	l.Write([]byte("last\n"))
+	// A line given to Write goes out at once, after those gathered.
+	l.gather([]byte("gathered\n"))
+	l.Write([]byte("warning\n"))
+	want.WriteString("gathered\nwarning\n")
+	if got, n := out.String(), out.writes.Load(); got != want.String() || n != 2 {
+		t.Errorf("after Write: %d Writes, ending %q; want 2, ending %q", n, got[max(len(got)-20, 0):], "gathered\nwarning\n")
+	}
+
+	l.gather([]byte("last\n"))
 	l.Close()
 	want.WriteString("last\n")
-	if got, n := out.String(), out.writes.Load(); got != want.String() || n != 2 {
-		t.Errorf("after Close: %d Writes, ending %q; want 2, ending %q", n, got[len(got)-10:], "last\n")
+	if got, n := out.String(), out.writes.Load(); got != want.String() || n != 3 {
+		t.Errorf("after Close: %d Writes, ending %q; want 3, ending %q", n, got[max(len(got)-10, 0):], "last\n")
 	}
-	l.Write([]byte("after close\n"))
+	l.gather([]byte("after close\n"))
 	if got := out.String(); !strings.HasSuffix(got, "last\nafter close\n") {
-		t.Errorf("a line after Close was not written at once")
+		t.Errorf("a line gathered after Close was not written at once")
 	}
 }
 
@@ -143,7 +154,7 @@ func TestLogWriterDelay(t *testing.T) {
 	l := newLogWriter(&out, time.Millisecond)
 	defer l.Close()
 	for _, line := range []string{"one\n", "two\n"} {
-		l.Write([]byte(line))
+		l.gather([]byte(line))
 		deadline := time.Now().Add(10 * time.Second)
 		for !strings.HasSuffix(out.String(), line) && time.Now().Before(deadline) {
 			time.Sleep(time.Millisecond)
