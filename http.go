@@ -257,7 +257,10 @@ func (a *api) handlePut(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.logger, err)
 		return
 	}
-	ttl, err := parseTTL(r.URL.Query().Get("ttl"))
+	var ttl time.Duration
+	if r.URL.RawQuery != "" {
+		ttl, err = parseTTL(r.URL.Query().Get("ttl"))
+	}
 	if err != nil {
 		writeError(w, r, a.logger, err)
 		return
@@ -274,7 +277,11 @@ func (a *api) handlePut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.NewResponseController(w).SetReadDeadline(time.Now().Add(time.Minute))
-	value, err := readBody(http.MaxBytesReader(w, r.Body, a.cfg.maxValue), r.ContentLength)
+	body := r.Body // with a Content-Length, it ends there, and that is at most maxValue
+	if r.ContentLength < 0 {
+		body = http.MaxBytesReader(w, r.Body, a.cfg.maxValue)
+	}
+	value, err := readBody(body, r.ContentLength)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {

@@ -230,6 +230,7 @@ type committer struct {
 	s        *Store
 	batch    []*op
 	changes  []Change
+	entries  []*Entry          // the key's entry after each change; nil: deleted
 	pending  map[string]*Entry // the batch's view of keys it changed; nil = deleted
 	buf      []byte
 	expiries expiryHeap
@@ -259,6 +260,7 @@ func (c *committer) add(ch Change, e *Entry) {
 	c.count(c.lookup(ch.Key), -1)
 	c.count(e, 1)
 	c.changes = append(c.changes, ch)
+	c.entries = append(c.entries, e)
 	c.pending[ch.Key] = e
 }
 
@@ -296,6 +298,8 @@ func (c *committer) commit(batch []*op) {
 	now := s.opts.Now().UnixNano()
 	rev := s.rev.Load()
 	c.changes = c.changes[:0]
+	clear(c.entries)
+	c.entries = c.entries[:0]
 	clear(c.pending)
 	keys, bytes := c.keys, c.bytes // restored if the batch is not logged
 
@@ -356,10 +360,10 @@ func (c *committer) commit(batch []*op) {
 	if len(c.changes) > 0 {
 		s.orderMu.Lock()
 		for i := range c.changes {
-			ch := &c.changes[i]
-			s.apply(ch)
-			if ch.Op == OpPut && ch.Expires != 0 {
-				c.expiries.push(c.pending[ch.Key])
+			ch, e := &c.changes[i], c.entries[i]
+			s.apply(ch.Key, e)
+			if e != nil && e.Expires != 0 {
+				c.expiries.push(e)
 			}
 		}
 		// Publish before the revision moves: whoever reads Revision R

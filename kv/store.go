@@ -268,26 +268,26 @@ func (s *Store) List(_ context.Context, prefix, after string, limit int) (Page, 
 	return p, nil
 }
 
-// apply makes a committed change visible. The caller holds orderMu.
-func (s *Store) apply(c *Change) {
-	sh := s.shard(c.Key)
+// apply makes a committed change to key visible: its entry becomes e
+// (nil: deleted). The caller holds orderMu.
+func (s *Store) apply(key string, e *Entry) {
+	sh := s.shard(key)
 	sh.mu.Lock()
-	if old := sh.m[c.Key]; old != nil {
+	if old := sh.m[key]; old != nil {
 		s.stats.Keys.Add(-1)
 		s.stats.ValueBytes.Add(-int64(len(old.Value)))
 	}
-	if c.Op == OpPut {
-		e := &Entry{Key: c.Key, Value: c.Value, ContentType: c.ContentType, Revision: c.Revision, Expires: c.Expires}
-		sh.m[c.Key] = e
+	if e != nil {
+		sh.m[key] = e
 		sh.mu.Unlock()
 		s.stats.Keys.Add(1)
-		s.stats.ValueBytes.Add(int64(len(c.Value)))
+		s.stats.ValueBytes.Add(int64(len(e.Value)))
 		s.order.set(e)
 		return
 	}
-	delete(sh.m, c.Key)
+	delete(sh.m, key)
 	sh.mu.Unlock()
-	s.order.remove(c.Key)
+	s.order.remove(key)
 }
 
 // current returns key's entry as the committer sees it. Only the committer
