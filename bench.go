@@ -1482,8 +1482,9 @@ func cmdHub(ctx context.Context, c *client, args []string, _ io.Reader, stdout, 
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", c.cfg.addr, "address to listen on")
 	bare := fs.Bool("bare", false, "serve the bare GET/PUT handler (64 fixed bytes; PUT reads the body) instead of the hub")
+	logPath := fs.String("log", "", "with -bare: append each PUT's body to this file and answer once it is synced,\nwith the bodies that arrive during one sync sharing the next (group commit)")
 	fs.Usage = func() {
-		fmt.Fprint(stderr, "Usage: kvsse hub [-addr ADDR] [-bare]\n\nServes the baselines of \"kvsse bench -baseline\" and of wrk: nothing is kept.\n\n")
+		fmt.Fprint(stderr, "Usage: kvsse hub [-addr ADDR] [-bare [-log FILE]]\n\nServes the baselines of \"kvsse bench -baseline\" and of wrk: nothing is kept,\nbut for the bodies of -bare -log.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -1495,6 +1496,9 @@ func cmdHub(ctx context.Context, c *client, args []string, _ io.Reader, stdout, 
 	if fs.NArg() > 0 {
 		return usageErr("hub: unexpected arguments %q", fs.Args())
 	}
+	if *logPath != "" && !*bare {
+		return usageErr("hub: -log needs -bare")
+	}
 	if err := benchRaiseNoFile(); err != nil {
 		fmt.Fprintf(stderr, "kvsse: hub: cannot raise the open file limit: %v\n", err)
 	}
@@ -1504,7 +1508,18 @@ func cmdHub(ctx context.Context, c *client, args []string, _ io.Reader, stdout, 
 	}
 	h := hub.New()
 	handler := h.Handler()
-	if *bare {
+	switch {
+	case *logPath != "":
+		f, err := os.OpenFile(*logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("hub: -log: %w", err)
+		}
+		defer f.Close()
+		synced := hub.NewSynced(f)
+		defer synced.Close() // after Shutdown: no PUT is waiting then
+		handler = synced.Handler()
+	case *bare:
 		handler = hub.Bare()
 	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -503,15 +504,21 @@ func TestHubDropsStalledSubscriber(t *testing.T) {
 	}
 }
 
-// TestHubCommand runs "kvsse hub" and "kvsse hub -bare" through run: each
-// prints its address, serves, and stops when ctx ends, an open stream
-// included.
+// TestHubCommand runs "kvsse hub", "kvsse hub -bare" and "kvsse hub -bare
+// -log FILE" through run: each prints its address, serves, and stops when
+// ctx ends, an open stream included; with -log, a PUT's body is in the
+// file when the PUT is answered.
 func TestHubCommand(t *testing.T) {
-	for _, bare := range []bool{false, true} {
-		t.Run(fmt.Sprintf("bare=%v", bare), func(t *testing.T) {
+	for _, mode := range []string{"hub", "bare", "bare-log"} {
+		t.Run(mode, func(t *testing.T) {
+			bare := mode != "hub"
 			args := []string{"hub", "-addr", "127.0.0.1:0"}
 			if bare {
 				args = append(args, "-bare")
+			}
+			logPath := filepath.Join(t.TempDir(), "log")
+			if mode == "bare-log" {
+				args = append(args, "-log", logPath)
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -551,6 +558,11 @@ func TestHubCommand(t *testing.T) {
 			}
 			if resp.StatusCode != http.StatusOK || resp.Header.Get("Kvsse-Revision") != wantRev {
 				t.Errorf("PUT: %s, Kvsse-Revision %q; want 200, %q", resp.Status, resp.Header.Get("Kvsse-Revision"), wantRev)
+			}
+			if mode == "bare-log" {
+				if data, err := os.ReadFile(logPath); err != nil || string(data) != "v" {
+					t.Errorf("-log file after the PUT: %q, %v; want %q", data, err, "v")
+				}
 			}
 			if !bare {
 				resp, err := http.Get(url + "/watch")

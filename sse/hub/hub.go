@@ -6,7 +6,6 @@
 package hub
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -228,22 +227,4 @@ func (h *Hub) watch(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-}
-
-// Bare returns the baseline for GET and PUT throughput: a plain net/http
-// handler, keeping nothing, that answers GET /kv/{key...} with the same 64
-// bytes, PUT /kv/{key...} by reading the body and answering 200, and GET
-// /healthz with 200.
-func Bare() http.Handler {
-	value := bytes.Repeat([]byte("x"), 64)
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /kv/{key...}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Write(value)
-	})
-	mux.HandleFunc("PUT /kv/{key...}", func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-	})
-	mux.HandleFunc("GET /healthz", func(http.ResponseWriter, *http.Request) {})
-	return mux
 }

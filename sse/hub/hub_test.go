@@ -5,7 +5,10 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -83,5 +86,59 @@ func TestBare(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("PUT: %s, want 200", resp.Status)
+	}
+}
+
+func TestSynced(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s := hub.NewSynced(f)
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+
+	put := func(body string) int {
+		req, _ := http.NewRequest(http.MethodPut, srv.URL+"/kv/k", strings.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	// Concurrent PUTs share syncs; each is on disk when it is answered.
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := fmt.Sprintf("<%d>", i)
+			if code := put(body); code != http.StatusOK {
+				t.Errorf("PUT %s: %d, want 200", body, code)
+				return
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if n := strings.Count(string(data), body); n != 1 {
+				t.Errorf("PUT %s answered with the body %d times in the file, want once", body, n)
+			}
+		}()
+	}
+	wg.Wait()
+
+	s.Close()
+	if code := put("<late>"); code != http.StatusServiceUnavailable {
+		t.Errorf("PUT after Close: %d, want 503", code)
+	}
+	data, _ := os.ReadFile(path)
+	if strings.Contains(string(data), "<late>") {
+		t.Error("a PUT after Close was written")
 	}
 }
