@@ -522,21 +522,9 @@ func TestHubCommand(t *testing.T) {
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			pr, pw := io.Pipe()
-			done := make(chan error, 1)
-			go func() {
-				err := run(ctx, args, func(string) string { return "" }, strings.NewReader(""), pw, io.Discard)
-				pw.CloseWithError(fmt.Errorf("hub ended: %v", err))
-				done <- err
-			}()
-			line, err := bufio.NewReader(pr).ReadString('\n')
+			url, done, err := runInProcess(ctx, args, func(string) string { return "" }, io.Discard)
 			if err != nil {
 				t.Fatal(err)
-			}
-			go io.Copy(io.Discard, pr)
-			url, ok := strings.CutPrefix(strings.TrimSpace(line), "kvsse listening on ")
-			if !ok {
-				t.Fatalf("first line %q", line)
 			}
 			resp, err := http.Get(url + "/healthz")
 			if err != nil {

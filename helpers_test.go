@@ -22,7 +22,7 @@ type testServer struct {
 	URL    string
 	Dir    string
 	cancel context.CancelFunc
-	done   chan error
+	done   <-chan error
 }
 
 // startServer runs the server on 127.0.0.1:0 with a fresh data directory
@@ -38,25 +38,40 @@ func startServer(t testing.TB, args ...string) *testServer {
 	}
 	full = append(full, args...)
 	ctx, cancel := context.WithCancel(context.Background())
-	pr, pw := io.Pipe()
-	ts := &testServer{Dir: dir, cancel: cancel, done: make(chan error, 1)}
 	logs := new(lockedBuffer)
 	t.Cleanup(func() { showLog(t, "server log", logs) }) // runs after stop
-	go func() {
-		err := run(ctx, full, func(string) string { return "" }, strings.NewReader(""), pw, logs)
-		pw.CloseWithError(fmt.Errorf("server ended: %v", err))
-		ts.done <- err
-	}()
-	line, err := bufio.NewReader(pr).ReadString('\n')
+	url, done, err := runInProcess(ctx, full, func(string) string { return "" }, logs)
 	if err != nil {
 		cancel()
 		t.Fatalf("server did not start: %v", err)
 	}
-	go io.Copy(io.Discard, pr)
-	ts.URL = strings.TrimSpace(strings.TrimPrefix(line, "kvsse listening on "))
+	ts := &testServer{Dir: dir, URL: url, cancel: cancel, done: done}
 	waitReady(t, ts.URL)
 	t.Cleanup(func() { ts.stop(t) })
 	return ts
+}
+
+// runInProcess starts run(ctx, args, ...) in a goroutine with stderr as
+// its standard error, and returns the URL from its "kvsse listening on"
+// line and the channel that gets run's result.
+func runInProcess(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) (string, <-chan error, error) {
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := run(ctx, args, getenv, strings.NewReader(""), pw, stderr)
+		pw.CloseWithError(fmt.Errorf("run ended: %v", err))
+		done <- err
+	}()
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		return "", done, err
+	}
+	go io.Copy(io.Discard, pr)
+	url, ok := strings.CutPrefix(strings.TrimSpace(line), "kvsse listening on ")
+	if !ok {
+		return "", done, fmt.Errorf("first line %q, want kvsse listening on ...", line)
+	}
+	return url, done, nil
 }
 
 // waitReady polls /healthz until it answers 200. It does not check the

@@ -391,22 +391,13 @@ func TestTLSEnvTwins(t *testing.T) {
 	env := map[string]string{"KVSSE_TLS_CERT": cert, "KVSSE_TLS_KEY": key}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		err := run(ctx, []string{"-addr", "127.0.0.1:0", "-memory", "-log-level", "error"},
-			func(k string) string { return env[k] }, strings.NewReader(""), pw, io.Discard)
-		pw.CloseWithError(fmt.Errorf("server ended: %v", err))
-		done <- err
-	}()
-	line, err := bufio.NewReader(pr).ReadString('\n')
+	url, done, err := runInProcess(ctx, []string{"-addr", "127.0.0.1:0", "-memory", "-log-level", "error"},
+		func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	go io.Copy(io.Discard, pr)
-	url, ok := strings.CutPrefix(strings.TrimSpace(line), "kvsse listening on ")
-	if !ok || !strings.HasPrefix(url, "https://") {
-		t.Fatalf("first line %q, want kvsse listening on https://...", line)
+	if !strings.HasPrefix(url, "https://") {
+		t.Fatalf("listening on %q, want https://...", url)
 	}
 	waitReady(t, url)
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}, ForceAttemptHTTP2: true}}
