@@ -1,4 +1,7 @@
-package main
+// Package bench is "kvsse bench", a load generator that checks what it
+// measures, and "kvsse hub", the baselines it compares against. It speaks
+// only HTTP to the servers it drives.
+package bench
 
 import (
 	"bufio"
@@ -22,10 +25,9 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"kvsse/kv"
-	"kvsse/sse/hub"
+	"kvsse/sse"
+	"kvsse/sse/bench/hub"
 )
 
 // benchConfig holds the flags of "kvsse bench".
@@ -89,7 +91,7 @@ check passes, 2 otherwise.
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
-		return nil, usageErr("bench: %v", err)
+		return nil, fmt.Errorf("bench: %v", err)
 	}
 	if cfg.pattern == "" {
 		cfg.pattern = cfg.prefix + "/**"
@@ -132,12 +134,12 @@ check passes, 2 otherwise.
 		}
 	}
 	if problem != "" {
-		return nil, usageErr("bench: %s", problem)
+		return nil, fmt.Errorf("bench: %s", problem)
 	}
 	return cfg, nil
 }
 
-// cmdBench runs "kvsse bench", the load generator: it drives a running
+// Run runs "kvsse bench", the load generator: it drives a running
 // server with writers and subscribers, checks that every subscriber
 // received every acknowledged change of its pattern exactly once and in
 // order, and reports throughput, latency and, given the server's pid, its
@@ -164,8 +166,8 @@ check passes, 2 otherwise.
 //
 // With -baseline, the same load first runs against a plain Go SSE hub
 // (benchBaseline), and both sets of figures are printed side by side.
-func cmdBench(ctx context.Context, c *client, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	cfg, err := parseBench(args, c.base, stderr)
+func Run(ctx context.Context, args []string, server string, stdout, stderr io.Writer) error {
+	cfg, err := parseBench(args, strings.TrimSuffix(server, "/"), stderr)
 	if err != nil {
 		return err
 	}
@@ -214,7 +216,7 @@ func benchRaiseNoFile() error {
 	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 }
 
-// bench is one run of cmdBench. Its fields are set before the writers and
+// bench is one run of Run. Its fields are set before the writers and
 // subscribers start and only read afterwards, except tickets.
 type bench struct {
 	cfg      *benchConfig
@@ -370,7 +372,7 @@ func (b *bench) healthy(ctx context.Context) error {
 	for _, srv := range b.cfg.servers() {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv+"/healthz", nil)
 		if err != nil {
-			return usageErr("bench: %v", err)
+			return fmt.Errorf("bench: %v", err)
 		}
 		resp, err := b.writeHTTP.Do(req)
 		if err != nil {
@@ -555,7 +557,7 @@ func (b *bench) newSubscribers() ([]*benchSub, error) {
 		text := strings.ReplaceAll(cfg.pattern, "%d", strconv.Itoa(i%cfg.keys))
 		p, err := kv.ParsePattern(text)
 		if err != nil {
-			return nil, usageErr("bench: -pattern: %v", err)
+			return nil, fmt.Errorf("bench: -pattern: %v", err)
 		}
 		keys, ok := matching[text]
 		if !ok {
@@ -1382,7 +1384,7 @@ func startBenchHub(ctx context.Context, exe string, stderr io.Writer) (*benchHub
 		h.stop() // closes out: the reader returns
 		line = <-first
 	}
-	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "kvsse listening on ")
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), sse.Banner)
 	if !ok {
 		h.stop()
 		return nil, fmt.Errorf("bench: -baseline: %s hub printed no address (%q)", exe, line)
@@ -1472,15 +1474,15 @@ func printBaseline(w io.Writer, base, ours *benchResult, asJSON bool) error {
 	}{base, ours, ratios})
 }
 
-// cmdHub runs "kvsse hub", the baseline that "bench -baseline" starts: a
+// RunHub runs "kvsse hub", the baseline that "bench -baseline" starts: a
 // plain Go SSE hub (package hub) serving the routes the bench uses, or,
 // with -bare, the bare GET/PUT handler that wrk compares against. It
 // prints "kvsse listening on http://ADDR" as the server does, and serves
 // until ctx ends.
-func cmdHub(ctx context.Context, c *client, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+func RunHub(ctx context.Context, args []string, addr string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("kvsse hub", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("addr", c.cfg.addr, "address to listen on")
+	fs.StringVar(&addr, "addr", addr, "address to listen on")
 	bare := fs.Bool("bare", false, "serve the bare GET/PUT handler (64 fixed bytes; PUT reads the body) instead of the hub")
 	logPath := fs.String("log", "", "with -bare: append each PUT's body to this file and answer once it is synced,\nwith the bodies that arrive during one sync sharing the next (group commit)")
 	fs.Usage = func() {
@@ -1491,18 +1493,18 @@ func cmdHub(ctx context.Context, c *client, args []string, _ io.Reader, stdout, 
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
-		return usageErr("hub: %v", err)
+		return fmt.Errorf("hub: %v", err)
 	}
 	if fs.NArg() > 0 {
-		return usageErr("hub: unexpected arguments %q", fs.Args())
+		return fmt.Errorf("hub: unexpected arguments %q", fs.Args())
 	}
 	if *logPath != "" && !*bare {
-		return usageErr("hub: -log needs -bare")
+		return fmt.Errorf("hub: -log needs -bare")
 	}
 	if err := benchRaiseNoFile(); err != nil {
 		fmt.Fprintf(stderr, "kvsse: hub: cannot raise the open file limit: %v\n", err)
 	}
-	ln, err := net.Listen("tcp", *addr)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("hub: listen: %w", err)
 	}
@@ -1523,20 +1525,6 @@ func cmdHub(ctx context.Context, c *client, args []string, _ io.Reader, stdout, 
 		handler = hub.Bare()
 	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-	fmt.Fprintf(stdout, "kvsse listening on http://%s\n", ln.Addr())
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("hub: serve: %w", err)
-		}
-		return nil
-	})
-	<-gctx.Done()
-	h.Close() // ends the streams, which Shutdown would wait for
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		srv.Close()
-	}
-	return g.Wait()
+	sse.Announce(stdout, "http://"+ln.Addr().String())
+	return sse.Serve(ctx, srv, ln, 5*time.Second, h.Close) // Close ends the streams, which Shutdown would wait for
 }

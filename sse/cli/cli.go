@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bufio"
@@ -36,8 +36,6 @@ var commands = map[string]command{
 	"del":   cmdDel,
 	"ls":    cmdLs,
 	"watch": cmdWatch,
-	"bench": cmdBench,
-	"hub":   cmdHub, // hidden: the baselines of bench -baseline and wrk
 }
 
 // keyURL is the URL of a key, each segment escaped.

@@ -1,50 +1,17 @@
-package main
+package cli
 
 import (
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"kvsse/sse/server"
 	"strings"
-	"time"
 )
 
 // config is every flag of the server and the client.
 type config struct {
-	// server
-	addr            string
-	data            string
-	memory          bool
-	sync            string
-	compactBytes    int64
-	maxValue        int64
-	history         int
-	subBuffer       int
-	heartbeat       time.Duration
-	flushInterval   time.Duration
-	maxSubscribers  int
-	shutdownTimeout time.Duration
-	logFormat       string
-	logLevel        string
-	corsOrigins     string
-	metricsAddr     string
-	auth            string
-
-	// server: limits and transport
-	maxKeys             int64
-	maxBytes            int64
-	maxSubscribersPerIP int
-	maxPatterns         int
-	writeRate           float64
-	writeBurst          int
-	readHeaderTimeout   time.Duration
-	tlsCert             string
-	tlsKey              string
-
-	// server: where the data lives
-	backend       string
-	etcdEndpoints string
-	etcdPrefix    string
+	srv server.Config
 
 	// client
 	server   string
@@ -81,35 +48,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	c := new(config)
 	fs := flag.NewFlagSet("kvsse", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&c.addr, "addr", "127.0.0.1:8080", "address to listen on")
-	fs.StringVar(&c.data, "data", "./kvsse-data", "data directory; empty keeps nothing on disk")
-	fs.BoolVar(&c.memory, "memory", false, "keep nothing on disk (same as -data '')")
-	fs.StringVar(&c.sync, "sync", "always", "always: fsync the log before acknowledging a write (group commit);\nnone: never fsync; acknowledged writes survive a crash of kvsse, NOT of the machine")
-	fs.Int64Var(&c.compactBytes, "compact-bytes", 64<<20, "compact the log into a snapshot when it grows past this many bytes")
-	fs.Int64Var(&c.maxValue, "max-value", 1<<20, "largest value in bytes")
-	fs.IntVar(&c.history, "history", 100_000, "committed changes kept for watchers that resume (events)")
-	fs.IntVar(&c.subBuffer, "sub-buffer", 1024, "events queued for a watcher before it is disconnected as too slow")
-	fs.DurationVar(&c.heartbeat, "heartbeat", 15*time.Second, "interval of stream heartbeats (±10 %)")
-	fs.DurationVar(&c.flushInterval, "flush-interval", 30*time.Millisecond, "least time between two writes to a busy stream once 1,000 streams are open (a\nshare of it with fewer): events arriving sooner go out together with the next\nwrite (0: write every event at once)")
-	fs.IntVar(&c.maxSubscribers, "max-subscribers", 10_000, "open streams allowed, all together")
-	fs.IntVar(&c.maxSubscribersPerIP, "max-subscribers-per-ip", 1000, "open streams allowed from one client address; 0: no limit")
-	fs.IntVar(&c.maxPatterns, "max-patterns", 64, "patterns allowed in one stream")
-	fs.Int64Var(&c.maxKeys, "max-keys", 10_000_000, "keys the store may hold; 0: no limit")
-	fs.Int64Var(&c.maxBytes, "max-bytes", 1<<30, "bytes of values the store may hold, all together; 0: no limit")
-	fs.Float64Var(&c.writeRate, "write-rate", 10_000, "writes (PUT, DELETE) a second allowed from one client address, on average; 0: no limit")
-	fs.IntVar(&c.writeBurst, "write-burst", 20_000, "writes one client address may make at once, above -write-rate")
-	fs.DurationVar(&c.readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send a request's headers (and the TLS handshake)")
-	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate chain file: serve HTTPS (HTTP/2 and HTTP/1.1); needs -tls-key")
-	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key file of -tls-cert")
-	fs.StringVar(&c.backend, "backend", "embedded", "where the data lives: embedded (the map and log in -data) or etcd (an etcd cluster;\nsee -etcd-endpoints)")
-	fs.StringVar(&c.etcdEndpoints, "etcd-endpoints", "", "comma-separated client URLs of the etcd members (http://host:2379), for -backend etcd")
-	fs.StringVar(&c.etcdPrefix, "etcd-prefix", "/kvsse/", "prefix of every key kvsse writes to etcd, for -backend etcd")
-	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
-	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
-	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.Var((*originList)(&c.corsOrigins), "cors-origins", "comma-separated origins (https://app.example.com) whose pages may read and write\nwith the browser's credentials; empty: same origin only")
-	fs.StringVar(&c.auth, "auth", "", "JSON file of access tokens and the key patterns each may read and write;\nempty: no access control (SIGHUP reloads the file)")
-	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "address of a second listener serving /metrics and /debug/pprof/; empty: none\n(/metrics is on -addr as well)")
+	c.srv.RegisterFlags(fs)
 	fs.StringVar(&c.server, "server", "http://127.0.0.1:8080", "client: the server's URL")
 	fs.StringVar(&c.token, "token", "", "client: the access token sent as Authorization: Bearer (prefer the env twin: a\ncommand line is visible to other users of the machine)")
 	fs.StringVar(&c.ttl, "ttl", "", "client put: time to live (Go duration or seconds)")
@@ -158,9 +97,6 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	})
 	if err := errors.Join(errs...); err != nil {
 		return nil, nil, &exitError{code: 2, err: err}
-	}
-	if c.memory {
-		c.data = ""
 	}
 	return c, rest, nil
 }

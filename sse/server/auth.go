@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"bytes"
@@ -246,17 +246,17 @@ type watcher struct {
 
 // loadAuth reads the -auth file; it returns nil (access control off) when
 // cfg names none.
-func loadAuth(cfg *config, logger *slog.Logger) (*authz, error) {
-	if cfg.auth == "" {
+func loadAuth(cfg *Config, logger *slog.Logger) (*authz, error) {
+	if cfg.Auth == "" {
 		return nil, nil
 	}
-	s, err := readAuthFile(cfg.auth)
+	s, err := readAuthFile(cfg.Auth)
 	if err != nil {
 		return nil, err
 	}
-	az := &authz{path: cfg.auth, logger: logger, watchers: map[*watcher]struct{}{}}
+	az := &authz{path: cfg.Auth, logger: logger, watchers: map[*watcher]struct{}{}}
 	az.set.Store(s)
-	logger.Info("access control on", "file", cfg.auth, "tokens", len(s.grants))
+	logger.Info("access control on", "file", cfg.Auth, "tokens", len(s.grants))
 	return az, nil
 }
 

@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"context"
@@ -22,24 +22,24 @@ type backend interface {
 }
 
 // etcdEndpoints checks and splits -etcd-endpoints.
-func etcdEndpoints(cfg *config) ([]string, error) {
+func etcdEndpoints(cfg *Config) ([]string, error) {
 	var out []string
-	for _, e := range strings.Split(cfg.etcdEndpoints, ",") {
+	for _, e := range strings.Split(cfg.EtcdEndpoints, ",") {
 		e = strings.TrimRight(strings.TrimSpace(e), "/")
 		if e == "" {
 			continue
 		}
 		u, err := url.Parse(e)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" {
-			return nil, usageErr("-etcd-endpoints: %q is not a URL like http://host:2379", e)
+			return nil, configErr("-etcd-endpoints: %q is not a URL like http://host:2379", e)
 		}
 		out = append(out, e)
 	}
 	if len(out) == 0 {
-		return nil, usageErr("-backend etcd needs -etcd-endpoints")
+		return nil, configErr("-backend etcd needs -etcd-endpoints")
 	}
-	if !strings.HasPrefix(cfg.etcdPrefix, "/") {
-		return nil, usageErr("-etcd-prefix must start with /, got %q", cfg.etcdPrefix)
+	if !strings.HasPrefix(cfg.EtcdPrefix, "/") {
+		return nil, configErr("-etcd-prefix must start with /, got %q", cfg.EtcdPrefix)
 	}
 	return out, nil
 }
@@ -47,15 +47,15 @@ func etcdEndpoints(cfg *config) ([]string, error) {
 // openBackend opens the store -backend names. An etcd cluster that
 // cannot be reached yet is tried again until ctx ends, while the server
 // answers 503.
-func openBackend(ctx context.Context, cfg *config, opts kv.Options, logger *slog.Logger) (backend, error) {
-	switch cfg.backend {
+func openBackend(ctx context.Context, cfg *Config, opts kv.Options, logger *slog.Logger) (backend, error) {
+	switch cfg.Backend {
 	case "embedded":
 		s, err := kv.Open(opts)
 		if err != nil {
 			return nil, err
 		}
-		logger.Info("store loaded", "data", cfg.data, "revision", s.Revision())
-		if cfg.data == "" {
+		logger.Info("store loaded", "data", cfg.Data, "revision", s.Revision())
+		if cfg.Data == "" {
 			logger.Warn("running in memory: nothing is kept when the server stops")
 		}
 		if opts.Sync == kv.SyncNone {
@@ -67,11 +67,11 @@ func openBackend(ctx context.Context, cfg *config, opts kv.Options, logger *slog
 		if err != nil {
 			return nil, err
 		}
-		eo := etcd.Options{Endpoints: endpoints, Prefix: cfg.etcdPrefix, History: cfg.history, SubBuffer: cfg.subBuffer, Logger: logger}
+		eo := etcd.Options{Endpoints: endpoints, Prefix: cfg.EtcdPrefix, History: cfg.History, SubBuffer: cfg.SubBuffer, Logger: logger}
 		for attempt := 0; ; attempt++ {
 			s, err := etcd.Open(ctx, eo)
 			if err == nil {
-				logger.Info("following etcd", "endpoints", cfg.etcdEndpoints, "prefix", cfg.etcdPrefix, "revision", s.Revision())
+				logger.Info("following etcd", "endpoints", cfg.EtcdEndpoints, "prefix", cfg.EtcdPrefix, "revision", s.Revision())
 				return s, nil
 			}
 			if !errors.Is(err, kv.ErrUnavailable) {
@@ -87,5 +87,5 @@ func openBackend(ctx context.Context, cfg *config, opts kv.Options, logger *slog
 			}
 		}
 	}
-	return nil, usageErr("-backend must be embedded or etcd, got %q", cfg.backend)
+	return nil, configErr("-backend must be embedded or etcd, got %q", cfg.Backend)
 }

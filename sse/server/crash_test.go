@@ -1,4 +1,4 @@
-package main
+package server
 
 // Black-box durability tests: the server is killed with SIGKILL under load,
 // its log is torn or damaged byte by byte, its data directory is shared,

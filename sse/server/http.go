@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"context"
@@ -32,42 +32,33 @@ type store interface {
 // api serves the HTTP interface of a store.
 type api struct {
 	store   store
-	cfg     *config
+	cfg     *Config
 	logger  *slog.Logger
 	access  *accessLine
 	metrics *metrics
 	auth    *authz // nil: access control is off
 
 	stopping context.Context // done when the server shuts down
-	stop     context.CancelFunc
-	streams  *sse.Pool     // serves the streams of HTTP/1.1 connections it takes over
-	subs     chan struct{} // one token per open stream; capacity -max-subscribers
-	subsByIP *ipCounter    // open streams per client address
-	writes   *rateLimiter  // writes per client address; nil: no limit
+	streams  *sse.Pool       // serves the streams of HTTP/1.1 connections it takes over
+	subs     chan struct{}   // one token per open stream; capacity -max-subscribers
+	subsByIP *ipCounter      // open streams per client address
+	writes   *rateLimiter    // writes per client address; nil: no limit
 }
 
-func newAPI(s store, cfg *config, logger *slog.Logger, m *metrics) *api {
-	stopping, stop := context.WithCancel(context.Background())
+// newAPI returns the API of s. Its streams end when stopping ends, and
+// streams serves those whose connections it takes over.
+func newAPI(s store, cfg *Config, logger *slog.Logger, m *metrics, stopping context.Context, streams *sse.Pool) *api {
 	return &api{
 		stopping: stopping,
-		stop:     stop,
 		store:    s,
 		cfg:      cfg,
 		logger:   logger,
 		metrics:  m,
-		streams:  sse.NewPool(0),
-		subs:     make(chan struct{}, cfg.maxSubscribers),
-		subsByIP: newIPCounter(cfg.maxSubscribersPerIP),
-		writes:   newRateLimiter(cfg.writeRate, cfg.writeBurst, maxRateBuckets, time.Now),
+		streams:  streams,
+		subs:     make(chan struct{}, cfg.MaxSubscribers),
+		subsByIP: newIPCounter(cfg.MaxSubscribersPerIP),
+		writes:   newRateLimiter(cfg.WriteRate, cfg.WriteBurst, maxRateBuckets, time.Now),
 	}
-}
-
-// shutdown makes /healthz answer 503 and ends every stream, waiting for
-// those whose connections a.streams took over (http.Server.Shutdown does
-// not know them). It is idempotent.
-func (a *api) shutdown() {
-	a.stop()
-	a.streams.Close()
 }
 
 // routes is every route of the server, in one place.
@@ -87,7 +78,7 @@ func (a *api) routes() http.Handler {
 	mux.HandleFunc("/kv/{key...}", a.methodNotAllowed("GET, HEAD, PUT, DELETE"))
 	mux.HandleFunc("/watch/{pattern...}", a.methodNotAllowed("GET, HEAD"))
 	mux.HandleFunc("/", a.handleNotFound)
-	return a.observe(mux, crossOrigin(a.cfg.corsOrigins, a.logger, a.auth.guard(a.rejectUnclean(mux))))
+	return a.observe(mux, crossOrigin(a.cfg.CORSOrigins, a.logger, a.auth.guard(a.rejectUnclean(mux))))
 }
 
 // rejectUnclean answers 400 for keys and patterns in unclean paths ("//",
@@ -144,7 +135,7 @@ func (a *api) handleHealth(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.logger, st.Err())
 		return
 	}
-	writeJSON(w, http.StatusOK, fmt.Appendf(nil, `{"status":"ok","backend":%q,"revision":%d}`, a.cfg.backend, a.store.Revision()))
+	writeJSON(w, http.StatusOK, fmt.Appendf(nil, `{"status":"ok","backend":%q,"revision":%d}`, a.cfg.Backend, a.store.Revision()))
 }
 
 func etag(rev int64) string { return `"` + strconv.FormatInt(rev, 10) + `"` }
@@ -272,14 +263,14 @@ func (a *api) handlePut(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.logger, badParam("Content-Type is not a valid media type"))
 		return
 	}
-	if r.ContentLength > a.cfg.maxValue {
+	if r.ContentLength > a.cfg.MaxValue {
 		writeError(w, r, a.logger, errTooLarge)
 		return
 	}
 	http.NewResponseController(w).SetReadDeadline(time.Now().Add(time.Minute))
 	body := r.Body // with a Content-Length, it ends there, and that is at most maxValue
 	if r.ContentLength < 0 {
-		body = http.MaxBytesReader(w, r.Body, a.cfg.maxValue)
+		body = http.MaxBytesReader(w, r.Body, a.cfg.MaxValue)
 	}
 	value, err := readBody(body, r.ContentLength)
 	if err != nil {

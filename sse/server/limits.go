@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"errors"
@@ -21,20 +21,20 @@ var (
 const maxRateBuckets = 100_000
 
 // checkLimits refuses limit flags out of their range.
-func checkLimits(cfg *config) error {
+func checkLimits(cfg *Config) error {
 	switch {
-	case cfg.maxKeys < 0 || cfg.maxBytes < 0:
-		return usageErr("-max-keys and -max-bytes must be 0 (no limit) or positive")
-	case cfg.maxSubscribersPerIP < 0:
-		return usageErr("-max-subscribers-per-ip must be 0 (no limit) or positive")
-	case cfg.maxPatterns <= 0:
-		return usageErr("-max-patterns must be positive")
-	case cfg.writeRate < 0 || math.IsNaN(cfg.writeRate) || math.IsInf(cfg.writeRate, 0):
-		return usageErr("-write-rate must be 0 (no limit) or a positive number of writes a second")
-	case cfg.writeRate > 0 && cfg.writeBurst < 1:
-		return usageErr("-write-burst must be at least 1")
-	case cfg.readHeaderTimeout <= 0:
-		return usageErr("-read-header-timeout must be positive")
+	case cfg.MaxKeys < 0 || cfg.MaxBytes < 0:
+		return configErr("-max-keys and -max-bytes must be 0 (no limit) or positive")
+	case cfg.MaxSubscribersPerIP < 0:
+		return configErr("-max-subscribers-per-ip must be 0 (no limit) or positive")
+	case cfg.MaxPatterns <= 0:
+		return configErr("-max-patterns must be positive")
+	case cfg.WriteRate < 0 || math.IsNaN(cfg.WriteRate) || math.IsInf(cfg.WriteRate, 0):
+		return configErr("-write-rate must be 0 (no limit) or a positive number of writes a second")
+	case cfg.WriteRate > 0 && cfg.WriteBurst < 1:
+		return configErr("-write-burst must be at least 1")
+	case cfg.ReadHeaderTimeout <= 0:
+		return configErr("-read-header-timeout must be positive")
 	}
 	return nil
 }

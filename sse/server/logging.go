@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"context"
@@ -12,21 +12,21 @@ import (
 // newLogger builds the server's logger from -log-format and -log-level,
 // and the writer of its access lines, both writing to w: the logger's
 // lines at once, the access lines gathered.
-func newLogger(cfg *config, w *logWriter) (*slog.Logger, *accessLine, error) {
+func newLogger(cfg *Config, w *logWriter) (*slog.Logger, *accessLine, error) {
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.logLevel)); err != nil {
-		return nil, nil, usageErr("-log-level: %v", err)
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return nil, nil, configErr("-log-level: %v", err)
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	al := &accessLine{on: level <= slog.LevelInfo, w: w}
-	switch cfg.logFormat {
+	switch cfg.LogFormat {
 	case "text":
 		al.logger = slog.New(slog.NewTextHandler(al.w, opts))
 	case "json":
 		al.json = true
 		al.logger = slog.New(slog.NewJSONHandler(al.w, opts))
 	default:
-		return nil, nil, usageErr("-log-format must be text or json, got %q", cfg.logFormat)
+		return nil, nil, configErr("-log-format must be text or json, got %q", cfg.LogFormat)
 	}
 	return al.logger, al, nil
 }

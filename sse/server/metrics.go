@@ -1,8 +1,8 @@
-package main
+package server
 
 import (
 	"cmp"
-	"errors"
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -260,20 +260,15 @@ func formatFloat(v float64) string {
 
 // serveMetrics starts, in g, the -metrics-addr listener: /metrics and the
 // net/http/pprof handlers, registered on a mux of its own, and prints its
-// address to stdout. With an empty addr it starts nothing. The caller
-// shuts the returned server down (Shutdown and Close of one that was
-// never started return at once).
-func serveMetrics(g *errgroup.Group, addr string, m *metrics, logger *slog.Logger, stdout io.Writer) (*http.Server, error) {
-	srv := &http.Server{
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+// address to stdout. It serves until ctx ends. With an empty -metrics-addr
+// it starts nothing.
+func serveMetrics(ctx context.Context, g *errgroup.Group, cfg *Config, m *metrics, logger *slog.Logger, stdout io.Writer) error {
+	if cfg.MetricsAddr == "" {
+		return nil
 	}
-	if addr == "" {
-		return srv, nil
-	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := net.Listen("tcp", cfg.MetricsAddr)
 	if err != nil {
-		return nil, fmt.Errorf("listen -metrics-addr: %w", err)
+		return fmt.Errorf("listen -metrics-addr: %w", err)
 	}
 	fmt.Fprintf(stdout, "kvsse metrics and pprof on http://%s\n", ln.Addr())
 	mux := http.NewServeMux()
@@ -283,12 +278,12 @@ func serveMetrics(g *errgroup.Group, addr string, m *metrics, logger *slog.Logge
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv.Handler = mux
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve -metrics-addr: %w", err)
-		}
-		return nil
-	})
-	return srv, nil
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	// A scrape or profile still running after the grace is cut off.
+	g.Go(func() error { return sse.Serve(ctx, srv, ln, cfg.ShutdownTimeout, nil) })
+	return nil
 }

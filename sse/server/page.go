@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"bytes"
@@ -15,7 +15,7 @@ import (
 // indexHTML is the built-in web page: one self-contained file with its
 // style and script inline, so it works offline and needs no build step.
 //
-//go:embed index.html
+//go:embed web/index.html
 var indexHTML []byte
 
 // builtPage is index.html with the headers it is served with.

@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"context"
@@ -16,41 +16,42 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"kvsse/kv"
+	"kvsse/sse"
 )
 
-func storeOptions(cfg *config, logger *slog.Logger) (kv.Options, error) {
+func storeOptions(cfg *Config, logger *slog.Logger) (kv.Options, error) {
 	o := kv.Options{
-		Dir:          cfg.data,
-		CompactBytes: cfg.compactBytes,
-		History:      cfg.history,
-		SubBuffer:    cfg.subBuffer,
+		Dir:          cfg.Data,
+		CompactBytes: cfg.CompactBytes,
+		History:      cfg.History,
+		SubBuffer:    cfg.SubBuffer,
 		Logger:       logger,
-		MaxKeys:      cfg.maxKeys,
-		MaxBytes:     cfg.maxBytes,
+		MaxKeys:      cfg.MaxKeys,
+		MaxBytes:     cfg.MaxBytes,
 	}
-	switch cfg.sync {
+	switch cfg.Sync {
 	case "always":
 		o.Sync = kv.SyncAlways
 	case "none":
 		o.Sync = kv.SyncNone
 	default:
-		return o, usageErr("-sync must be always or none, got %q", cfg.sync)
+		return o, configErr("-sync must be always or none, got %q", cfg.Sync)
 	}
 	switch {
-	case cfg.maxValue <= 0 || cfg.maxValue > maxValueLimit:
-		return o, usageErr("-max-value must be between 1 and %d", maxValueLimit)
-	case cfg.compactBytes <= 0:
-		return o, usageErr("-compact-bytes must be positive")
-	case cfg.history <= 0 || cfg.subBuffer <= 0 || cfg.maxSubscribers <= 0:
-		return o, usageErr("-history, -sub-buffer and -max-subscribers must be positive")
-	case cfg.flushInterval < 0 || cfg.flushInterval > time.Second:
-		return o, usageErr("-flush-interval must be between 0 and 1s")
-	case cfg.heartbeat <= 0 || cfg.shutdownTimeout <= 0:
-		return o, usageErr("-heartbeat and -shutdown-timeout must be positive")
-	case cfg.backend != "embedded" && cfg.backend != "etcd":
-		return o, usageErr("-backend must be embedded or etcd, got %q", cfg.backend)
+	case cfg.MaxValue <= 0 || cfg.MaxValue > maxValueLimit:
+		return o, configErr("-max-value must be between 1 and %d", maxValueLimit)
+	case cfg.CompactBytes <= 0:
+		return o, configErr("-compact-bytes must be positive")
+	case cfg.History <= 0 || cfg.SubBuffer <= 0 || cfg.MaxSubscribers <= 0:
+		return o, configErr("-history, -sub-buffer and -max-subscribers must be positive")
+	case cfg.FlushInterval < 0 || cfg.FlushInterval > time.Second:
+		return o, configErr("-flush-interval must be between 0 and 1s")
+	case cfg.Heartbeat <= 0 || cfg.ShutdownTimeout <= 0:
+		return o, configErr("-heartbeat and -shutdown-timeout must be positive")
+	case cfg.Backend != "embedded" && cfg.Backend != "etcd":
+		return o, configErr("-backend must be embedded or etcd, got %q", cfg.Backend)
 	}
-	if cfg.backend == "etcd" {
+	if cfg.Backend == "etcd" {
 		if _, err := etcdEndpoints(cfg); err != nil {
 			return o, err
 		}
@@ -63,16 +64,16 @@ const maxValueLimit = 32 << 20
 
 // loadTLS loads the key pair of -tls-cert and -tls-key, or returns nil
 // when neither is given.
-func loadTLS(cfg *config) (*tls.Config, error) {
-	if (cfg.tlsCert == "") != (cfg.tlsKey == "") {
-		return nil, usageErr("give both -tls-cert and -tls-key, or neither")
+func loadTLS(cfg *Config) (*tls.Config, error) {
+	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
+		return nil, configErr("give both -tls-cert and -tls-key, or neither")
 	}
-	if cfg.tlsCert == "" {
+	if cfg.TLSCert == "" {
 		return nil, nil
 	}
-	cert, err := tls.LoadX509KeyPair(cfg.tlsCert, cfg.tlsKey)
+	cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
 	if err != nil {
-		return nil, fmt.Errorf("-tls-cert %s -tls-key %s: %w", cfg.tlsCert, cfg.tlsKey, err)
+		return nil, fmt.Errorf("-tls-cert %s -tls-key %s: %w", cfg.TLSCert, cfg.TLSKey, err)
 	}
 	return &tls.Config{
 		Certificates: []tls.Certificate{cert},
@@ -81,10 +82,12 @@ func loadTLS(cfg *config) (*tls.Config, error) {
 	}, nil
 }
 
-// serve runs the server until ctx ends, then shuts down gracefully: it
+// Serve runs the server until ctx ends, then shuts down gracefully: it
 // stops accepting, ends every stream, lets in-flight requests finish,
-// and syncs and closes the log.
-func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
+// and syncs and closes the log. It prints the banner line (sse.Banner)
+// to stdout once it listens, and logs to stderr.
+func Serve(ctx context.Context, cfg *Config, stdout, stderr io.Writer) error {
+	cfg = normalize(cfg)
 	logw := newLogWriter(stderr, 5*time.Millisecond) // a line is written at most 5 ms late
 	defer logw.Close()
 	logger, access, err := newLogger(cfg, logw)
@@ -108,7 +111,7 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	}
 	stopReload := az.reloadOn(syscall.SIGHUP) // -auth: SIGHUP reloads the file
 	defer stopReload()
-	ln, err := net.Listen("tcp", cfg.addr)
+	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
@@ -117,7 +120,7 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 		scheme = "https"
 		ln = tls.NewListener(ln, tlsConfig)
 	}
-	fmt.Fprintf(stdout, "kvsse listening on %s://%s\n", scheme, ln.Addr())
+	sse.Announce(stdout, scheme+"://"+ln.Addr().String())
 	warnIfOpen(logger, az, ln.Addr())
 
 	// Until the store is loaded, every request gets 503.
@@ -134,23 +137,28 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*h.Load()).ServeHTTP(w, r) }),
 		Protocols:         &protocols,
-		ReadHeaderTimeout: cfg.readHeaderTimeout,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+	// Streams end before Shutdown, which would wait for them.
+	stopping, stop := context.WithCancel(context.Background())
+	defer stop()
+	streams := sse.NewPool(0)
+	endStreams := func() {
+		logger.Info("shutting down")
+		stop() // healthz answers 503, streams end
+		streams.Close()
+	}
 
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve: %w", err)
-		}
-		return nil
-	})
+	g.Go(func() error { return sse.Serve(gctx, srv, ln, cfg.ShutdownTimeout, endStreams) })
 	met := newMetrics()
-	msrv, err := serveMetrics(g, cfg.metricsAddr, met, logger, stdout)
-	if err != nil {
-		srv.Close()
+	if err := serveMetrics(gctx, g, cfg, met, logger, stdout); err != nil {
+		cancel()
 		g.Wait()
 		return err
 	}
@@ -158,35 +166,32 @@ func serve(ctx context.Context, cfg *config, stdout, stderr io.Writer) error {
 	start := time.Now()
 	store, err := openBackend(gctx, cfg, opts, logger)
 	if err != nil {
-		srv.Close()
-		msrv.Close()
+		cancel()
 		g.Wait()
 		return err
 	}
 	logger.Info("ready", "took", time.Since(start).Round(time.Millisecond))
 	met.setStore(store)
-	api := newAPI(store, cfg, logger, met)
+	api := newAPI(store, cfg, logger, met, stopping, streams)
 	api.access = access
 	api.auth = az
 	handler := api.routes()
 	h.Store(&handler)
 
-	<-gctx.Done()
-	logger.Info("shutting down")
-	api.shutdown() // healthz answers 503, streams end
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
-	defer cancel()
-	serr := srv.Shutdown(sctx)
-	if serr != nil {
-		srv.Close()
-		serr = fmt.Errorf("shutdown: %w", serr)
-	}
-	if msrv.Shutdown(sctx) != nil {
-		msrv.Close() // a scrape or profile in flight is cut off
-	}
+	err = g.Wait()
 	cerr := store.Close()
 	if cerr != nil {
 		cerr = fmt.Errorf("close store: %w", cerr)
 	}
-	return errors.Join(g.Wait(), serr, cerr)
+	return errors.Join(err, cerr)
+}
+
+// normalize returns cfg with the settings that stand for others applied:
+// -memory empties -data.
+func normalize(cfg *Config) *Config {
+	c := *cfg
+	if c.Memory {
+		c.Data = ""
+	}
+	return &c
 }

@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"net/http"
@@ -80,7 +80,7 @@ func parseWatch(r *http.Request, maxPatterns int) (watchRequest, error) {
 // comes after the handler returned when the stream's connection was
 // handed over to a.streams.
 func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
-	wr, err := parseWatch(r, a.cfg.maxPatterns)
+	wr, err := parseWatch(r, a.cfg.MaxPatterns)
 	if err != nil {
 		writeError(w, r, a.logger, err)
 		return
@@ -121,7 +121,7 @@ func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 	a.streams.Serve(w, r, sub, sse.StreamOptions{
 		Format:        wr.format,
 		Retry:         2 * time.Second,
-		Heartbeat:     a.cfg.heartbeat,
+		Heartbeat:     a.cfg.Heartbeat,
 		FlushInterval: a.flushInterval,
 		WriteTimeout:  30 * time.Second,
 		Stop:          a.stopping,
@@ -151,5 +151,5 @@ const paceStreams = 1000
 // server's CPU goes to system calls otherwise); with few, where that
 // saving is small, an event goes out within a fraction of it.
 func (a *api) flushInterval() time.Duration {
-	return a.cfg.flushInterval * time.Duration(min(len(a.subs), paceStreams)) / paceStreams
+	return a.cfg.FlushInterval * time.Duration(min(len(a.subs), paceStreams)) / paceStreams
 }
