@@ -82,8 +82,8 @@ func (p *Pool) Serve(w http.ResponseWriter, r *http.Request, sub *kv.Subscriptio
 	// The connection never goes back to net/http: a client must not keep
 	// it for another request once the stream ends.
 	w.Header().Set("Connection", "close")
-	s := newStream(w, opts, sub.Revision)
-	ok := s.catchUp(sub)
+	s := newStream(w, sub, opts)
+	ok := s.catchUp()
 	s.release()
 	if !ok {
 		done(EndWrite, 0)
@@ -98,9 +98,9 @@ func (p *Pool) Serve(w http.ResponseWriter, r *http.Request, sub *kv.Subscriptio
 		done(EndWrite, 0)
 		return
 	}
-	c := &conn{pool: p, nc: nc, sub: sub, opts: opts, done: done, flushed: s.flushed}
+	c := &conn{pool: p, nc: nc, done: done, flushed: s.flushed}
 	c.state.Store(running) // until start has set it up: whatever comes meanwhile waits
-	c.enc = encoder{format: opts.Format, sent: opts.Sent, last: s.enc.last}
+	c.live = live{sub: sub, opts: opts, enc: encoder{format: opts.Format, sent: opts.Sent, last: s.enc.last}}
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
 	}
@@ -275,8 +275,6 @@ type conn struct {
 	pool *Pool
 	nc   net.Conn
 	raw  syscall.RawConn // nil: every write waits on a goroutine of its own
-	sub  *kv.Subscription
-	opts StreamOptions
 	done func(why string, bytes int64)
 
 	state    atomic.Int32
@@ -288,14 +286,13 @@ type conn struct {
 	stopAt   atomic.Int64 // when stopping, the deadline of the last writes (Unix ns)
 
 	// Owned by whoever runs the conn (see the run states).
-	enc        encoder
-	pend       []byte       // bytes to write, chunk framing included
-	werr       error        // the last write's error
-	why        string       // set when the stream ends: the last bytes go, then the connection closes
-	spare      []*kv.Change // the last batch taken, for the next Take
-	flushed    time.Time    // when the last write was made
-	pace       *time.Timer  // made on first use
-	bytes      int64        // body bytes written (chunk framing not counted)
+	live
+	pend       []byte      // bytes to write, chunk framing included
+	werr       error       // the last write's error
+	why        string      // set when the stream ends: the last bytes go, then the connection closes
+	flushed    time.Time   // when the last write was made
+	pace       *time.Timer // made on first use
+	bytes      int64       // body bytes written (chunk framing not counted)
 	beat       *time.Timer
 	stopStop   func() bool
 	stopRevoke func() bool
@@ -363,13 +360,7 @@ func (c *conn) run() {
 		c.finish()
 		return
 	case c.stopping.Load():
-		changes, _ := c.sub.Take(nil) // what came before the stop still goes
-		for _, ch := range changes {
-			c.enc.change(ch)
-		}
-		if c.opts.Format == SSE {
-			c.enc.retry(c.opts.ShutdownRetry)
-		}
+		c.shutdown()
 		c.end(EndShutdown)
 		return
 	}
@@ -380,21 +371,17 @@ func (c *conn) run() {
 			return
 		}
 	}
-	var rev int64
+	why := ""
 	if beat {
-		rev = c.opts.Revision() // before the take: every change up to it is queued
+		why = c.heartbeat()
+	} else {
+		why = c.deliver()
 	}
-	changes, over := c.sub.Take(c.spare)
-	for _, ch := range changes {
-		c.enc.change(ch)
-	}
-	c.spare = keepSpare(changes)
-	if over {
-		c.end(ended(c.sub))
+	if why != "" {
+		c.end(why)
 		return
 	}
 	if beat {
-		c.enc.heartbeat(max(rev, c.enc.last))
 		c.beat.Reset(jitter(c.opts.Heartbeat))
 	}
 	c.write()

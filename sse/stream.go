@@ -85,17 +85,17 @@ type StreamOptions struct {
 // the live changes. It is the only writer of w and must run in the
 // request's handler goroutine. It does not cancel sub.
 func Stream(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts StreamOptions) string {
-	s := newStream(w, opts, sub.Revision)
+	s := newStream(w, sub, opts)
 	defer s.release()
-	if !s.catchUp(sub) {
+	if !s.catchUp() {
 		return EndWrite
 	}
-	return s.live(r.Context(), sub)
+	return s.run(r.Context())
 }
 
 // newStream writes the headers and starts watching opts.Stop; the caller
 // calls release when it has done with w.
-func newStream(w http.ResponseWriter, opts StreamOptions, rev int64) *stream {
+func newStream(w http.ResponseWriter, sub *kv.Subscription, opts StreamOptions) *stream {
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", opts.Format.ContentType())
@@ -103,8 +103,8 @@ func newStream(w http.ResponseWriter, opts StreamOptions, rev int64) *stream {
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 
-	s := &stream{w: w, rc: rc, opts: opts, hurried: make(chan struct{})}
-	s.enc = encoder{format: opts.Format, sent: opts.Sent, last: rev}
+	s := &stream{w: w, rc: rc, hurried: make(chan struct{})}
+	s.live = live{sub: sub, opts: opts, enc: encoder{format: opts.Format, sent: opts.Sent, last: sub.Revision}}
 	s.stopHurry = context.AfterFunc(opts.Stop, s.hurry)
 	return s
 }
@@ -123,7 +123,8 @@ func (s *stream) release() {
 // catchUp writes the retry line, the reset, snapshot and replay, and the
 // sync, and flushes them; false when a write failed. It lets go of the
 // subscription's catch-up fields once they are written.
-func (s *stream) catchUp(sub *kv.Subscription) bool {
+func (s *stream) catchUp() bool {
+	sub := s.sub
 	if s.opts.Format == SSE {
 		s.enc.buf = Retry(s.opts.Retry).AppendTo(s.enc.buf)
 	}
@@ -147,13 +148,13 @@ func (s *stream) catchUp(sub *kv.Subscription) bool {
 	return s.flush()
 }
 
-// live writes the live changes until the stream ends, and returns why.
-func (s *stream) live(ctx context.Context, sub *kv.Subscription) string {
+// run writes the live changes until the stream ends, and returns why.
+func (s *stream) run(ctx context.Context) string {
 	var revoked <-chan struct{}
 	if s.opts.Revoked != nil {
 		revoked = s.opts.Revoked.Done()
 	}
-	ready := sub.Ready()
+	ready := s.sub.Ready()
 	beat := time.NewTimer(jitter(s.opts.Heartbeat))
 	defer beat.Stop()
 	for {
@@ -163,54 +164,29 @@ func (s *stream) live(ctx context.Context, sub *kv.Subscription) string {
 		case <-revoked:
 			return EndAuth
 		case <-s.opts.Stop.Done():
-			if s.opts.Format == SSE {
-				s.enc.retry(s.opts.ShutdownRetry)
-				s.flush()
-			}
+			s.shutdown()
+			s.flush()
 			return EndShutdown
 		case <-beat.C:
-			rev := s.opts.Revision()
-			if s.take(sub) {
+			if why := s.heartbeat(); why != "" {
 				s.flush()
-				return ended(sub)
+				return why
 			}
-			s.enc.heartbeat(max(rev, s.enc.last))
 			if !s.flush() {
 				return EndWrite
 			}
 			beat.Reset(jitter(s.opts.Heartbeat))
 		case <-ready:
 			s.pace(ctx)
-			if s.take(sub) {
+			if why := s.deliver(); why != "" {
 				s.flush()
-				return ended(sub)
+				return why
 			}
 			if !s.flush() {
 				return EndWrite
 			}
 		}
 	}
-}
-
-// take appends every queued change; true when the subscription has
-// ended.
-func (s *stream) take(sub *kv.Subscription) bool {
-	changes, ended := sub.Take(s.spare)
-	for _, c := range changes {
-		s.enc.change(c)
-	}
-	s.spare = keepSpare(changes)
-	return ended
-}
-
-// keepSpare returns the batch just taken, to be the next Take's spare,
-// unless it is big: a busy stream's batches then reuse one slice, and a
-// burst's big one goes back to the collector.
-func keepSpare(changes []*kv.Change) []*kv.Change {
-	if cap(changes) > 256 {
-		return nil
-	}
-	return changes
 }
 
 // flushInterval is the least time between two flushes now.
@@ -254,11 +230,9 @@ func jitter(d time.Duration) time.Duration {
 
 // stream is the state of one Stream call.
 type stream struct {
+	live
 	w         http.ResponseWriter
 	rc        *http.ResponseController
-	opts      StreamOptions
-	enc       encoder
-	spare     []*kv.Change  // the last batch taken, for the next Take
 	deadline  time.Time     // the write deadline last set
 	flushed   time.Time     // when the last flush ended
 	paceTimer *time.Timer   // pace's, made on first use
@@ -277,14 +251,6 @@ func (s *stream) hurry() {
 	defer close(s.hurried)
 	s.stopping.Store(true)
 	s.rc.SetWriteDeadline(time.Now().Add(stopGrace))
-}
-
-// ended is why a subscription that ended did.
-func ended(sub *kv.Subscription) string {
-	if sub.Lagged() {
-		return EndLag
-	}
-	return EndClosed
 }
 
 // flush writes the buffered events and flushes them to the client.
