@@ -33,6 +33,24 @@ type Message struct {
 	Retry time.Duration
 }
 
+// A Frame is one event of a stream as the Reader ended it, whether or not
+// it dispatches a message: its slices are views of the Reader's buffers,
+// valid until the next call, so reading frames allocates nothing. It is
+// for clients that read many events, such as a load generator.
+type Frame struct {
+	// Event is the event type (empty: "message"); in NDJSON, the value of
+	// the object's leading "event" field.
+	Event []byte
+	// Data is the data, its lines joined by LF; in NDJSON, the whole line.
+	Data []byte
+	// ID is the stream's last event id once this event ended (SSE only).
+	ID []byte
+	// HasData is false for an event that had an id field but no data: it
+	// dispatches no message but moves the last event id (a kvsse
+	// heartbeat).
+	HasData bool
+}
+
 // A Reader parses an event stream and returns the messages it dispatches,
 // following the HTML standard's event stream interpretation rules: lines end
 // in CRLF, LF or CR; one leading UTF-8 byte order mark is skipped; comment
@@ -48,9 +66,10 @@ type Message struct {
 // safe for concurrent use. To stop a Next that is blocked reading, close the
 // underlying reader (for an HTTP response, cancel the request's context).
 type Reader struct {
-	sc    *bufio.Scanner
-	limit int
-	err   error // sticky: once set, Next returns it
+	sc     *bufio.Scanner
+	limit  int
+	ndjson bool  // the stream is NDJSON: one event a line
+	err    error // sticky: once set, Next returns it
 
 	// State of the line splitter.
 	started bool // a line was returned: a byte order mark is no longer skipped
@@ -58,9 +77,10 @@ type Reader struct {
 	scanned int  // bytes of the pending line already searched for CR and LF
 
 	// Buffers of the standard's interpretation rules, reused across events.
-	data []byte // data buffer
-	typ  []byte // event type buffer
-	id   []byte // last event ID buffer
+	data  []byte // data buffer
+	typ   []byte // event type buffer
+	id    []byte // last event ID buffer
+	idSet bool   // the event being read has an id field
 
 	lastID   string        // last event ID string, set at each blank line
 	lastType string        // the previous message's type, to reuse its string
@@ -88,6 +108,17 @@ func NewReaderSize(r io.Reader, limit int) *Reader {
 	return rd
 }
 
+// NewNDJSONReader returns a Reader of an NDJSON stream (kvsse's
+// ?format=ndjson): each non-empty line is one event, whose type is the
+// value of the line's leading "event" field, as kvsse writes it. It reads
+// only frames (NextFrame). Lines longer than limit bytes fail with
+// [ErrTooLong]; a limit <= 0 means [DefaultMaxSize].
+func NewNDJSONReader(r io.Reader, limit int) *Reader {
+	rd := NewReaderSize(r, limit)
+	rd.ndjson = true
+	return rd
+}
+
 // LastEventID returns the stream's last event id: the value of the latest
 // "id:" field in an event that has ended (with a blank line), whether or not
 // that event dispatched a message. A client sends it back in the
@@ -104,18 +135,40 @@ func (r *Reader) Retry() time.Duration { return r.retry }
 // underlying reader, wrapped. After an error, Next returns the same error
 // again. Apart from growing the Reader's buffers, Next allocates only the
 // returned Data: the ID and Event strings are reused while they repeat.
+// It reads SSE only.
 func (r *Reader) Next() (Message, error) {
-	if r.err != nil {
-		return Message{}, r.err
-	}
-	for r.sc.Scan() {
-		m, ok, err := r.line(r.sc.Bytes())
+	for {
+		f, err := r.NextFrame()
 		if err != nil {
-			r.err = err
 			return Message{}, err
 		}
+		if string(f.ID) != r.lastID {
+			r.lastID = string(f.ID)
+		}
+		if !f.HasData {
+			continue
+		}
+		if string(f.Event) != r.lastType {
+			r.lastType = string(f.Event)
+		}
+		return Message{ID: r.lastID, Event: r.lastType, Data: string(f.Data), Retry: r.retry}, nil
+	}
+}
+
+// NextFrame returns the next event of the stream that carried data or an
+// id, without allocating (see [Frame]). Its errors are those of Next.
+func (r *Reader) NextFrame() (Frame, error) {
+	if r.err != nil {
+		return Frame{}, r.err
+	}
+	for r.sc.Scan() {
+		f, ok, err := r.line(r.sc.Bytes())
+		if err != nil {
+			r.err = err
+			return Frame{}, err
+		}
 		if ok {
-			return m, nil
+			return f, nil
 		}
 	}
 	switch err := r.sc.Err(); {
@@ -126,17 +179,35 @@ func (r *Reader) Next() (Message, error) {
 	default:
 		r.err = fmt.Errorf("sse: %w", err)
 	}
-	return Message{}, r.err
+	return Frame{}, r.err
 }
 
-// line interprets one line and reports whether it dispatched a message.
-func (r *Reader) line(line []byte) (Message, bool, error) {
+// ndjsonLine is the frame of one NDJSON line.
+func ndjsonLine(line []byte) (Frame, bool, error) {
 	if len(line) == 0 {
-		m, ok := r.dispatch()
-		return m, ok, nil
+		return Frame{}, false, nil
+	}
+	const head = `{"event":"`
+	rest, ok := bytes.CutPrefix(line, []byte(head))
+	i := bytes.IndexByte(rest, '"')
+	if !ok || i < 0 {
+		return Frame{}, false, fmt.Errorf("sse: not an NDJSON event: %.100q", line)
+	}
+	return Frame{Event: rest[:i], Data: line, HasData: true}, true, nil
+}
+
+// line interprets one line and reports whether it ended an event that
+// carried data or an id.
+func (r *Reader) line(line []byte) (Frame, bool, error) {
+	if r.ndjson {
+		return ndjsonLine(line)
+	}
+	if len(line) == 0 {
+		f, ok := r.dispatch()
+		return f, ok, nil
 	}
 	if line[0] == ':' {
-		return Message{}, false, nil
+		return Frame{}, false, nil
 	}
 	field, value := line, []byte(nil)
 	if i := bytes.IndexByte(line, ':'); i >= 0 {
@@ -148,7 +219,7 @@ func (r *Reader) line(line []byte) (Message, bool, error) {
 	switch string(field) {
 	case "data":
 		if len(r.data)+len(value) > r.limit {
-			return Message{}, false, ErrTooLong
+			return Frame{}, false, ErrTooLong
 		}
 		r.data = append(r.data, value...)
 		r.data = append(r.data, '\n')
@@ -157,36 +228,27 @@ func (r *Reader) line(line []byte) (Message, bool, error) {
 	case "id":
 		if bytes.IndexByte(value, 0) < 0 {
 			r.id = append(r.id[:0], value...)
+			r.idSet = true
 		}
 	case "retry":
 		if d, ok := parseRetry(value); ok {
 			r.retry = d
 		}
 	}
-	return Message{}, false, nil
+	return Frame{}, false, nil
 }
 
-// dispatch ends an event, as a blank line does.
-func (r *Reader) dispatch() (Message, bool) {
-	if string(r.id) != r.lastID {
-		r.lastID = string(r.id)
+// dispatch ends an event, as a blank line does, and reports whether it
+// carried data or an id. The frame's slices stay valid until the next
+// line is read: the buffers are emptied then.
+func (r *Reader) dispatch() (Frame, bool) {
+	f := Frame{Event: r.typ, ID: r.id, HasData: len(r.data) > 0}
+	if f.HasData {
+		f.Data = r.data[:len(r.data)-1] // every data line ends in LF
 	}
-	if len(r.data) == 0 {
-		r.typ = r.typ[:0]
-		return Message{}, false
-	}
-	if string(r.typ) != r.lastType {
-		r.lastType = string(r.typ)
-	}
-	m := Message{
-		ID:    r.lastID,
-		Event: r.lastType,
-		Data:  string(r.data[:len(r.data)-1]), // every data line ends in LF
-		Retry: r.retry,
-	}
-	r.data = r.data[:0]
-	r.typ = r.typ[:0]
-	return m, true
+	ok := f.HasData || r.idSet
+	r.data, r.typ, r.idSet = r.data[:0], r.typ[:0], false
+	return f, ok
 }
 
 // parseRetry returns the reconnection time that a retry field's value sets,

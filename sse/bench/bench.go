@@ -158,8 +158,8 @@ check passes, 2 otherwise.
 // Last-Event-ID, and the checks hold across its connections.
 //
 // A subscriber is cheap per event, since it shares the CPUs with the
-// server: it parses the stream with its own line scanner (no allocation
-// per event), reads the clock once per read rather than once per event,
+// server: it reads the stream's frames with sse.Reader (no allocation per
+// event), reads the clock once per read rather than once per event,
 // marks revisions in a bitset and counts latencies in a fixed-bucket
 // histogram. Latency is measured with one clock, so the bench and the
 // server must run on the same machine for it to mean anything.
@@ -613,16 +613,6 @@ type benchSub struct {
 	// The state of the current connection.
 	live    bool // its sync arrived
 	inReset bool // a reset arrived and its snapshot is being sent
-	ev      benchEvent
-}
-
-// benchEvent is the part of an SSE event being read that the bench needs.
-type benchEvent struct {
-	kind    benchKind
-	id      int64
-	hasID   bool
-	hasData bool
-	sent    int64 // the send time in the data, 0 when none
 }
 
 type benchKind uint8
@@ -668,14 +658,13 @@ func (s *benchSub) run(ctx context.Context, b *bench, ready chan<- error) {
 		ready <- err
 		s.ready = nil
 	}
-	buf := make([]byte, 16<<10)
 	const minBackoff, maxBackoff = 20 * time.Millisecond, time.Second
 	backoff := minBackoff
 	for {
-		s.live, s.inReset, s.ev = false, false, benchEvent{}
+		s.live, s.inReset = false, false
 		body, err := s.connect(ctx, b)
 		if err == nil {
-			buf, err = s.read(body, buf)
+			err = s.read(body)
 			body.Close()
 		}
 		if err == nil || errors.Is(err, io.EOF) {
@@ -726,101 +715,60 @@ func (s *benchSub) connect(ctx context.Context, b *bench) (io.ReadCloser, error)
 // may take 6 MiB).
 const benchMaxLine = 16 << 20
 
-// read handles the lines of body until it ends, and returns buf, grown if
-// a line needed it, for the next connection. It reads the clock once a
-// read, as the arrival time of every event in it.
-func (s *benchSub) read(body io.Reader, buf []byte) ([]byte, error) {
-	start, end := 0, 0
-	for {
-		switch {
-		case start == end:
-			start, end = 0, 0
-		case end == len(buf) && start > 0:
-			end = copy(buf, buf[start:end])
-			start = 0
-		case end == len(buf) && len(buf) >= benchMaxLine:
-			return buf, fmt.Errorf("a line of the stream is longer than %d bytes", benchMaxLine)
-		case end == len(buf):
-			grown := make([]byte, 2*len(buf))
-			copy(grown, buf[:end])
-			buf = grown
-		}
-		n, err := body.Read(buf[end:])
-		if n > 0 {
-			now := time.Now()
-			end += n
-			for {
-				i := bytes.IndexByte(buf[start:end], '\n')
-				if i < 0 {
-					break
-				}
-				line := buf[start : start+i]
-				start += i + 1
-				if len(line) > 0 && line[len(line)-1] == '\r' {
-					line = line[:len(line)-1]
-				}
-				if err := s.line(line, now); err != nil {
-					return buf, err
-				}
-			}
-		}
-		if err != nil {
-			return buf, err
-		}
-	}
-}
-
-// line handles one line of the stream (without its line break).
-func (s *benchSub) line(line []byte, now time.Time) error {
+// read handles the events of body until it ends. It reads the clock once
+// a read of body, as the arrival time of every event in it, rather than
+// once an event.
+func (s *benchSub) read(body io.Reader) error {
+	rb := &readMark{r: body}
+	var rd *sse.Reader
 	if s.ndjson {
-		return s.ndjsonLine(line, now)
+		rd = sse.NewNDJSONReader(rb, benchMaxLine)
+	} else {
+		rd = sse.NewReaderSize(rb, benchMaxLine)
 	}
-	if len(line) == 0 {
-		ev := s.ev
-		s.ev = benchEvent{}
-		if !ev.hasData { // a heartbeat, or a lone retry: no event fires
-			if ev.hasID {
-				s.advance(ev.id)
-			}
-			return nil
+	var now time.Time
+	for {
+		f, err := rd.NextFrame()
+		if err != nil {
+			return err
 		}
-		return s.event(ev.kind, ev.id, ev.hasID, ev.sent, now)
-	}
-	field, value := line, []byte(nil)
-	if i := bytes.IndexByte(line, ':'); i >= 0 {
-		field, value = line[:i], line[i+1:]
-		if len(value) > 0 && value[0] == ' ' {
-			value = value[1:]
+		if rb.read {
+			now, rb.read = time.Now(), false
+		}
+		if err := s.frame(f, now); err != nil {
+			return err
 		}
 	}
-	switch {
-	case string(field) == "id":
-		s.ev.id, s.ev.hasID = benchParseRev(value)
-	case string(field) == "event":
-		s.ev.kind = benchKindOf(value)
-	case string(field) == "data":
-		s.ev.hasData = true
-		if t := benchSentTime(value); t != 0 {
-			s.ev.sent = t
-		}
-	}
-	return nil
 }
 
-// ndjsonLine handles one NDJSON object: the server writes "event" first.
-func (s *benchSub) ndjsonLine(line []byte, now time.Time) error {
-	const head = `{"event":"`
-	if len(line) == 0 {
+// readMark notes that a read was made, so that the clock is read once a
+// read.
+type readMark struct {
+	r    io.Reader
+	read bool
+}
+
+func (m *readMark) Read(p []byte) (int, error) {
+	m.read = true
+	return m.r.Read(p)
+}
+
+// frame handles one event of the stream: in SSE the id is the event's,
+// in NDJSON its "revision" field.
+func (s *benchSub) frame(f sse.Frame, now time.Time) error {
+	if !f.HasData { // a heartbeat: no event fires, the id moves
+		if id, ok := benchParseRev(f.ID); ok {
+			s.advance(id)
+		}
 		return nil
 	}
-	rest, ok := bytes.CutPrefix(line, []byte(head))
-	i := bytes.IndexByte(rest, '"')
-	if !ok || i < 0 {
-		return fmt.Errorf("not an NDJSON event: %.100q", line)
+	kind := benchKindOf(f.Event)
+	if s.ndjson {
+		rev, hasRev := benchJSONInt(f.Data, `"revision":`)
+		return s.event(kind, rev, hasRev, benchSentTime(f.Data), now)
 	}
-	kind := benchKindOf(rest[:i])
-	rev, hasRev := benchJSONInt(line, `"revision":`)
-	return s.event(kind, rev, hasRev, benchSentTime(line), now)
+	id, hasID := benchParseRev(f.ID)
+	return s.event(kind, id, hasID, benchSentTime(f.Data), now)
 }
 
 // event handles a dispatched event of either format. id is its SSE id,

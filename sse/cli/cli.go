@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"kvsse/sse"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -274,16 +275,22 @@ func (c *client) watchOnce(ctx context.Context, q url.Values, last *int64, w *bu
 		return false, err
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	rd := sse.NewNDJSONReader(resp.Body, 64<<20)
 	// Before the sync, the events are a replay (changes, when resuming) or
 	// a snapshot (keys at their own revisions, which are no position in
 	// the stream): only the first move last.
 	replaying, synced := *last >= 0, false
-	for sc.Scan() {
+	for {
+		f, err := rd.NextFrame()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return true, err
+		}
 		var ev watchEvent
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return true, fmt.Errorf("bad event %q: %w", sc.Text(), err)
+		if err := json.Unmarshal(f.Data, &ev); err != nil {
+			return true, fmt.Errorf("bad event %q: %w", f.Data, err)
 		}
 		switch ev.Event {
 		case "put", "delete":
@@ -300,7 +307,7 @@ func (c *client) watchOnce(ctx context.Context, q url.Values, last *int64, w *bu
 			fmt.Fprintf(stderr, "kvsse: watch: history reset at revision %d (%s): a snapshot follows\n", ev.Revision, ev.Reason)
 		}
 		if c.cfg.json {
-			w.Write(sc.Bytes())
+			w.Write(f.Data)
 			w.WriteByte('\n')
 		} else if ev.Event == "put" || ev.Event == "delete" {
 			printEvent(w, &ev)
@@ -308,9 +315,6 @@ func (c *client) watchOnce(ctx context.Context, q url.Values, last *int64, w *bu
 		if err := w.Flush(); err != nil {
 			return true, err
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return true, err
 	}
 	return true, errors.New("stream ended")
 }

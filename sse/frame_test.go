@@ -1,0 +1,119 @@
+package sse_test
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"kvsse/sse"
+)
+
+// frame is a Frame copied out of the Reader's buffers.
+type frame struct {
+	Event, Data, ID string
+	HasData         bool
+}
+
+// readFrames returns the frames of r up to its first error, read through
+// chunks of every size so that lines are cut at every place.
+func readFrames(t *testing.T, mk func(io.Reader) *sse.Reader, in string) ([]frame, error) {
+	t.Helper()
+	var want []frame
+	var wantErr error
+	for n := 1; n <= len(in)+1; n++ {
+		r := mk(&chunkReader{r: strings.NewReader(in), n: n})
+		var got []frame
+		var err error
+		for {
+			var f sse.Frame
+			if f, err = r.NextFrame(); err != nil {
+				break
+			}
+			got = append(got, frame{string(f.Event), string(f.Data), string(f.ID), f.HasData})
+		}
+		if n == 1 {
+			want, wantErr = got, err
+			continue
+		}
+		if diff := cmp.Diff(want, got); diff != "" || !errors.Is(err, wantErr) && err.Error() != wantErr.Error() {
+			t.Fatalf("chunks of %d: frames differ from chunks of 1 (-want +got):\n%s\nerr %v, want %v", n, diff, err, wantErr)
+		}
+	}
+	return want, wantErr
+}
+
+func TestReaderFrames(t *testing.T) {
+	in := "retry: 2000\n\n" + // no data, no id: no frame
+		"event: put\ndata: {\"key\":\"a\"}\n\n" + // a snapshot item: no id yet
+		"id: 40\nevent: sync\ndata: {\"revision\":40}\n\n" +
+		": keep-alive\nid: 57\n\n" + // a heartbeat: an id and no data
+		"id: 58\r\nevent: delete\r\ndata: x\r\ndata: y\r\n\r\n" +
+		"data: cut short" // no blank line: never ends
+	got, err := readFrames(t, sse.NewReader, in)
+	if err != io.EOF {
+		t.Fatalf("err %v, want io.EOF", err)
+	}
+	want := []frame{
+		{Event: "put", Data: `{"key":"a"}`, HasData: true},
+		{Event: "sync", Data: `{"revision":40}`, ID: "40", HasData: true},
+		{ID: "57"},
+		{Event: "delete", Data: "x\ny", ID: "58", HasData: true},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("frames (-want +got):\n%s", diff)
+	}
+}
+
+func TestNDJSONReader(t *testing.T) {
+	ndjson := func(r io.Reader) *sse.Reader { return sse.NewNDJSONReader(r, 64) }
+	in := `{"event":"put","key":"a","revision":3}` + "\n\n" +
+		`{"event":"heartbeat","revision":57}` + "\r\n" +
+		`{"event":"sync","revision":58}` // no line ending: cut short
+	got, err := readFrames(t, ndjson, in)
+	if err != io.EOF {
+		t.Fatalf("err %v, want io.EOF", err)
+	}
+	want := []frame{
+		{Event: "put", Data: `{"event":"put","key":"a","revision":3}`, HasData: true},
+		{Event: "heartbeat", Data: `{"event":"heartbeat","revision":57}`, HasData: true},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("frames (-want +got):\n%s", diff)
+	}
+
+	for _, bad := range []string{`{"key":"a"}` + "\n", "not json\n", `{"event":"open` + "\n"} {
+		r := sse.NewNDJSONReader(strings.NewReader(bad), 0)
+		if _, err := r.NextFrame(); err == nil || !strings.Contains(err.Error(), "not an NDJSON event") {
+			t.Errorf("%q: err %v, want not an NDJSON event", bad, err)
+		}
+	}
+	long := sse.NewNDJSONReader(strings.NewReader(`{"event":"put","value":"`+strings.Repeat("x", 100)+`"}`+"\n"), 64)
+	if _, err := long.NextFrame(); !errors.Is(err, sse.ErrTooLong) {
+		t.Errorf("a line over the limit: err %v, want ErrTooLong", err)
+	}
+}
+
+func TestReaderFrameAllocs(t *testing.T) {
+	var stream []byte
+	e := typicalEvent(t)
+	for range 200 {
+		stream = e.AppendTo(stream)
+		stream = append(stream, ": keep-alive\nid: 9\n\n"...)
+	}
+	r := sse.NewReader(bytes.NewReader(stream))
+	if _, err := r.NextFrame(); err != nil { // warm up the buffers
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := r.NextFrame(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("NextFrame: %v allocs per frame, want 0", allocs)
+	}
+}
