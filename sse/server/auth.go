@@ -372,68 +372,35 @@ func (az *authz) track(r *http.Request, patterns []kv.Pattern) (revoked context.
 // grantKey is the context key of the *grant of an authenticated request.
 type grantKey struct{}
 
-// need is what a request must prove.
-type need int
-
-const (
-	needNothing need = iota // public: the page, /healthz, sessions, preflights
-	needToken               // any known token
-	needReadAll             // a token that may read every key (/metrics)
-	needRead                // a token that may read the key
-	needWrite               // a token that may write the key
-	needWatch               // a token that may read every key of each pattern
-)
-
-// required returns what r must prove, and for needRead and needWrite the
-// key. The key is the path after /kv/, exactly what the router hands to
-// the handlers as {key...}.
-func required(r *http.Request) (need, string) {
-	p, m := r.URL.Path, r.Method
-	read := m == http.MethodGet || m == http.MethodHead
-	switch {
-	case m == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "":
-		return needNothing, ""
-	case p == "/" && read, p == "/healthz", p == "/auth/session":
-		return needNothing, ""
-	case p == "/metrics":
-		return needReadAll, ""
-	case isWatchPath(p) && read:
-		return needWatch, ""
-	}
-	key, isKey := strings.CutPrefix(p, "/kv/")
-	switch {
-	case !isKey || key == "": // a listing, or a route that answers 404 or 405
-		return needToken, ""
-	case read:
-		return needRead, key
-	case m == http.MethodPut || m == http.MethodDelete:
-		return needWrite, key
-	}
-	return needToken, ""
-}
-
-func isWatchPath(p string) bool { return p == "/watch" || strings.HasPrefix(p, "/watch/") }
-
-// guard checks the token of every request before next sees it (see
-// required): no or an unknown token is 401, a known token asking for keys
+// guard checks the token of every request before next sees it: it
+// finds the request's route in the table, and what the route needs (see
+// need): no or an unknown token is 401, a known token asking for keys
 // outside its patterns 403. next finds the token's *grant in the
 // request's context. On a nil *authz guard returns next.
-func (az *authz) guard(next http.Handler) http.Handler {
+func (az *authz) guard(rt *router, next http.Handler) http.Handler {
 	if az == nil {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n, key := required(r)
+		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+			next.ServeHTTP(w, r) // a preflight carries no credentials
+			return
+		}
+		n, key, pattern := needToken, "", ""
+		if e, rest, ok := rt.lookup(r); ok {
+			n, key, pattern = e.need, rest, e.pattern
+		}
 		if n == needNothing {
 			next.ServeHTTP(w, r)
 			return
 		}
-		g, err := az.authenticate(r)
+		g, err := az.authenticate(r, isWatch(pattern))
 		if err == nil {
 			err = authorize(g, n, key, r)
 		}
 		if err != nil {
-			az.logger.Debug("request refused", "method", r.Method, "path", r.URL.Path, "err", err)
+			status, code := errorStatus(err)
+			az.logger.Debug("request refused", "method", r.Method, "route", pattern, "status", status, "code", code)
 			writeError(w, r, az.logger, err)
 			return
 		}
@@ -441,24 +408,29 @@ func (az *authz) guard(next http.Handler) http.Handler {
 	})
 }
 
+// isWatch reports whether the route pattern is a stream's.
+func isWatch(pattern string) bool { return strings.HasPrefix(pattern, "GET /watch") }
+
 // presented returns the token r carries: the Authorization: Bearer header
-// wins over the cookie, which wins over ?access_token= (on /watch only).
-func presented(r *http.Request) string {
+// wins over the cookie, which wins over ?access_token= (on a stream's
+// route only).
+func presented(r *http.Request, watch bool) string {
 	if scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
 		return strings.TrimSpace(tok)
 	}
 	if c, err := r.Cookie(sessionCookie); err == nil && c.Value != "" {
 		return c.Value
 	}
-	if isWatchPath(r.URL.Path) {
+	if watch {
 		return r.URL.Query().Get(accessTokenParam)
 	}
 	return ""
 }
 
-// authenticate returns the grant of the token r carries.
-func (az *authz) authenticate(r *http.Request) (*grant, error) {
-	tok := presented(r)
+// authenticate returns the grant of the token r carries; watch says that
+// r is a stream's, which may carry it as ?access_token=.
+func (az *authz) authenticate(r *http.Request, watch bool) (*grant, error) {
+	tok := presented(r, watch)
 	if tok == "" {
 		hint := "send a token as Authorization: Bearer <token>, or as the kvsse_token cookie (POST /auth/session)"
 		if r.URL.Query().Has(accessTokenParam) {
@@ -486,17 +458,6 @@ func authorize(g *grant, n need, key string, r *http.Request) error {
 	case needWrite:
 		if !g.mayWrite(key) {
 			return fmt.Errorf("%w: token %q may not write %q", errForbidden, g.name, key)
-		}
-	case needWatch:
-		raw := r.URL.Query()["pattern"]
-		if p, ok := strings.CutPrefix(r.URL.Path, "/watch/"); ok && p != "" {
-			raw = append(raw, p)
-		}
-		for _, s := range raw {
-			// An invalid pattern is left to the handler's 400.
-			if q, err := kv.ParsePattern(s); err == nil && !g.mayWatch(q) {
-				return fmt.Errorf("%w: token %q may not read every key of %q", errForbidden, g.name, s)
-			}
 		}
 	}
 	return nil

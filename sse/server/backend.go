@@ -13,14 +13,6 @@ import (
 	"kvsse/kv/etcd"
 )
 
-// backend is a store the server opens at start and closes at the end:
-// the embedded kv.Store or an etcd cluster.
-type backend interface {
-	store
-	Stats() *kv.Stats
-	Close() error
-}
-
 // etcdEndpoints checks and splits -etcd-endpoints.
 func etcdEndpoints(cfg *Config) ([]string, error) {
 	var out []string
@@ -47,7 +39,7 @@ func etcdEndpoints(cfg *Config) ([]string, error) {
 // openBackend opens the store -backend names. An etcd cluster that
 // cannot be reached yet is tried again until ctx ends, while the server
 // answers 503.
-func openBackend(ctx context.Context, cfg *Config, opts kv.Options, logger *slog.Logger) (backend, error) {
+func openBackend(ctx context.Context, cfg *Config, opts kv.Options, logger *slog.Logger) (store, error) {
 	switch cfg.Backend {
 	case "embedded":
 		s, err := kv.Open(opts)

@@ -56,16 +56,25 @@ var errorTable = []struct {
 	{kv.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
 }
 
+// errorStatus returns the status and code of err, from errorTable: 500
+// "internal" for an error it does not hold.
+func errorStatus(err error) (status int, code string) {
+	for _, e := range errorTable {
+		if errors.Is(err, e.err) {
+			return e.status, e.code
+		}
+	}
+	return http.StatusInternalServerError, "internal"
+}
+
 // writeError answers err as the JSON {"error","code"} with its status; a
 // failed precondition adds the key's current "revision". Errors not in the
 // table are 500 with a plain message; the details go to the log only.
 func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err error) {
-	status, code, msg := http.StatusInternalServerError, "internal", "internal error"
-	for _, e := range errorTable {
-		if errors.Is(err, e.err) {
-			status, code, msg = e.status, e.code, err.Error()
-			break
-		}
+	status, code := errorStatus(err)
+	msg := "internal error"
+	if status != http.StatusInternalServerError {
+		msg = err.Error()
 	}
 	if status == http.StatusInternalServerError {
 		logger.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -18,15 +17,21 @@ import (
 	"kvsse/sse"
 )
 
-// store is what the HTTP layer needs from the data: the embedded kv.Store
-// is one implementation.
+// store is what the server needs from the data: the embedded kv.Store
+// and the etcd cluster's etcd.Store are the two implementations. The
+// server opens one at start (openBackend) and closes it at the end.
 type store interface {
 	Get(ctx context.Context, key string) (kv.Entry, error)
 	Put(ctx context.Context, key string, value []byte, opts kv.PutOptions) (kv.Result, error)
 	Delete(ctx context.Context, key string, cond kv.Cond) (kv.Result, error)
 	List(ctx context.Context, prefix, after string, limit int) (kv.Page, error)
 	Watch(opts kv.WatchOptions) (*kv.Subscription, error)
+	// Revision is the revision of the last change visible to readers.
 	Revision() int64
+	// Err is why the store refuses writes, or nil when it accepts them.
+	Err() error
+	Stats() *kv.Stats
+	Close() error
 }
 
 // api serves the HTTP interface of a store.
@@ -61,69 +66,6 @@ func newAPI(s store, cfg *Config, logger *slog.Logger, m *metrics, stopping cont
 	}
 }
 
-// routes is every route of the server, in one place.
-func (a *api) routes() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /kv", a.handleList)
-	mux.HandleFunc("GET /kv/{key...}", a.handleGet)
-	mux.HandleFunc("PUT /kv/{key...}", a.handlePut)
-	mux.HandleFunc("DELETE /kv/{key...}", a.handleDelete)
-	mux.HandleFunc("GET /watch", a.handleWatch)
-	mux.HandleFunc("GET /watch/{pattern...}", a.handleWatch)
-	mux.HandleFunc("GET /healthz", a.handleHealth)
-	mux.HandleFunc("POST /auth/session", a.handleSessionStart)
-	mux.HandleFunc("DELETE /auth/session", a.handleSessionEnd)
-	mux.Handle("GET /metrics", a.metrics)
-	mux.HandleFunc("GET /{$}", a.handlePage)
-	mux.HandleFunc("/kv/{key...}", a.methodNotAllowed("GET, HEAD, PUT, DELETE"))
-	mux.HandleFunc("/watch/{pattern...}", a.methodNotAllowed("GET, HEAD"))
-	mux.HandleFunc("/", a.handleNotFound)
-	return a.observe(mux, crossOrigin(a.cfg.CORSOrigins, a.logger, a.auth.guard(a.rejectUnclean(mux))))
-}
-
-// rejectUnclean answers 400 for keys and patterns in unclean paths ("//",
-// "." or ".." segments, which break the key rules), where ServeMux would
-// answer with a redirect to another key.
-func (a *api) rejectUnclean(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := r.URL.Path
-		for _, prefix := range []string{"/kv/", "/watch/"} {
-			rest, ok := strings.CutPrefix(p, prefix)
-			if !ok || cleanPath(p) == p {
-				continue
-			}
-			if prefix == "/kv/" {
-				writeError(w, r, a.logger, kv.ValidateKey(rest))
-			} else {
-				_, err := kv.ParsePattern(rest)
-				writeError(w, r, a.logger, err)
-			}
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-// cleanPath is the path ServeMux would redirect p to.
-func cleanPath(p string) string {
-	np := path.Clean(p)
-	if strings.HasSuffix(p, "/") && np != "/" {
-		np += "/"
-	}
-	return np
-}
-
-func (a *api) methodNotAllowed(allow string) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Allow", allow)
-		writeError(w, r, a.logger, errMethod)
-	}
-}
-
-func (a *api) handleNotFound(w http.ResponseWriter, r *http.Request) {
-	writeError(w, r, a.logger, errNoRoute)
-}
-
 func (a *api) handleHealth(w http.ResponseWriter, r *http.Request) {
 	select {
 	case <-a.stopping.Done():
@@ -131,8 +73,8 @@ func (a *api) handleHealth(w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 	}
-	if st, ok := a.store.(interface{ Err() error }); ok && st.Err() != nil {
-		writeError(w, r, a.logger, st.Err())
+	if err := a.store.Err(); err != nil {
+		writeError(w, r, a.logger, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, fmt.Appendf(nil, `{"status":"ok","backend":%q,"revision":%d}`, a.cfg.Backend, a.store.Revision()))

@@ -19,7 +19,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"kvsse/kv"
 	"kvsse/sse"
 )
 
@@ -38,13 +37,7 @@ type metrics struct {
 	eventsSent  atomic.Int64 // changes written to streams
 	ends        [len(streamEnds) + 1]atomic.Int64
 
-	store atomic.Pointer[storeStats] // nil until the store is loaded
-}
-
-// storeStats is what metrics reads from a store; kv.Store has it.
-type storeStats interface {
-	Revision() int64
-	Stats() *kv.Stats
+	store atomic.Pointer[store] // nil until the store is loaded
 }
 
 type routeCode struct {
@@ -72,7 +65,7 @@ func newMetrics() *metrics {
 
 // setStore makes the store's gauges and counters part of every scrape
 // from now on.
-func (m *metrics) setStore(s storeStats) { m.store.Store(&s) }
+func (m *metrics) setStore(s store) { m.store.Store(&s) }
 
 // request records a finished request: its ServeMux pattern, status and
 // duration. A stream's duration goes to the stream histogram, so that
@@ -160,7 +153,7 @@ func (m *metrics) writeHTTP(e *expo) {
 }
 
 // writeStore writes the store's families.
-func writeStore(e *expo, s storeStats) {
+func writeStore(e *expo, s store) {
 	st := s.Stats()
 	for _, f := range []struct {
 		name, typ, help string

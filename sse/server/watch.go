@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"net/http"
 	"strconv"
 	"strings"
@@ -16,31 +17,39 @@ type watchRequest struct {
 	format sse.Format
 }
 
-// parseWatch reads the patterns (the path's, then each ?pattern=), the
-// revision to resume after (Last-Event-ID wins over ?since=), ?snapshot=
-// and the format (?format= or Accept). A stream may have up to
-// maxPatterns patterns.
-func parseWatch(r *http.Request, maxPatterns int) (watchRequest, error) {
-	var wr watchRequest
-	q := r.URL.Query()
-	raw := q["pattern"]
+// watchPatterns reads the patterns of a /watch request: the path's,
+// then each ?pattern=. A stream may have up to max patterns. It returns
+// the valid patterns, and the error of the first invalid one, so that
+// the caller can check the rights on the valid ones first.
+func watchPatterns(r *http.Request, max int) ([]kv.Pattern, error) {
+	raw := r.URL.Query()["pattern"]
 	if p := r.PathValue("pattern"); p != "" {
 		raw = append([]string{p}, raw...)
 	}
 	if len(raw) == 0 {
-		return wr, badParam("name at least one pattern: /watch/PATTERN or /watch?pattern=P")
+		return nil, badParam("name at least one pattern: /watch/PATTERN or /watch?pattern=P")
 	}
-	if len(raw) > maxPatterns {
-		return wr, badParam("at most " + strconv.Itoa(maxPatterns) + " patterns a stream")
+	if len(raw) > max {
+		return nil, badParam("at most " + strconv.Itoa(max) + " patterns a stream")
 	}
+	var out []kv.Pattern
+	var first error
 	for _, s := range raw {
 		p, err := kv.ParsePattern(s)
 		if err != nil {
-			return wr, err
+			first = cmp.Or(first, err)
+			continue
 		}
-		wr.opts.Patterns = append(wr.opts.Patterns, p)
+		out = append(out, p)
 	}
+	return out, first
+}
 
+// parseWatch reads the rest of a /watch request into wr: the revision to
+// resume after (Last-Event-ID wins over ?since=), ?snapshot= and the
+// format (?format= or Accept).
+func parseWatch(r *http.Request, wr *watchRequest) error {
+	q := r.URL.Query()
 	from, source := q.Get("since"), "since"
 	if v, ok := r.Header["Last-Event-Id"]; ok && len(v) > 0 && v[0] != "" {
 		from, source = v[0], "Last-Event-ID"
@@ -48,7 +57,7 @@ func parseWatch(r *http.Request, maxPatterns int) (watchRequest, error) {
 	if from != "" {
 		n, err := strconv.ParseInt(from, 10, 64)
 		if err != nil || n < 0 {
-			return wr, badParam(source + " must be a non-negative revision number")
+			return badParam(source + " must be a non-negative revision number")
 		}
 		wr.opts.From, wr.opts.Resume = n, true
 	}
@@ -58,7 +67,7 @@ func parseWatch(r *http.Request, maxPatterns int) (watchRequest, error) {
 	case "1", "true":
 		wr.opts.Snapshot = true
 	default:
-		return wr, badParam("snapshot must be 1 or 0")
+		return badParam("snapshot must be 1 or 0")
 	}
 
 	switch f := q.Get("format"); f {
@@ -70,23 +79,29 @@ func parseWatch(r *http.Request, maxPatterns int) (watchRequest, error) {
 	case "ndjson":
 		wr.format = sse.NDJSON
 	default:
-		return wr, badParam("format must be sse or ndjson")
+		return badParam("format must be sse or ndjson")
 	}
-	return wr, nil
+	return nil
 }
 
-// handleWatch serves a stream. Its resources (the subscriber slots, the
+// handleWatch serves a stream: it parses the request's patterns once,
+// authorizes them (track), then reads the rest. Its resources (the subscriber slots, the
 // auth tracking, the subscription) are freed by the stream's end, which
 // comes after the handler returned when the stream's connection was
 // handed over to a.streams.
 func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
-	wr, err := parseWatch(r, a.cfg.MaxPatterns)
+	var wr watchRequest
+	ps, perr := watchPatterns(r, a.cfg.MaxPatterns)
+	wr.opts.Patterns = ps
+	// The rights come first: a pattern the token may not read is 403,
+	// whatever else is wrong with the request.
+	revoked, untrack, err := a.auth.track(r, ps)
 	if err != nil {
 		writeError(w, r, a.logger, err)
 		return
 	}
-	revoked, untrack, err := a.auth.track(r, wr.opts.Patterns)
-	if err != nil {
+	if err := cmp.Or(perr, parseWatch(r, &wr)); err != nil {
+		untrack()
 		writeError(w, r, a.logger, err)
 		return
 	}
