@@ -288,49 +288,6 @@ func (a *api) handleDelete(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-const (
-	defaultLimit = 100
-	maxLimit     = 1000
-)
-
-func (a *api) handleList(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	limit := defaultLimit
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n <= 0 {
-			writeError(w, r, a.logger, badParam("limit must be a positive integer"))
-			return
-		}
-		limit = min(n, maxLimit)
-	}
-	prefix, after := q.Get("prefix"), q.Get("after")
-	if len(prefix) > 1024 || len(after) > 1024 || !utf8.ValidString(prefix) || !utf8.ValidString(after) {
-		writeError(w, r, a.logger, badParam("prefix and after must be valid UTF-8 of at most 1024 bytes"))
-		return
-	}
-	page, err := a.list(r, prefix, after, limit)
-	if err != nil {
-		writeError(w, r, a.logger, err)
-		return
-	}
-	b := append(make([]byte, 0, 256), `{"revision":`...)
-	b = strconv.AppendInt(b, page.Revision, 10)
-	b = append(b, `,"items":[`...)
-	for i := range page.Items {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = sse.AppendEntry(b, &page.Items[i], true)
-	}
-	b = append(b, ']')
-	if page.Next != "" {
-		b = append(b, `,"next":`...)
-		b = sse.AppendString(b, page.Next)
-	}
-	writeJSON(w, http.StatusOK, append(b, '}'))
-}
-
 func writeJSON(w http.ResponseWriter, status int, body []byte) {
 	setHeaders(w.Header(), "Content-Type", "application/json", "Content-Length", strconv.Itoa(len(body)+1))
 	w.WriteHeader(status)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -221,4 +223,29 @@ func (l *logWriter) Close() error {
 	l.writeLocked()
 	l.closed = true
 	return nil
+}
+
+// redactQuery returns u's path and query, as a log line may show them,
+// with the value of every access_token parameter replaced by REDACTED.
+// Anything that logs a request's URL must log it through redactQuery.
+func redactQuery(u *url.URL) string {
+	if !strings.Contains(u.RawQuery, "=") {
+		return u.RequestURI()
+	}
+	parts := strings.Split(u.RawQuery, "&")
+	for i, part := range parts {
+		k, _, _ := strings.Cut(part, "=")
+		name, err := url.QueryUnescape(k)
+		if err != nil {
+			name = k
+		}
+		// Also near misses ("x;access_token"), which are not accepted
+		// but may still hold a token.
+		if strings.Contains(strings.ToLower(name), accessTokenParam) {
+			parts[i] = k + "=REDACTED"
+		}
+	}
+	c := *u
+	c.RawQuery = strings.Join(parts, "&")
+	return c.RequestURI()
 }
