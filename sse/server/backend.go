@@ -36,16 +36,19 @@ func etcdEndpoints(cfg *Config) ([]string, error) {
 	return out, nil
 }
 
-// openBackend opens the store -backend names. An etcd cluster that
-// cannot be reached yet is tried again until ctx ends, while the server
-// answers 503.
-func openBackend(ctx context.Context, cfg *Config, opts kv.Options, logger *slog.Logger) (store, error) {
+// openBackend opens the store -backend names, and calls announce once
+// the server will serve: when the embedded store has opened (a locked or
+// damaged data directory fails before), or, with etcd, at once: an etcd
+// cluster that cannot be reached yet is tried again until ctx ends, while
+// the server answers 503.
+func openBackend(ctx context.Context, cfg *Config, opts kv.Options, logger *slog.Logger, announce func()) (store, error) {
 	switch cfg.Backend {
 	case "embedded":
 		s, err := kv.Open(opts)
 		if err != nil {
 			return nil, err
 		}
+		announce()
 		logger.Info("store loaded", "data", cfg.Data, "revision", s.Revision())
 		if cfg.Data == "" {
 			logger.Warn("running in memory: nothing is kept when the server stops")
@@ -60,6 +63,7 @@ func openBackend(ctx context.Context, cfg *Config, opts kv.Options, logger *slog
 			return nil, err
 		}
 		eo := etcd.Options{Endpoints: endpoints, Prefix: cfg.EtcdPrefix, History: cfg.History, SubBuffer: cfg.SubBuffer, Logger: logger}
+		announce()
 		for attempt := 0; ; attempt++ {
 			s, err := etcd.Open(ctx, eo)
 			if err == nil {

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -252,18 +251,17 @@ func formatFloat(v float64) string {
 }
 
 // serveMetrics starts, in g, the -metrics-addr listener: /metrics and the
-// net/http/pprof handlers, registered on a mux of its own, and prints its
-// address to stdout. It serves until ctx ends. With an empty -metrics-addr
-// it starts nothing.
-func serveMetrics(ctx context.Context, g *errgroup.Group, cfg *Config, m *metrics, logger *slog.Logger, stdout io.Writer) error {
+// net/http/pprof handlers, registered on a mux of its own. It serves until
+// ctx ends, and returns its address; with an empty -metrics-addr it
+// starts nothing and returns nil.
+func serveMetrics(ctx context.Context, g *errgroup.Group, cfg *Config, m *metrics, logger *slog.Logger) (net.Addr, error) {
 	if cfg.MetricsAddr == "" {
-		return nil
+		return nil, nil
 	}
 	ln, err := net.Listen("tcp", cfg.MetricsAddr)
 	if err != nil {
-		return fmt.Errorf("listen -metrics-addr: %w", err)
+		return nil, fmt.Errorf("listen -metrics-addr: %w", err)
 	}
-	fmt.Fprintf(stdout, "kvsse metrics and pprof on http://%s\n", ln.Addr())
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m)
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -278,5 +276,5 @@ func serveMetrics(ctx context.Context, g *errgroup.Group, cfg *Config, m *metric
 	}
 	// A scrape or profile still running after the grace is cut off.
 	g.Go(func() error { return sse.Serve(ctx, srv, ln, cfg.ShutdownTimeout, nil) })
-	return nil
+	return ln.Addr(), nil
 }

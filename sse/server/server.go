@@ -120,7 +120,6 @@ func Serve(ctx context.Context, cfg *Config, stdout, stderr io.Writer) error {
 		scheme = "https"
 		ln = tls.NewListener(ln, tlsConfig)
 	}
-	sse.Announce(stdout, scheme+"://"+ln.Addr().String())
 	warnIfOpen(logger, az, ln.Addr())
 
 	// Until the store is loaded, every request gets 503.
@@ -146,8 +145,11 @@ func Serve(ctx context.Context, cfg *Config, stdout, stderr io.Writer) error {
 	stopping, stop := context.WithCancel(context.Background())
 	defer stop()
 	streams := sse.NewPool(0)
+	var ready atomic.Bool // the store is open: a stop now is a shutdown
 	endStreams := func() {
-		logger.Info("shutting down")
+		if ready.Load() {
+			logger.Info("shutting down")
+		}
 		stop() // healthz answers 503, streams end
 		streams.Close()
 	}
@@ -157,14 +159,24 @@ func Serve(ctx context.Context, cfg *Config, stdout, stderr io.Writer) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return sse.Serve(gctx, srv, ln, cfg.ShutdownTimeout, endStreams) })
 	met := newMetrics()
-	if err := serveMetrics(gctx, g, cfg, met, logger, stdout); err != nil {
+	maddr, err := serveMetrics(gctx, g, cfg, met, logger)
+	if err != nil {
 		cancel()
 		g.Wait()
 		return err
 	}
+	// The banner says the server will serve: it comes once the store has
+	// opened, so that a data directory that is locked or damaged fails
+	// before it. Meanwhile requests get 503 starting.
+	announce := func() {
+		sse.Announce(stdout, scheme+"://"+ln.Addr().String())
+		if maddr != nil {
+			fmt.Fprintf(stdout, "kvsse metrics and pprof on http://%s\n", maddr)
+		}
+	}
 
 	start := time.Now()
-	store, err := openBackend(gctx, cfg, opts, logger)
+	store, err := openBackend(gctx, cfg, opts, logger, announce)
 	if err != nil {
 		cancel()
 		g.Wait()
@@ -177,6 +189,7 @@ func Serve(ctx context.Context, cfg *Config, stdout, stderr io.Writer) error {
 	api.auth = az
 	handler := api.routes()
 	h.Store(&handler)
+	ready.Store(true)
 
 	err = g.Wait()
 	cerr := store.Close()
