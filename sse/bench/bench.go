@@ -54,12 +54,17 @@ type benchConfig struct {
 // the year 2286), which starts every value the bench writes.
 const benchTimeDigits = 19
 
-// parseBench parses the arguments of "kvsse bench"; server is the URL to
-// use when -server is not given among them.
-func parseBench(args []string, server string, stderr io.Writer) (*benchConfig, error) {
-	cfg := new(benchConfig)
+// UsageError is a command line of "kvsse bench" that is wrong.
+type UsageError struct{ msg string }
+
+func (e *UsageError) Error() string { return "bench: " + e.msg }
+
+// flags defines the flags of "kvsse bench" on a new flag set, bound to
+// cfg; server is the default of -server.
+func flags(cfg *benchConfig, server string) *flag.FlagSet {
 	fs := flag.NewFlagSet("kvsse bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // errors are returned, help printed by PrintUsage
+	fs.Usage = func() {}
 	fs.StringVar(&cfg.server, "server", server, "the server's URL; several, comma-separated, spread the writers and the\nsubscribers over them in turn (nodes in front of one etcd cluster)")
 	fs.IntVar(&cfg.writers, "writers", 8, "concurrent writers, each with its own keep-alive connection")
 	fs.Float64Var(&cfg.rate, "rate", 0, "writes per second, all writers together; 0: as fast as the server answers")
@@ -76,8 +81,12 @@ func parseBench(args []string, server string, stderr io.Writer) (*benchConfig, e
 	fs.DurationVar(&cfg.syncTimeout, "sync-timeout", 10*time.Second, "how long to wait for the subscribers to be live, and, after the\nlast write, for them to receive every change")
 	fs.BoolVar(&cfg.baseline, "baseline", false, "first run the same load against a plain Go SSE hub (\"kvsse hub\", started\nas a child process on 127.0.0.1:0), then against -server, and print both\nside by side with the ratios kvsse / baseline; the hub's CPU and memory are\nalways measured, the server's with -pid. Patterns: **, PREFIX/** or a key")
 	fs.StringVar(&cfg.baselineExe, "baseline-exe", "", "the kvsse binary that runs the -baseline hub (default: this one)")
-	fs.Usage = func() {
-		fmt.Fprint(stderr, `Usage: kvsse [-server URL] bench [flags]
+	return fs
+}
+
+// PrintUsage writes the help of "kvsse bench" to w.
+func PrintUsage(w io.Writer) {
+	fmt.Fprint(w, `Usage: kvsse bench [flags]
 
 Drives a running server with writers and subscribers, checks that each
 subscriber receives every acknowledged change of its pattern exactly once
@@ -85,13 +94,23 @@ and in order, and prints throughput and latency. Exit status 0 when every
 check passes, 2 otherwise.
 
 `)
-		fs.PrintDefaults()
-	}
+	fs := flags(new(benchConfig), "http://127.0.0.1:8080")
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+}
+
+// parseBench parses the arguments of "kvsse bench"; server is the URL to
+// use when -server is not given among them. -h prints the help to stdout
+// and returns flag.ErrHelp; a bad command line is a *UsageError.
+func parseBench(args []string, server string, stdout io.Writer) (*benchConfig, error) {
+	cfg := new(benchConfig)
+	fs := flags(cfg, server)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			PrintUsage(stdout)
 			return nil, err
 		}
-		return nil, fmt.Errorf("bench: %v", err)
+		return nil, &UsageError{msg: err.Error()}
 	}
 	if cfg.pattern == "" {
 		cfg.pattern = cfg.prefix + "/**"
@@ -134,7 +153,7 @@ check passes, 2 otherwise.
 		}
 	}
 	if problem != "" {
-		return nil, fmt.Errorf("bench: %s", problem)
+		return nil, &UsageError{msg: problem}
 	}
 	return cfg, nil
 }
@@ -167,7 +186,7 @@ check passes, 2 otherwise.
 // With -baseline, the same load first runs against a plain Go SSE hub
 // (benchBaseline), and both sets of figures are printed side by side.
 func Run(ctx context.Context, args []string, server string, stdout, stderr io.Writer) error {
-	cfg, err := parseBench(args, strings.TrimSuffix(server, "/"), stderr)
+	cfg, err := parseBench(args, strings.TrimSuffix(server, "/"), stdout)
 	if err != nil {
 		return err
 	}
@@ -1429,19 +1448,22 @@ func printBaseline(w io.Writer, base, ours *benchResult, asJSON bool) error {
 // until ctx ends.
 func RunHub(ctx context.Context, args []string, addr string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("kvsse hub", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	fs.StringVar(&addr, "addr", addr, "address to listen on")
 	bare := fs.Bool("bare", false, "serve the bare GET/PUT handler (64 fixed bytes; PUT reads the body) instead of the hub")
 	logPath := fs.String("log", "", "with -bare: append each PUT's body to this file and answer once it is synced,\nwith the bodies that arrive during one sync sharing the next (group commit)")
-	fs.Usage = func() {
-		fmt.Fprint(stderr, "Usage: kvsse hub [-addr ADDR] [-bare [-log FILE]]\n\nServes the baselines of \"kvsse bench -baseline\" and of wrk: nothing is kept,\nbut for the bodies of -bare -log.\n\n")
+	fs.Usage = func() {}
+	usage := func() {
+		fs.SetOutput(stdout)
+		fmt.Fprint(stdout, "Usage: kvsse hub [-addr ADDR] [-bare [-log FILE]]\n\nServes the baselines of \"kvsse bench -baseline\" and of wrk: nothing is kept,\nbut for the bodies of -bare -log.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			usage()
 			return err
 		}
-		return fmt.Errorf("hub: %v", err)
+		return &UsageError{msg: "hub: " + err.Error()}
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("hub: unexpected arguments %q", fs.Args())

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"kvsse/sse"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -29,14 +30,43 @@ func newClient(cfg *config) *client {
 	return &client{base: strings.TrimSuffix(cfg.server, "/"), http: &http.Client{}, cfg: cfg}
 }
 
-type command func(ctx context.Context, c *client, args []string, stdin io.Reader, stdout, stderr io.Writer) error
+// commandTable is every client command, in the order the help lists them.
+func commandTable() []command {
+	return []command{
+		{name: "get", args: "KEY", short: "print a value",
+			long: `Prints the value of KEY exactly, bytes as stored, nothing added.
+Exit status: 0, 1 when the key does not exist, 2 on any other error.
+`, run: cmdGet},
+		{name: "put", args: "KEY [VALUE]", short: "set a value (from stdin when VALUE is absent)",
+			long: `Sets KEY to VALUE, or to the bytes of standard input, exactly, when
+VALUE is absent, and prints the revision the write took.
+Exit status: 0, 2 on an error (a failed -if-rev among them).
+`, flags: []string{"ttl", "if-rev"}, run: cmdPut},
+		{name: "del", args: "KEY", short: "delete a key",
+			long: `Deletes KEY.
+Exit status: 0, 1 when the key does not exist, 2 on any other error.
+`, flags: []string{"if-rev"}, run: cmdDel},
+		{name: "ls", args: "[PREFIX]", short: "list keys",
+			long: `Prints the keys that start with PREFIX (every key without one), one a
+line, in byte order.
+Exit status: 0, 2 on an error.
+`, run: cmdLs},
+		{name: "watch", args: "PATTERN...", short: "print changes as they happen",
+			long: `Prints the changes of the keys matching any PATTERN as they happen, one
+a line:
 
-var commands = map[string]command{
-	"get":   cmdGet,
-	"put":   cmdPut,
-	"del":   cmdDel,
-	"ls":    cmdLs,
-	"watch": cmdWatch,
+  <revision> put <key> <value>
+  <revision> delete <key>
+  <revision> delete <key> expired      (the key's time to live ran out)
+
+A value that is not one line of printable UTF-8 is printed as a JSON
+string, a binary one as base64: and its base64. With -json, each event is
+printed as the server's NDJSON object, sync, reset and heartbeats
+included. A dropped connection is opened again, resuming after the last
+revision seen, so no change is missed or printed twice.
+Exit status: 0 when interrupted, 2 when the server refuses the watch.
+`, flags: []string{"json", "snapshot", "since"}, run: cmdWatch},
+	}
 }
 
 // keyURL is the URL of a key, each segment escaped.
@@ -57,6 +87,10 @@ func (c *client) do(req *http.Request, ok ...int) (*http.Response, error) {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
+		var dial *net.OpError
+		if errors.As(err, &dial) && dial.Op == "dial" {
+			err = fmt.Errorf("no server answers at %s (%v): start one with 'kvsse', or point -server or KVSSE_URL at yours", c.base, dial.Err)
+		}
 		return nil, &exitError{code: 2, err: err}
 	}
 	for _, s := range ok {
@@ -96,7 +130,7 @@ func (e *statusError) final() bool {
 
 func wantArgs(args []string, lo, hi int, usage string) error {
 	if len(args) < lo || len(args) > hi {
-		return usageErr("usage: kvsse %s", usage)
+		return usageErr(strings.Fields(usage)[0], "usage: kvsse %s", usage)
 	}
 	return nil
 }
@@ -113,7 +147,7 @@ func cmdGet(ctx context.Context, c *client, args []string, _ io.Reader, stdout, 
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.keyURL(args[0]), nil)
 	if err != nil {
-		return usageErr("%v", err)
+		return usageErr("", "%v", err)
 	}
 	resp, err := c.do(req, http.StatusOK)
 	if err != nil {
@@ -144,7 +178,7 @@ func cmdPut(ctx context.Context, c *client, args []string, stdin io.Reader, stdo
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, bytes.NewReader(value))
 	if err != nil {
-		return usageErr("%v", err)
+		return usageErr("", "%v", err)
 	}
 	c.ifRev(req)
 	resp, err := c.do(req, http.StatusOK, http.StatusCreated)
@@ -162,7 +196,7 @@ func cmdDel(ctx context.Context, c *client, args []string, _ io.Reader, _, _ io.
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, c.keyURL(args[0]), nil)
 	if err != nil {
-		return usageErr("%v", err)
+		return usageErr("", "%v", err)
 	}
 	c.ifRev(req)
 	resp, err := c.do(req, http.StatusNoContent)
@@ -185,7 +219,7 @@ func cmdLs(ctx context.Context, c *client, args []string, _ io.Reader, stdout, _
 	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/kv?"+q.Encode(), nil)
 		if err != nil {
-			return usageErr("%v", err)
+			return usageErr("", "%v", err)
 		}
 		resp, err := c.do(req, http.StatusOK)
 		if err != nil {
@@ -227,7 +261,7 @@ type watchEvent struct {
 // revision it saw, so no change is missed or printed twice.
 func cmdWatch(ctx context.Context, c *client, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageErr("usage: kvsse watch PATTERN...")
+		return usageErr("watch", "usage: kvsse watch PATTERN...")
 	}
 	q := url.Values{"pattern": args, "format": {"ndjson"}}
 	if c.cfg.snapshot {
@@ -265,7 +299,7 @@ func cmdWatch(ctx context.Context, c *client, args []string, _ io.Reader, stdout
 func (c *client) watchOnce(ctx context.Context, q url.Values, last *int64, w *bufio.Writer, stderr io.Writer) (bool, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/watch?"+q.Encode(), nil)
 	if err != nil {
-		return false, usageErr("%v", err)
+		return false, usageErr("", "%v", err)
 	}
 	if *last >= 0 {
 		req.Header.Set("Last-Event-ID", strconv.FormatInt(*last, 10))
@@ -320,11 +354,16 @@ func (c *client) watchOnce(ctx context.Context, q url.Values, last *int64, w *bu
 }
 
 // printEvent prints a change as "<revision> put <key> <value>" or
-// "<revision> delete <key>". A value that is not one line of printable
+// "<revision> delete <key>", and "<revision> delete <key> expired" for an
+// expiry. A value that is not one line of printable
 // UTF-8 is printed as a JSON string; a binary one as "base64:" and its
 // base64.
 func printEvent(w io.Writer, ev *watchEvent) {
 	if ev.Event != "put" {
+		if ev.Reason == "expired" {
+			fmt.Fprintf(w, "%d %s %s expired\n", ev.Revision, ev.Event, ev.Key)
+			return
+		}
 		fmt.Fprintf(w, "%d %s %s\n", ev.Revision, ev.Event, ev.Key)
 		return
 	}

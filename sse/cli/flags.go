@@ -23,7 +23,7 @@ type config struct {
 	since    int64
 }
 
-// clientFlags are shown apart in the usage text.
+// clientFlags are the flags of the client commands.
 var clientFlags = map[string]bool{"server": true, "token": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true}
 
 // rawArgs are the commands that parse their own flags.
@@ -32,6 +32,10 @@ var rawArgs = map[string]bool{"bench": true, "hub": true}
 // clientEnv are the client flags that read their environment twin: where
 // and as whom to connect, not what to do.
 var clientEnv = map[string]bool{"server": true, "token": true}
+
+// readsEnv reports whether the flag called name reads its environment
+// twin: every server flag, and -server and -token.
+func readsEnv(name string) bool { return !clientFlags[name] || clientEnv[name] }
 
 // envName is the environment twin of a flag.
 func envName(flag string) string {
@@ -44,27 +48,35 @@ func envName(flag string) string {
 // parseFlags parses args, which may mix flags and positional arguments
 // ("put -ttl 30s k v" and "-ttl 30s put k v" alike; "--" ends the flags).
 // Flags not given take their environment twin, then their default.
-func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*config, []string, error) {
+//
+// -h or -help anywhere returns a *helpRequest for the command named
+// before it; a bad flag a *usageError. The flag set is returned for the
+// help, also with an error.
+func parseFlags(args []string, getenv func(string) string) (*config, []string, *flag.FlagSet, error) {
 	c := new(config)
 	fs := flag.NewFlagSet("kvsse", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // errors are returned, help is printed by Run
+	fs.Usage = func() {}
 	c.srv.RegisterFlags(fs)
-	fs.StringVar(&c.server, "server", "http://127.0.0.1:8080", "client: the server's URL")
-	fs.StringVar(&c.token, "token", "", "client: the access token sent as Authorization: Bearer (prefer the env twin: a\ncommand line is visible to other users of the machine)")
-	fs.StringVar(&c.ttl, "ttl", "", "client put: time to live (Go duration or seconds)")
-	fs.Int64Var(&c.ifRev, "if-rev", 0, "client put, del: only if the key is at this revision (compare-and-set)")
-	fs.BoolVar(&c.json, "json", false, "client watch: print the NDJSON events")
-	fs.BoolVar(&c.snapshot, "snapshot", false, "client watch: print the matching keys first")
-	fs.Int64Var(&c.since, "since", -1, "client watch: replay the changes after this revision first")
-	fs.Usage = func() { usage(fs) }
+	fs.StringVar(&c.server, "server", "http://127.0.0.1:8080", "the server's `URL`")
+	fs.StringVar(&c.token, "token", "", "the access `token`, sent as Authorization: Bearer (prefer the environment\nvariable: a command line is visible to other users of the machine)")
+	fs.StringVar(&c.ttl, "ttl", "", "time to live of the value: a Go `duration` (30s, 5m) or seconds")
+	fs.Int64Var(&c.ifRev, "if-rev", 0, "only if the key is at this `revision` (compare-and-set)")
+	fs.BoolVar(&c.json, "json", false, "print the server's NDJSON objects, one a line")
+	fs.BoolVar(&c.snapshot, "snapshot", false, "print the matching keys first")
+	fs.Int64Var(&c.since, "since", -1, "replay the changes after this `revision` first (-1: none)")
 
 	var rest []string
 	for {
 		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, nil, &exitError{code: 0, err: err}
+			cmd := ""
+			if len(rest) > 0 {
+				cmd = rest[0]
 			}
-			return nil, nil, &exitError{code: 2, err: err}
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, nil, fs, &helpRequest{cmd: cmd}
+			}
+			return nil, nil, fs, &usageError{cmd: cmd, err: err}
 		}
 		left := fs.Args()
 		if len(left) == 0 {
@@ -86,7 +98,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
-		if clientFlags[f.Name] && !clientEnv[f.Name] {
+		if !readsEnv(f.Name) {
 			return // per-command options: a stray variable must not change every call
 		}
 		if v := getenv(envName(f.Name)); !set[f.Name] && v != "" {
@@ -96,42 +108,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 		}
 	})
 	if err := errors.Join(errs...); err != nil {
-		return nil, nil, &exitError{code: 2, err: err}
+		return nil, nil, fs, &usageError{err: err}
 	}
-	return c, rest, nil
-}
-
-func usage(fs *flag.FlagSet) {
-	w := fs.Output()
-	fmt.Fprint(w, `Usage:
-  kvsse [flags] [serve]           run the server
-  kvsse [flags] get KEY           print a value
-  kvsse [flags] put KEY [VALUE]   set a value (from stdin when VALUE is absent)
-  kvsse [flags] del KEY           delete a key
-  kvsse [flags] ls [PREFIX]       list keys
-  kvsse [flags] watch PATTERN...  print changes as they happen
-
-Server flags, -server and -token also read the environment variable shown;
-the flag wins.
-`)
-	for _, client := range []bool{false, true} {
-		if client {
-			fmt.Fprint(w, "\nClient flags:\n")
-		} else {
-			fmt.Fprint(w, "\nServer flags:\n")
-		}
-		fs.VisitAll(func(f *flag.Flag) {
-			if clientFlags[f.Name] != client {
-				return
-			}
-			if clientFlags[f.Name] && !clientEnv[f.Name] {
-				fmt.Fprintf(w, "  -%s (default %q)\n", f.Name, f.DefValue)
-			} else {
-				fmt.Fprintf(w, "  -%s (env %s, default %q)\n", f.Name, envName(f.Name), f.DefValue)
-			}
-			for _, line := range strings.Split(f.Usage, "\n") {
-				fmt.Fprintf(w, "      %s\n", line)
-			}
-		})
-	}
+	return c, rest, fs, nil
 }

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 
 	"kvsse/sse/bench"
 	"kvsse/sse/server"
@@ -23,9 +24,13 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdin 
 
 // Run is the whole program: it parses args (with KVSSE_* environment
 // twins read through getenv), then serves until ctx ends, or runs one
-// client command.
+// client command. Help (-h, -help, "help [COMMAND]") goes to stdout.
 func Run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
-	cfg, rest, err := parseFlags(args, getenv, stderr)
+	cfg, rest, fs, err := parseFlags(args, getenv)
+	var help *helpRequest
+	if errors.As(err, &help) {
+		return printHelp(stdout, fs, help.cmd)
+	}
 	if err != nil {
 		return err
 	}
@@ -36,23 +41,38 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	switch cmd {
 	case "serve":
 		if len(rest) > 0 {
-			return usageErr("serve takes no arguments, got %q", rest)
+			return usageErr("serve", "serve takes no arguments, got %q", rest)
 		}
-		return server.Serve(ctx, &cfg.srv, stdout, stderr)
+		err := server.Serve(ctx, &cfg.srv, stdout, stderr)
+		var ce *server.ConfigError
+		if errors.As(err, &ce) {
+			return &usageError{cmd: "serve", err: err}
+		}
+		return err
+	case "help":
+		if len(rest) > 1 {
+			return usageErr("", "usage: kvsse help [COMMAND]")
+		}
+		return printHelp(stdout, fs, strings.Join(rest, ""))
 	case "bench":
-		return bench.Run(ctx, rest, cfg.server, stdout, stderr)
+		err := bench.Run(ctx, rest, cfg.server, stdout, stderr)
+		var ue *bench.UsageError
+		if errors.As(err, &ue) {
+			return &usageError{cmd: "bench", err: err}
+		}
+		return err
 	case "hub": // hidden: the baselines of bench -baseline and wrk
 		return bench.RunHub(ctx, rest, cfg.srv.Addr, stdout, stderr)
 	}
-	c, ok := commands[cmd]
-	if !ok {
-		return usageErr("unknown command %q (want serve, get, put, del, ls, watch or bench)", cmd)
+	c := findCommand(cmd)
+	if c == nil {
+		return usageErr("", "unknown command %q", cmd)
 	}
-	return c(ctx, newClient(cfg), rest, stdin, stdout, stderr)
+	return c.run(ctx, newClient(cfg), rest, stdin, stdout, stderr)
 }
 
-// exitError carries a process exit status: 1 for a missing key, 2 for a
-// usage or other error.
+// exitError carries a process exit status: 1 for a missing key, 2 for
+// another error.
 type exitError struct {
 	code int
 	err  error
@@ -61,22 +81,17 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
-func usageErr(format string, a ...any) error {
-	return &exitError{code: 2, err: fmt.Errorf(format, a...)}
-}
-
-// exitCode prints err, if any, and returns the exit status for it.
+// exitCode prints err, if any, and returns the exit status for it: 0 for
+// none (or a help already printed), the code of an *exitError, 2 for any
+// other (a usage error among them).
 func exitCode(err error, stderr io.Writer) int {
-	if err == nil {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
-	code := 2 // a usage error (server.ConfigError and bench's among them) or another failure
+	code := 2
 	var ee *exitError
 	if errors.As(err, &ee) {
 		code = ee.code
-	}
-	if errors.Is(err, flag.ErrHelp) {
-		return 0 // usage was printed
 	}
 	fmt.Fprintf(stderr, "kvsse: %v\n", err)
 	return code

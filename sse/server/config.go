@@ -62,14 +62,14 @@ func configErr(format string, a ...any) error {
 // RegisterFlags defines the server's flags on fs, bound to the fields of
 // c, and gives each field its default.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.Addr, "addr", "127.0.0.1:8080", "address to listen on")
-	fs.StringVar(&c.Data, "data", "./kvsse-data", "data directory; empty keeps nothing on disk")
+	fs.StringVar(&c.Addr, "addr", "127.0.0.1:8080", "`host:port` to listen on")
+	fs.StringVar(&c.Data, "data", "./kvsse-data", "data `directory`; empty keeps nothing on disk")
 	fs.BoolVar(&c.Memory, "memory", false, "keep nothing on disk (same as -data '')")
 	fs.StringVar(&c.Sync, "sync", "always", "always: fsync the log before acknowledging a write (group commit);\nnone: never fsync; acknowledged writes survive a crash of kvsse, NOT of the machine")
-	fs.Int64Var(&c.CompactBytes, "compact-bytes", 64<<20, "compact the log into a snapshot when it grows past this many bytes")
-	fs.Int64Var(&c.MaxValue, "max-value", 1<<20, "largest value in bytes")
-	fs.IntVar(&c.History, "history", 100_000, "committed changes kept for watchers that resume (events)")
-	fs.IntVar(&c.SubBuffer, "sub-buffer", 1024, "events queued for a watcher before it is disconnected as too slow")
+	fs.Int64Var(&c.CompactBytes, "compact-bytes", 64<<20, "compact the log into a snapshot when it grows past this many `bytes`")
+	fs.Int64Var(&c.MaxValue, "max-value", 1<<20, "largest value in `bytes`")
+	fs.IntVar(&c.History, "history", 100_000, "committed changes kept for watchers that resume (`events`)")
+	fs.IntVar(&c.SubBuffer, "sub-buffer", 1024, "`events` queued for a watcher before it is disconnected as too slow")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", 15*time.Second, "interval of stream heartbeats (±10 %)")
 	fs.DurationVar(&c.FlushInterval, "flush-interval", 30*time.Millisecond, "least time between two writes to a busy stream once 1,000 streams are open (a\nshare of it with fewer): events arriving sooner go out together with the next\nwrite (0: write every event at once)")
 	fs.IntVar(&c.MaxSubscribers, "max-subscribers", 10_000, "open streams allowed, all together")
@@ -80,17 +80,39 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.WriteRate, "write-rate", 10_000, "writes (PUT, DELETE) a second allowed from one client address, on average; 0: no limit")
 	fs.IntVar(&c.WriteBurst, "write-burst", 20_000, "writes one client address may make at once, above -write-rate")
 	fs.DurationVar(&c.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send a request's headers (and the TLS handshake)")
-	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate chain file: serve HTTPS (HTTP/2 and HTTP/1.1); needs -tls-key")
-	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key file of -tls-cert")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate chain `file`: serve HTTPS (HTTP/2 and HTTP/1.1); needs -tls-key")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key `file` of -tls-cert")
 	fs.StringVar(&c.Backend, "backend", "embedded", "where the data lives: embedded (the map and log in -data) or etcd (an etcd cluster;\nsee -etcd-endpoints)")
-	fs.StringVar(&c.EtcdEndpoints, "etcd-endpoints", "", "comma-separated client URLs of the etcd members (http://host:2379), for -backend etcd")
+	fs.StringVar(&c.EtcdEndpoints, "etcd-endpoints", "", "comma-separated client `URLs` of the etcd members (http://host:2379), for -backend etcd")
 	fs.StringVar(&c.EtcdPrefix, "etcd-prefix", "/kvsse/", "prefix of every key kvsse writes to etcd, for -backend etcd")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown may take")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.Var((*originList)(&c.CORSOrigins), "cors-origins", "comma-separated origins (https://app.example.com) whose pages may read and write\nwith the browser's credentials; empty: same origin only")
-	fs.StringVar(&c.Auth, "auth", "", "JSON file of access tokens and the key patterns each may read and write;\nempty: no access control (SIGHUP reloads the file)")
-	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "address of a second listener serving /metrics and /debug/pprof/; empty: none\n(/metrics is on -addr as well)")
+	fs.Var((*originList)(&c.CORSOrigins), "cors-origins", "comma-separated `origins` (https://app.example.com) whose pages may read and write\nwith the browser's credentials; empty: same origin only")
+	fs.StringVar(&c.Auth, "auth", "", "JSON `file` of access tokens and the key patterns each may read and write;\nempty: no access control (SIGHUP reloads the file)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "`host:port` of a second listener serving /metrics and /debug/pprof/; empty: none\n(/metrics is on -addr as well)")
+}
+
+// A FlagTopic is a group of the server's flags, as the help shows them.
+type FlagTopic struct {
+	Name  string
+	Flags []string
+}
+
+// FlagTopics returns the server's flags grouped by topic, in the order
+// the help shows them. Every flag RegisterFlags defines is in exactly one
+// topic.
+func FlagTopics() []FlagTopic {
+	return []FlagTopic{
+		{"Network", []string{"addr", "read-header-timeout", "shutdown-timeout", "cors-origins", "metrics-addr"}},
+		{"Data", []string{"backend", "data", "memory", "sync", "compact-bytes"}},
+		{"Streams", []string{"history", "sub-buffer", "heartbeat", "flush-interval"}},
+		{"Limits", []string{"max-value", "max-keys", "max-bytes", "max-subscribers", "max-subscribers-per-ip", "max-patterns", "write-rate", "write-burst"}},
+		{"Access control", []string{"auth"}},
+		{"TLS", []string{"tls-cert", "tls-key"}},
+		{"Logs", []string{"log-format", "log-level"}},
+		{"etcd (-backend etcd)", []string{"etcd-endpoints", "etcd-prefix"}},
+	}
 }
 
 // DefaultConfig is the configuration of a server started with no flags.
