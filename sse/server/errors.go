@@ -13,7 +13,7 @@ import (
 // Errors of the HTTP layer; kv's sentinels are mapped beside them.
 var (
 	errBadParam     = errors.New("bad parameter")
-	errTooLarge     = errors.New("value too large")
+	errTooLarge     = errors.New("too large")
 	errMethod       = errors.New("method not allowed")
 	errNoRoute      = errors.New("no such route")
 	errStarting     = errors.New("the server is starting")

@@ -206,7 +206,7 @@ func (a *api) handlePut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.ContentLength > a.cfg.MaxValue {
-		writeError(w, r, a.logger, errTooLarge)
+		writeError(w, r, a.logger, fmt.Errorf("%w: the value's %d bytes are over the limit of %d (-max-value)", errTooLarge, r.ContentLength, a.cfg.MaxValue))
 		return
 	}
 	http.NewResponseController(w).SetReadDeadline(time.Now().Add(time.Minute))
@@ -218,7 +218,7 @@ func (a *api) handlePut(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			err = errTooLarge
+			err = fmt.Errorf("%w: the value is over the limit of %d bytes (-max-value)", errTooLarge, a.cfg.MaxValue)
 		} else {
 			err = badParam("reading the body: " + err.Error())
 		}

@@ -13,8 +13,7 @@ import (
 
 // Errors of the per-address limits.
 var (
-	errRateLimited   = errors.New("too many writes from this address: retry after the seconds in Retry-After")
-	errTooManySubsIP = fmt.Errorf("%w from this address", errTooManySubs)
+	errRateLimited = errors.New("too many writes from this address")
 )
 
 // maxRateBuckets bounds the addresses whose write rate is tracked at once.
@@ -61,7 +60,7 @@ func (a *api) allowWrite(w http.ResponseWriter, r *http.Request) bool {
 		return true
 	}
 	w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(wait.Seconds())))))
-	writeError(w, r, a.logger, errRateLimited)
+	writeError(w, r, a.logger, fmt.Errorf("%w: the limit is %g a second (-write-rate) in bursts of up to %d (-write-burst); retry after the seconds in Retry-After", errRateLimited, a.cfg.WriteRate, a.cfg.WriteBurst))
 	return false
 }
 

@@ -2,6 +2,7 @@ package server
 
 import (
 	"cmp"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -30,7 +31,7 @@ func watchPatterns(r *http.Request, max int) ([]kv.Pattern, error) {
 		return nil, badParam("name at least one pattern: /watch/PATTERN or /watch?pattern=P")
 	}
 	if len(raw) > max {
-		return nil, badParam("at most " + strconv.Itoa(max) + " patterns a stream")
+		return nil, badParam(fmt.Sprintf("%d patterns: at most %d are allowed in one stream (-max-patterns)", len(raw), max))
 	}
 	var out []kv.Pattern
 	var first error
@@ -109,14 +110,14 @@ func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 	case a.subs <- struct{}{}:
 	default:
 		untrack()
-		writeError(w, r, a.logger, errTooManySubs)
+		writeError(w, r, a.logger, fmt.Errorf("%w: %d streams are open, the most -max-subscribers allows", errTooManySubs, a.cfg.MaxSubscribers))
 		return
 	}
 	ip := clientIP(r)
 	if !a.subsByIP.acquire(ip) {
 		<-a.subs
 		untrack()
-		writeError(w, r, a.logger, errTooManySubsIP)
+		writeError(w, r, a.logger, fmt.Errorf("%w: this address has %d streams open, the most -max-subscribers-per-ip allows", errTooManySubs, a.cfg.MaxSubscribersPerIP))
 		return
 	}
 	release := func() {
