@@ -82,13 +82,18 @@ func (a *api) handleHealth(w http.ResponseWriter, r *http.Request) {
 
 func etag(rev int64) string { return `"` + strconv.FormatInt(rev, 10) + `"` }
 
-// parseETag reads one strong entity tag holding a revision.
+// parseETag reads one entity tag holding a revision: "42" as RFC 9110
+// has it, or the bare number 42, which people type by hand; If-Match and
+// If-None-Match accept both alike.
 func parseETag(s string) (int64, bool) {
 	s = strings.TrimSpace(s)
-	if len(s) < 3 || s[0] != '"' || s[len(s)-1] != '"' {
+	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
+		s = s[1 : len(s)-1]
+	}
+	if s == "" || s[0] < '0' || s[0] > '9' {
 		return 0, false
 	}
-	n, err := strconv.ParseInt(s[1:len(s)-1], 10, 64)
+	n, err := strconv.ParseInt(s, 10, 64)
 	return n, err == nil && n > 0
 }
 
@@ -146,7 +151,7 @@ func writeCond(r *http.Request, allowAbsent bool) (kv.Cond, error) {
 	case im != "":
 		rev, ok := parseETag(im)
 		if !ok {
-			return kv.Cond{}, badParam(`If-Match must be one revision in quotes, like "42", or *`)
+			return kv.Cond{}, badParam(`If-Match must be one revision, like "42" (or 42), or *`)
 		}
 		return kv.IfRevision(rev), nil
 	case inm == "*" && allowAbsent:
