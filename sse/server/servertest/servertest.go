@@ -1,82 +1,138 @@
+// Package servertest runs kvsse servers for tests and talks to them, as
+// net/http/httptest does for handlers: a server in the test's process
+// (Start) or the built binary as a child process (StartProc), the HTTP
+// API (Call, Send, Put, List...), event streams read in the background
+// (Open, Stream), concurrent writers (Writers), and etcd clusters of
+// child processes to run servers on (StartEtcd, ForEachBackend).
+//
+// It imports the server, never the command line or the load tool, so
+// that their tests may use it. A package whose tests call Binary or
+// SharedEtcd (ForEachBackend does) calls Cleanup from its TestMain.
 package servertest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"kvsse/sse"
+	"kvsse/sse/server"
 )
 
-// testServer is a kvsse server running in this process through run.
-type testServer struct {
-	URL    string
-	Dir    string
+// Server is a kvsse server running in this process (server.Serve in a
+// goroutine).
+type Server struct {
+	URL    string // http://127.0.0.1:PORT, https:// with -tls-cert
+	Dir    string // the data directory (-data), unused with -memory
 	cancel context.CancelFunc
 	done   <-chan error
 }
 
-// startServer runs the server on 127.0.0.1:0 with a fresh data directory
-// (or the one given with -data in args) and waits until it serves.
-func startServer(t testing.TB, args ...string) *testServer {
+// Start runs a server on 127.0.0.1:0 with a fresh data directory and
+// -log-level warn, then args, whose flags win (-data DIR gives it DIR),
+// and waits until it serves. It fails the test if the flags are wrong or
+// the server does not start. The server stops when the test ends (see
+// Stop), and its log is shown if the test failed.
+func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
-	dir := t.TempDir()
-	full := []string{"-addr", "127.0.0.1:0", "-data", dir, "-log-level", "warn"}
-	for i, a := range args {
-		if a == "-data" && i+1 < len(args) {
-			dir = args[i+1]
-		}
+	full := append([]string{"-addr", "127.0.0.1:0", "-data", t.TempDir(), "-log-level", "warn"}, args...)
+	logs := new(LockedBuffer)
+	cfg, err := parseFlags(full, logs)
+	if err != nil {
+		t.Fatalf("server flags %q: %v", args, err)
 	}
-	full = append(full, args...)
 	ctx, cancel := context.WithCancel(context.Background())
-	logs := new(lockedBuffer)
-	t.Cleanup(func() { showLog(t, "server log", logs) }) // runs after stop
-	url, done, err := runInProcess(ctx, full, func(string) string { return "" }, logs)
+	t.Cleanup(func() { ShowLog(t, "server log", logs) }) // runs after Stop
+	url, done, err := RunInProcess(func(stdout io.Writer) error {
+		return server.Serve(ctx, cfg, stdout, logs)
+	})
 	if err != nil {
 		cancel()
 		t.Fatalf("server did not start: %v", err)
 	}
-	ts := &testServer{Dir: dir, URL: url, cancel: cancel, done: done}
-	waitReady(t, ts.URL)
-	t.Cleanup(func() { ts.stop(t) })
-	return ts
+	s := &Server{Dir: cfg.Data, URL: url, cancel: cancel, done: done}
+	WaitReady(t, s.URL)
+	t.Cleanup(func() { s.Stop(t) })
+	return s
 }
 
-// runInProcess starts run(ctx, args, ...) in a goroutine with stderr as
-// its standard error, and returns the URL from its "kvsse listening on"
-// line and the channel that gets run's result.
-func runInProcess(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) (string, <-chan error, error) {
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		err := run(ctx, args, getenv, strings.NewReader(""), pw, stderr)
-		pw.CloseWithError(fmt.Errorf("run ended: %v", err))
-		done <- err
-	}()
-	line, err := bufio.NewReader(pr).ReadString('\n')
+// Stop shuts the server down gracefully and fails the test (Errorf)
+// unless server.Serve returns nil within 30 s. It is idempotent.
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	if s.cancel == nil {
+		return
+	}
+	s.cancel()
+	s.cancel = nil
+	select {
+	case err := <-s.done:
+		if err != nil {
+			t.Errorf("server.Serve returned %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("server did not stop")
+	}
+}
+
+// Serve parses args as the server's flags (server.Config.RegisterFlags)
+// and runs server.Serve with them until ctx ends; a flag error, printed
+// to stderr, is returned as is. It is what the program does for "kvsse
+// serve", without the environment twins of the flags.
+func Serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, err := parseFlags(args, stderr)
 	if err != nil {
-		return "", done, err
+		return err
 	}
-	go io.Copy(io.Discard, pr)
-	url, ok := strings.CutPrefix(strings.TrimSpace(line), "kvsse listening on ")
-	if !ok {
-		return "", done, fmt.Errorf("first line %q, want kvsse listening on ...", line)
-	}
-	return url, done, nil
+	return server.Serve(ctx, cfg, stdout, stderr)
 }
 
-// waitReady polls /healthz until it answers 200. It does not check the
-// certificate of an https URL.
-func waitReady(t testing.TB, url string) {
+// parseFlags parses args as the server's flags.
+func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
+	var cfg server.Config
+	fs := flag.NewFlagSet("kvsse", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("arguments after the flags: %q", fs.Args())
+	}
+	return &cfg, nil
+}
+
+// RunInProcess runs run in a goroutine with the write end of a pipe as
+// its standard output, reads the banner line a server prints there
+// (sse.ReadBanner) and returns its URL and a channel that gets run's
+// result. What run prints after the banner is discarded. If run ends or
+// prints something else first, err says so; done still gets its result.
+func RunInProcess(run func(stdout io.Writer) error) (url string, done <-chan error, err error) {
+	pr, pw := io.Pipe()
+	c := make(chan error, 1)
+	go func() {
+		err := run(pw)
+		pw.CloseWithError(fmt.Errorf("ended: %v", err))
+		c <- err
+	}()
+	url, err = sse.ReadBanner(pr)
+	go io.Copy(io.Discard, pr)
+	return url, c, err
+}
+
+// WaitReady polls url's /healthz until it answers 200, for up to 20 s,
+// then fails the test. It does not check the certificate of an https
+// URL.
+func WaitReady(t testing.TB, url string) {
 	t.Helper()
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	defer client.CloseIdleConnections()
@@ -96,126 +152,29 @@ func waitReady(t testing.TB, url string) {
 	}
 }
 
-// stop shuts the server down gracefully and checks that run returned nil.
-// It is idempotent.
-func (ts *testServer) stop(t testing.TB) {
-	t.Helper()
-	if ts.cancel == nil {
-		return
-	}
-	ts.cancel()
-	ts.cancel = nil
-	select {
-	case err := <-ts.done:
-		if err != nil {
-			t.Errorf("run returned %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Errorf("server did not stop")
-	}
-}
-
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// kvsseBinary builds the kvsse binary once per test run and returns its
-// path.
-func kvsseBinary(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "kvsse-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "kvsse")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	stopSharedEtcd()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
-	}
-	os.Exit(code)
-}
-
-// proc is a kvsse binary running as a child process.
-type proc struct {
-	URL string
-	cmd *exec.Cmd
-}
-
-// startProc runs the built binary as a server on 127.0.0.1:0 with the
-// given extra args and waits until it serves.
-func startProc(t testing.TB, args ...string) *proc {
-	t.Helper()
-	cmd := exec.Command(kvsseBinary(t), append([]string{"-addr", "127.0.0.1:0", "-log-level", "warn"}, args...)...)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stderr := new(lockedBuffer)
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("server did not start: %v; stderr:\n%s", err, stderr.String())
-	}
-	p := &proc{URL: strings.TrimSpace(strings.TrimPrefix(line, "kvsse listening on ")), cmd: cmd}
-	t.Cleanup(func() {
-		p.kill()
-		showLog(t, "log of "+p.URL, stderr)
-	})
-	waitReady(t, p.URL)
-	return p
-}
-
-// kill ends the process with SIGKILL and reaps it.
-func (p *proc) kill() {
-	if p.cmd.ProcessState == nil {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for concurrent writers and readers,
-// for a child's output.
-type lockedBuffer struct {
+// LockedBuffer is a bytes.Buffer safe for concurrent writers and readers,
+// for a server's or a child's output. Its zero value is empty and ready.
+type LockedBuffer struct {
 	mu sync.Mutex // guards b
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+// String returns what was written so far.
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
 }
 
-// showLog logs the end of a child's or server's log when the test failed.
-func showLog(t testing.TB, name string, l *lockedBuffer) {
+// ShowLog logs the end of a server's or child's log, named name, if the
+// test failed.
+func ShowLog(t testing.TB, name string, l *LockedBuffer) {
 	t.Helper()
 	s := l.String()
 	if !t.Failed() || s == "" {
@@ -227,33 +186,11 @@ func showLog(t testing.TB, name string, l *lockedBuffer) {
 	t.Logf("%s:\n%s", name, s)
 }
 
-// send sends one request with header pairs (name, value, ...) and returns
-// the response with its body read and closed.
-func send(t testing.TB, method, url string, body io.Reader, hdr ...string) (*http.Response, []byte) {
-	t.Helper()
-	req, err := http.NewRequest(method, url, body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp, b
-}
-
-// requireTool returns the path of the program name, or skips the test
-// when it is not on PATH, saying which Debian package has it; with env
-// set to 1 (as CI does) it fails the test instead.
-func requireTool(t testing.TB, name, pkg, env string) string {
+// RequireTool returns the path of the program name, or skips the test
+// when it is not on PATH, saying which Debian package pkg has it; with
+// the environment variable env set to 1 (as CI does) it fails the test
+// instead.
+func RequireTool(t testing.TB, name, pkg, env string) string {
 	t.Helper()
 	path, err := exec.LookPath(name)
 	if err != nil {
