@@ -1,23 +1,17 @@
-package server
+package server_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,6 +20,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"kvsse/kv"
+	"kvsse/sse/server/servertest"
 )
 
 // The tokens of authTokens.
@@ -50,24 +45,6 @@ var authTokens = `{"tokens": [
 	{"name": "writer", "token": "` + authWriter + `", "write": ["**"]},
 	{"name": "team-a", "sha256": "` + authSHA(authTeamA) + `", "read": ["team-a/**"], "write": ["team-a/**"]}
 ]}`
-
-// authWriteFile writes an auth file into dir (a new temporary directory
-// when dir is "") and returns its path.
-func authWriteFile(t testing.TB, dir, content string) string {
-	t.Helper()
-	if dir == "" {
-		dir = t.TempDir()
-	}
-	path := filepath.Join(dir, "auth.json")
-	// Write and rename, so that a reload never reads half a file.
-	if err := os.WriteFile(path+".tmp", []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(path+".tmp", path); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
 
 // authResult is what the tests compare of a response.
 type authResult struct {
@@ -139,7 +116,7 @@ func authPut(t testing.TB, base, key, value string) {
 // TestAuthMatrix asks every route with no token, an unknown token, a
 // reader, a writer and a token scoped to team-a/**.
 func TestAuthMatrix(t *testing.T) {
-	ts := startServer(t, "-auth", authWriteFile(t, "", authTokens), "-cors-origins", "https://app.example.com")
+	ts := servertest.Start(t, "-auth", servertest.AuthFile(t, "", authTokens), "-cors-origins", "https://app.example.com")
 	authPut(t, ts.URL, "team-a/x", "a")
 	authPut(t, ts.URL, "team-b/x", "b")
 
@@ -349,7 +326,7 @@ func bearer(token string) map[string]string {
 // team-a/** token while it watches, and checks the stream carries only
 // its own.
 func TestAuthWatchScope(t *testing.T) {
-	ts := startServer(t, "-auth", authWriteFile(t, "", authTokens))
+	ts := servertest.Start(t, "-auth", servertest.AuthFile(t, "", authTokens))
 	tests := []struct {
 		name string
 		path string
@@ -376,7 +353,7 @@ func TestAuthWatchScope(t *testing.T) {
 // TestAuthSession signs in with POST /auth/session, uses the cookie, and
 // signs out with DELETE.
 func TestAuthSession(t *testing.T) {
-	ts := startServer(t, "-auth", authWriteFile(t, "", authTokens))
+	ts := servertest.Start(t, "-auth", servertest.AuthFile(t, "", authTokens))
 	authPut(t, ts.URL, "team-a/x", "a")
 	authPut(t, ts.URL, "team-b/x", "b")
 	jar, err := cookiejar.New(nil)
@@ -439,7 +416,7 @@ func TestAuthSession(t *testing.T) {
 
 // TestAuthQueryToken: ?access_token= proves a token on /watch only.
 func TestAuthQueryToken(t *testing.T) {
-	ts := startServer(t, "-auth", authWriteFile(t, "", authTokens))
+	ts := servertest.Start(t, "-auth", servertest.AuthFile(t, "", authTokens))
 	authPut(t, ts.URL, "team-a/x", "a")
 	authWatch(t, ts.URL, "/watch/team-a/**?access_token="+authTeamA, nil).close()
 	authWatch(t, ts.URL, "/watch?pattern=team-a/x&access_token="+url.QueryEscape(authReader), nil).close()
@@ -479,7 +456,7 @@ func TestAuthListing(t *testing.T) {
 		{"name": "stars", "token": "s", "read": ["*/2", "team-*"]},
 		{"name": "none", "token": "n", "write": ["**"]}
 	]}`
-	ts := startServer(t, "-auth", authWriteFile(t, "", file))
+	ts := servertest.Start(t, "-auth", servertest.AuthFile(t, "", file))
 	var keys []string
 	for _, team := range []string{"team-a", "team-a-x", "team-b", "zeta", "a"} {
 		for i := range 5 {
@@ -562,155 +539,6 @@ func listPages(t testing.TB, base, token, prefix string, limit int) []string {
 	}
 }
 
-// TestAuthBadFile: a bad auth file refuses start-up with an error naming
-// the file and the entry.
-func TestAuthBadFile(t *testing.T) {
-	tests := []struct {
-		name, file string
-		want       string // in the error
-	}{
-		{"not JSON", `{"tokens": [`, "not valid JSON"},
-		{"no tokens", `{}`, `no "tokens" list`},
-		{"unknown field", `{"tokens": [{"name": "a", "token": "t", "reads": ["**"]}]}`, `tokens[0] "a": json: unknown field "reads"`},
-		{"no name", `{"tokens": [{"token": "t"}]}`, `tokens[0]: "name" is missing`},
-		{"same name", `{"tokens": [{"name": "a", "token": "t"}, {"name": "a", "token": "u"}]}`, `tokens[1] "a": the name is used twice`},
-		{"same token", `{"tokens": [{"name": "a", "token": "t"}, {"name": "b", "sha256": "` + authSHA("t") + `"}]}`, `tokens[1] "b": the same token as "a"`},
-		{"both forms", `{"tokens": [{"name": "a", "token": "t", "sha256": "` + authSHA("t") + `"}]}`, `tokens[0] "a": give exactly one of "token"`},
-		{"neither form", `{"tokens": [{"name": "a", "read": ["**"]}]}`, `tokens[0] "a": give exactly one of "token"`},
-		{"short sha256", `{"tokens": [{"name": "a", "sha256": "abc"}]}`, `tokens[0] "a": "sha256" must be 64 hex digits`},
-		{"sha256 not hex", `{"tokens": [{"name": "a", "sha256": "` + strings.Repeat("g", 64) + `"}]}`, `"sha256" must be 64 hex digits`},
-		{"space in token", `{"tokens": [{"name": "a", "token": "t t"}]}`, `tokens[0] "a": "token" must not hold spaces`},
-		{"bad read pattern", `{"tokens": [{"name": "a", "token": "t", "read": ["ok/**", "a**"]}]}`, `tokens[0] "a": read[1]: invalid pattern "a**"`},
-		{"bad write pattern", `{"tokens": [{"name": "x", "token": "t"}, {"name": "a", "token": "u", "write": ["a//b"]}]}`, `tokens[1] "a": write[0]: invalid pattern`},
-		{"trailing data", `{"tokens": []} {}`, "data after the JSON object"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			path := authWriteFile(t, "", tt.file)
-			var stdout bytes.Buffer
-			err := run(context.Background(), []string{"-addr", "127.0.0.1:0", "-memory", "-auth", path}, func(string) string { return "" }, nil, &stdout, io.Discard)
-			if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("run: %v, want an error naming %s and holding %q", err, path, tt.want)
-			}
-			if stdout.Len() != 0 {
-				t.Errorf("the server started listening: %q", stdout.String())
-			}
-		})
-	}
-	t.Run("missing file from KVSSE_AUTH", func(t *testing.T) {
-		path := filepath.Join(t.TempDir(), "none.json")
-		getenv := func(k string) string {
-			if k == "KVSSE_AUTH" {
-				return path
-			}
-			return ""
-		}
-		err := run(context.Background(), []string{"-addr", "127.0.0.1:0", "-memory"}, getenv, nil, io.Discard, io.Discard)
-		if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), path) {
-			t.Errorf("run: %v, want a not-exist error naming %s", err, path)
-		}
-	})
-}
-
-// TestAuthReload reloads the file under open streams (in process, without
-// a signal) and checks which streams end.
-func TestAuthReload(t *testing.T) {
-	tokens := func(entries ...string) string { return `{"tokens": [` + strings.Join(entries, ",") + `]}` }
-	before := tokens(
-		`{"name": "a", "token": "ta", "read": ["x/**", "y/**"]}`,
-		`{"name": "b", "token": "tb", "read": ["x/**"]}`,
-		`{"name": "c", "token": "tc", "read": ["x/*"]}`,
-		`{"name": "d", "token": "td", "read": ["x/**"]}`,
-	)
-	after := tokens(
-		`{"name": "a", "token": "ta", "read": ["x/**"]}`,                      // lost y/**
-		`{"name": "b", "sha256": "`+authSHA("tb")+`", "read": ["x/1", "**"]}`, // same token, wider
-		`{"name": "c", "token": "tc2", "read": ["x/*"]}`,                      // a new secret
-		// d removed
-	)
-	dir := t.TempDir()
-	var logs bytes.Buffer
-	logger := slog.New(slog.NewTextHandler(&logs, nil))
-	az, err := loadAuth(&config{auth: authWriteFile(t, dir, before)}, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	open := func(token string, patterns ...string) <-chan struct{} {
-		t.Helper()
-		g := az.set.Load().lookup(token)
-		var ps []kv.Pattern
-		for _, s := range patterns {
-			p, err := kv.ParsePattern(s)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ps = append(ps, p)
-		}
-		r, _ := http.NewRequest("GET", "/watch", nil)
-		revoked, untrack, err := az.track(r.WithContext(context.WithValue(r.Context(), grantKey{}, g)), ps)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(untrack)
-		return revoked.Done()
-	}
-	streams := map[string]<-chan struct{}{
-		"a on x/1":          open("ta", "x/1"),
-		"a on y/**":         open("ta", "y/**"),
-		"a on x/** and y/1": open("ta", "x/**", "y/1"),
-		"b on x/**":         open("tb", "x/**"),
-		"c on x/1":          open("tc", "x/1"),
-		"d on x/1":          open("td", "x/1"),
-	}
-	ended := func() map[string]bool {
-		m := map[string]bool{}
-		for name, c := range streams {
-			select {
-			case <-c:
-				m[name] = true
-			default:
-				m[name] = false
-			}
-		}
-		return m
-	}
-
-	authWriteFile(t, dir, `{"tokens": [{"name": "a"}]}`)
-	if err := az.reload(); err == nil {
-		t.Fatal("reload of a bad file succeeded")
-	}
-	if diff := cmp.Diff(map[string]bool{"a on x/1": false, "a on y/**": false, "a on x/** and y/1": false,
-		"b on x/**": false, "c on x/1": false, "d on x/1": false}, ended()); diff != "" {
-		t.Errorf("after a bad reload, ended (-want +got):\n%s", diff)
-	}
-	if az.set.Load().lookup("td") == nil {
-		t.Error("after a bad reload, the old tokens are gone")
-	}
-	if !strings.Contains(logs.String(), "auth reload failed") {
-		t.Errorf("a bad reload was not logged: %s", logs.String())
-	}
-
-	authWriteFile(t, dir, after)
-	if err := az.reload(); err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]bool{"a on x/1": false, "a on y/**": true, "a on x/** and y/1": true,
-		"b on x/**": false, "c on x/1": true, "d on x/1": true}
-	if diff := cmp.Diff(want, ended()); diff != "" {
-		t.Errorf("ended (-want +got):\n%s", diff)
-	}
-	if az.set.Load().lookup("td") != nil || az.set.Load().lookup("tc2") == nil {
-		t.Error("the new tokens are not in force")
-	}
-	// A stream opened under the old rights but registered after the
-	// reload is refused.
-	g := &grant{name: "d", digest: sha256.Sum256([]byte("td"))}
-	r, _ := http.NewRequest("GET", "/watch", nil)
-	if _, _, err := az.track(r.WithContext(context.WithValue(r.Context(), grantKey{}, g)), nil); !errors.Is(err, errUnauthorized) {
-		t.Errorf("track with a removed token: %v, want errUnauthorized", err)
-	}
-}
-
 // TestAuthSIGHUP runs the binary, changes the auth file under two open
 // streams and sends SIGHUP: the stream whose token lost its right ends,
 // the other stays open. A bad file then keeps the tokens in force. The
@@ -724,16 +552,16 @@ func TestAuthSIGHUP(t *testing.T) {
 			{"name": "b", "token": "secret-b", "read": ["team-a/**"]}
 		]}`
 	}
-	path := authWriteFile(t, dir, tokens(`"team-a/**", "team-b/**"`))
-	p := startProc(t, "-memory", "-auth", path, "-log-level", "debug")
-	stderr := p.cmd.Stderr.(*lockedBuffer).String
+	path := servertest.AuthFile(t, dir, tokens(`"team-a/**", "team-b/**"`))
+	p := servertest.StartProc(t, "-memory", "-auth", path, "-log-level", "debug")
+	stderr := p.Cmd.Stderr.(*servertest.LockedBuffer).String
 
 	lost := authWatch(t, p.URL, "/watch/team-b/**?access_token=query-secret-a", nil)
 	kept := authWatch(t, p.URL, "/watch/team-a/**", bearer("secret-b"))
 	keptA := authWatch(t, p.URL, "/watch/team-a/x", bearer("query-secret-a"))
 
-	authWriteFile(t, dir, tokens(`"team-a/**"`))
-	if err := syscall.Kill(p.cmd.Process.Pid, syscall.SIGHUP); err != nil {
+	servertest.AuthFile(t, dir, tokens(`"team-a/**"`))
+	if err := syscall.Kill(p.Cmd.Process.Pid, syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	if ev, err := lost.next(); err != io.EOF {
@@ -750,8 +578,8 @@ func TestAuthSIGHUP(t *testing.T) {
 	}
 
 	// A bad file: the error is logged, the tokens stay.
-	authWriteFile(t, dir, `{"tokens": [{"name": "admin"}]}`)
-	if err := syscall.Kill(p.cmd.Process.Pid, syscall.SIGHUP); err != nil {
+	servertest.AuthFile(t, dir, `{"tokens": [{"name": "admin"}]}`)
+	if err := syscall.Kill(p.Cmd.Process.Pid, syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(stderr(), "auth reload failed"); {
@@ -767,10 +595,10 @@ func TestAuthSIGHUP(t *testing.T) {
 
 	kept.close()
 	keptA.close()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.cmd.Wait(); err != nil {
+	if err := p.Cmd.Wait(); err != nil {
 		t.Errorf("exit: %v", err)
 	}
 	logs := stderr()
@@ -782,115 +610,10 @@ func TestAuthSIGHUP(t *testing.T) {
 	}
 }
 
-// TestAuthWarnIfOpen: without -auth, a non-loopback address is warned
-// about.
-func TestAuthWarnIfOpen(t *testing.T) {
-	tests := []struct {
-		addr string
-		auth bool
-		want bool
-	}{
-		{"127.0.0.1:8080", false, false},
-		{"[::1]:8080", false, false},
-		{"0.0.0.0:8080", false, true},
-		{"[::]:8080", false, true},
-		{"192.0.2.1:8080", false, true},
-		{"0.0.0.0:8080", true, false},
-	}
-	for _, tt := range tests {
-		var logs bytes.Buffer
-		var az *authz
-		if tt.auth {
-			az = &authz{}
-		}
-		addr, err := net.ResolveTCPAddr("tcp", tt.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		warnIfOpen(slog.New(slog.NewTextHandler(&logs, nil)), az, addr)
-		if got := strings.Contains(logs.String(), "level=WARN"); got != tt.want {
-			t.Errorf("addr %s, auth %v: warned %v, want %v (%s)", tt.addr, tt.auth, got, tt.want, logs.String())
-		}
-	}
-}
-
-func TestAuthRedactQuery(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"/watch/a", "/watch/a"},
-		{"/watch/a?pattern=b", "/watch/a?pattern=b"},
-		{"/watch/a?access_token=s3cret", "/watch/a?access_token=REDACTED"},
-		{"/watch?pattern=x&access_token=s3cret&since=4", "/watch?pattern=x&access_token=REDACTED&since=4"},
-		{"/watch?access%5Ftoken=s3cret", "/watch?access%5Ftoken=REDACTED"},
-		{"/watch?access_token=a&access_token=b", "/watch?access_token=REDACTED&access_token=REDACTED"},
-		{"/watch?x;access_token=s3cret", "/watch?x;access_token=REDACTED"},
-		{"/kv/a%20b?access_token=s3cret", "/kv/a%20b?access_token=REDACTED"},
-	}
-	for _, tt := range tests {
-		u, err := url.ParseRequestURI(tt.in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := redactQuery(u); got != tt.want {
-			t.Errorf("redactQuery(%s) = %s, want %s", tt.in, got, tt.want)
-		}
-	}
-}
-
-// FuzzAuthRedactQuery: no value of access_token that the server would
-// accept survives redaction.
-func FuzzAuthRedactQuery(f *testing.F) {
-	f.Add("pattern=a&access_token=s3cret")
-	f.Add("access%5Ftoken=s3cret&access_token=x")
-	f.Add("a=b;access_token=c")
-	f.Fuzz(func(t *testing.T, raw string) {
-		u := &url.URL{Path: "/watch", RawQuery: raw}
-		red, err := url.ParseRequestURI(redactQuery(u))
-		if err != nil {
-			return
-		}
-		for _, v := range red.Query()[accessTokenParam] {
-			if v != "REDACTED" && v != "" {
-				t.Errorf("redactQuery(%q) = %q keeps access_token %q", raw, red.RawQuery, v)
-			}
-		}
-	})
-}
-
-// FuzzAuthFile: parseAuthFile never panics, and what it accepts has
-// unique, non-empty names and finds each clear token.
-func FuzzAuthFile(f *testing.F) {
-	f.Add([]byte(authTokens))
-	f.Add([]byte(`{"tokens": []}`))
-	f.Add([]byte(`{"tokens": [{"name": "a", "token": "t", "read": ["a/*"], "write": ["**"]}]}`))
-	f.Add([]byte(`{"tokens": [{"name": "a", "sha256": "` + authSHA("x") + `"}, {"name": "a", "token": "x"}]}`))
-	f.Add([]byte(`{"tokens": [null, 1, "x", {}]}`))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		s, err := parseAuthFile(data)
-		if err != nil {
-			return
-		}
-		var file struct{ Tokens []tokenJSON }
-		if err := json.Unmarshal(data, &file); err != nil {
-			t.Fatalf("accepted %q, which json.Unmarshal refuses: %v", data, err)
-		}
-		if len(s.byName) != len(s.grants) || len(s.grants) != len(file.Tokens) {
-			t.Fatalf("accepted %q as %d grants, %d names", data, len(s.grants), len(s.byName))
-		}
-		for _, e := range file.Tokens {
-			if e.Name == "" || s.byName[e.Name] == nil {
-				t.Fatalf("accepted %q with entry %+v not found by name", data, e)
-			}
-			if e.Token != "" && s.lookup(e.Token) != s.byName[e.Name] {
-				t.Fatalf("accepted %q, but its token %q does not find %q", data, e.Token, e.Name)
-			}
-		}
-	})
-}
-
 // TestAuthSessionTLS: over TLS the session cookie is Secure too.
 func TestAuthSessionTLS(t *testing.T) {
-	cert, key, roots := tlsTestCert(t)
-	ts := startServer(t, "-tls-cert", cert, "-tls-key", key, "-auth", authWriteFile(t, "", authTokens))
+	cert, key, roots := servertest.TLSCert(t)
+	ts := servertest.Start(t, "-tls-cert", cert, "-tls-key", key, "-auth", servertest.AuthFile(t, "", authTokens))
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
 	defer tr.CloseIdleConnections()
 	resp, body := authDo(t, &http.Client{Transport: tr}, "POST", ts.URL+"/auth/session", "", `{"token":"`+authReader+`"}`, nil)

@@ -1,6 +1,6 @@
 //go:build linux
 
-package server
+package server_test
 
 import (
 	"bufio"
@@ -26,13 +26,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"kvsse/sse/server/servertest"
 )
 
 // The browser tests drive Debian's chromium, headless, through the
 // DevTools protocol with the small websocket and CDP clients below.
 // Without chromium on PATH they skip, unless KVSSE_REQUIRE_CHROMIUM=1.
-// KVSSE_SCREENSHOT=1 writes screenshot.png beside this file, and phone
-// and dark screenshots to the temp dir the test names.
+// KVSSE_SCREENSHOT=1 writes screenshot.png into web/, beside the page,
+// and phone and dark screenshots to the temp dir the test names.
 
 // brTimeout bounds each DevTools command and each wait for the page.
 const brTimeout = 10 * time.Second
@@ -307,13 +309,13 @@ type brBrowser struct {
 // it; cleanup closes it and ends every process it started.
 func brStart(t *testing.T) *brBrowser {
 	t.Helper()
-	path := requireTool(t, "chromium", "chromium", "KVSSE_REQUIRE_CHROMIUM")
+	path := servertest.RequireTool(t, "chromium", "chromium", "KVSSE_REQUIRE_CHROMIUM")
 	profile := t.TempDir()
 	cmd := exec.Command(path,
 		"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
 		"--user-data-dir="+profile, "--remote-debugging-port=0", "about:blank")
-	stderr := new(lockedBuffer)
+	stderr := new(servertest.LockedBuffer)
 	cmd.Stderr = stderr
 	// Its helpers share its process group, killed at cleanup; and should
 	// the test binary die before that, so does chromium.
@@ -699,7 +701,7 @@ func TestBrowser(t *testing.T) {
 
 	addr, dir := brFreeAddr(t), t.TempDir()
 	args := []string{"-addr", addr, "-data", dir, "-cors-origins", allowed.URL}
-	srv := startServer(t, args...)
+	srv := servertest.Start(t, args...)
 	base := srv.URL
 
 	p := b.newPage(t)
@@ -784,14 +786,14 @@ func TestBrowser(t *testing.T) {
 	})
 
 	t.Run("ResumesAfterRestart", func(t *testing.T) {
-		srv.stop(t)
+		srv.Stop(t)
 		p.waitFor(t, "reconnecting", `document.getElementById('conn').dataset.state === 'reconnecting'`, brTimeout)
 		// A change made while the page is cut off, by a server on the same
 		// data directory but another address.
-		other := startServer(t, "-data", dir)
+		other := servertest.Start(t, "-data", dir)
 		rev := brPut(t, other.URL, "t/while-down", "changed while down")
-		other.stop(t)
-		srv = startServer(parent, args...)
+		other.Stop(t)
+		srv = servertest.Start(parent, args...)
 		start := time.Now()
 		p.waitFor(t, "resumed", `document.getElementById('conn').dataset.state === 'resumed'`, brTimeout)
 		p.waitFor(t, "showing the change", brRowValue("t/while-down")+` === 'changed while down'`, brTimeout)
@@ -896,7 +898,7 @@ func brScreenshots(t *testing.T, p *brPage, base string) {
 		if os.Getenv("KVSSE_SCREENSHOT") == "1" {
 			dir = filepath.Join(os.TempDir(), "kvsse-screenshots")
 			if name == "screenshot.png" {
-				dir = "."
+				dir = "web"
 			}
 			os.MkdirAll(dir, 0o755)
 		}

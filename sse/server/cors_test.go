@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"bytes"
@@ -6,14 +6,15 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"kvsse/sse/server/servertest"
 )
 
 const (
@@ -30,7 +31,7 @@ func corsDo(t *testing.T, method, url, body string, headers map[string]string) (
 	for k, v := range headers {
 		hdr = append(hdr, k, v)
 	}
-	resp, b := send(t, method, url, strings.NewReader(body), hdr...)
+	resp, b := servertest.Send(t, method, url, strings.NewReader(body), hdr...)
 	return resp, string(b)
 }
 
@@ -73,7 +74,7 @@ func corsRevision(t *testing.T, base string) int64 {
 }
 
 func TestCORSListedOrigin(t *testing.T) {
-	srv := startServer(t, "-cors-origins", corsApp+", "+corsLocal)
+	srv := servertest.Start(t, "-cors-origins", corsApp+", "+corsLocal)
 	listed := map[string]string{
 		"Access-Control-Allow-Origin":      corsApp,
 		"Access-Control-Allow-Credentials": "true",
@@ -142,7 +143,7 @@ func TestCORSListedOrigin(t *testing.T) {
 }
 
 func TestCORSUnlistedOrigin(t *testing.T) {
-	srv := startServer(t, "-cors-origins", corsApp)
+	srv := servertest.Start(t, "-cors-origins", corsApp)
 	corsDo(t, http.MethodPut, srv.URL+"/kv/cors/kept", "before", nil)
 	rev := corsRevision(t, srv.URL)
 	own := srv.URL
@@ -217,7 +218,7 @@ func TestCORSUnlistedOrigin(t *testing.T) {
 // TestCORSSameOriginOnly checks the default: no origin is listed, no
 // CORS header is ever sent, and other sites cannot write.
 func TestCORSSameOriginOnly(t *testing.T) {
-	srv := startServer(t)
+	srv := servertest.Start(t)
 	resp, _ := corsDo(t, http.MethodGet, srv.URL+"/healthz", "", map[string]string{"Origin": corsApp})
 	if got := corsHeaders(resp.Header); len(got) > 0 || corsVaryOrigin(resp.Header) {
 		t.Errorf("headers %v, Vary %q with no -cors-origins", got, resp.Header.Values("Vary"))
@@ -236,76 +237,14 @@ func TestCORSSameOriginOnly(t *testing.T) {
 	}
 }
 
-func TestCORSFlag(t *testing.T) {
-	for _, tc := range []struct {
-		value string
-		ok    bool
-	}{
-		{"", true},
-		{"https://app.example.com", true},
-		{" https://a.example.com , http://localhost:5173 ", true},
-		{"https://app.example.com/", false},
-		{"https://app.example.com/path", false},
-		{"app.example.com", false},
-		{"*", false},
-		{"null", false},
-		{"ftp://app.example.com", false},
-		{"https://user@app.example.com", false},
-	} {
-		_, _, err := parseFlags([]string{"-cors-origins", tc.value}, func(string) string { return "" }, io.Discard)
-		if (err == nil) != tc.ok {
-			t.Errorf("-cors-origins %q: error %v, want ok %v", tc.value, err, tc.ok)
-		}
-	}
-
-	cfg, _, err := parseFlags(nil, func(k string) string {
-		if k == "KVSSE_CORS_ORIGINS" {
-			return corsApp
-		}
-		return ""
-	}, io.Discard)
-	if err != nil || cfg.corsOrigins != corsApp {
-		t.Errorf("KVSSE_CORS_ORIGINS: %v, %+v", err, cfg)
-	}
-	if _, _, err := parseFlags(nil, func(k string) string {
-		if k == "KVSSE_CORS_ORIGINS" {
-			return "*"
-		}
-		return ""
-	}, io.Discard); err == nil {
-		t.Errorf("KVSSE_CORS_ORIGINS=* was accepted")
-	}
-
-	got, err := parseOrigins(" HTTPS://App.Example.com:8443, ,http://localhost:5173")
-	if diff := cmp.Diff([]string{"https://app.example.com:8443", "http://localhost:5173"}, got); err != nil || diff != "" {
-		t.Errorf("parseOrigins: %v (-want +got):\n%s", err, diff)
-	}
-}
-
-// TestCORSTLSDowngrade checks that on a TLS connection an http:// page of
-// the same host cannot write, even from a browser without Sec-Fetch-Site.
-func TestCORSTLSDowngrade(t *testing.T) {
-	h := crossOrigin("", slog.New(slog.DiscardHandler), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	for origin, want := range map[string]int{
-		"https://kv.example.com": http.StatusNoContent,
-		"http://kv.example.com":  http.StatusForbidden,
-	} {
-		req := httptest.NewRequest(http.MethodPut, "https://kv.example.com/kv/a", strings.NewReader("x"))
-		req.Header.Set("Origin", origin)
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, req)
-		if w.Code != want {
-			t.Errorf("PUT over TLS from %s: %d %s, want %d", origin, w.Code, w.Body, want)
-		}
-	}
-}
-
 // TestPageHeaders checks how GET / is served: the page, its security
 // headers, and a CSP that allows exactly its inline script and style.
 func TestPageHeaders(t *testing.T) {
-	srv := startServer(t)
+	indexHTML, err := os.ReadFile("web/index.html") // the page the server embeds
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := servertest.Start(t)
 	for _, path := range []string{"/", "/?pattern=config/**"} {
 		resp, err := http.Get(srv.URL + path)
 		if err != nil {

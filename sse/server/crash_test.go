@@ -1,4 +1,4 @@
-package server
+package server_test
 
 // Black-box durability tests: the server is killed with SIGKILL under load,
 // its log is torn or damaged byte by byte, its data directory is shared,
@@ -25,6 +25,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"kvsse/sse"
+	"kvsse/sse/server/servertest"
 )
 
 // ---- HTTP helpers -------------------------------------------------------
@@ -208,7 +211,7 @@ func crashRandom(t testing.TB) *rand.Rand {
 type crashRun struct {
 	URL    string
 	cmd    *exec.Cmd
-	stderr *lockedBuffer
+	stderr *servertest.LockedBuffer
 	exited chan struct{} // closed once the process has been reaped
 }
 
@@ -216,9 +219,9 @@ type crashRun struct {
 // or has exited, whichever comes first.
 func crashLaunch(t testing.TB, args ...string) *crashRun {
 	t.Helper()
-	cmd := exec.Command(kvsseBinary(t), append([]string{"-addr", "127.0.0.1:0", "-log-level", "warn"}, args...)...)
-	stdout := new(lockedBuffer)
-	r := &crashRun{cmd: cmd, stderr: new(lockedBuffer), exited: make(chan struct{})}
+	cmd := exec.Command(servertest.Binary(t), append([]string{"-addr", "127.0.0.1:0", "-log-level", "warn"}, args...)...)
+	stdout := new(servertest.LockedBuffer)
+	r := &crashRun{cmd: cmd, stderr: new(servertest.LockedBuffer), exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = stdout, r.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -237,8 +240,8 @@ func crashLaunch(t testing.TB, args ...string) *crashRun {
 		default:
 		}
 		if r.URL == "" {
-			if line, _, ok := strings.Cut(stdout.String(), "\n"); ok {
-				r.URL = strings.TrimPrefix(line, "kvsse listening on ")
+			if url, err := sse.ReadBanner(strings.NewReader(stdout.String())); err == nil {
+				r.URL = url
 			}
 		}
 		if r.URL != "" {
@@ -462,7 +465,7 @@ func crashWriter(c *http.Client, base string, id, n int, killed <-chan struct{},
 // writes were acknowledged (while the others are in flight), and returns
 // every acknowledged write and the writes whose fate is unknown. Writer n
 // counters start at base so that values are unique across cycles.
-func crashLoad(t *testing.T, c *http.Client, p *proc, target int64, base int) (acked, pending []crashAck) {
+func crashLoad(t *testing.T, c *http.Client, p *servertest.Proc, target int64, base int) (acked, pending []crashAck) {
 	t.Helper()
 	killed := make(chan struct{})
 	reached := make(chan struct{})
@@ -486,7 +489,7 @@ func crashLoad(t *testing.T, c *http.Client, p *proc, target int64, base int) (a
 	}
 	close(killed)
 	stopped = true
-	p.kill()
+	p.Kill()
 	deadline := time.After(30 * time.Second)
 	for range crashWriters {
 		select {
@@ -614,10 +617,10 @@ func crashCycles(t *testing.T, args []string, cycles, minAcks, spread int) (dir 
 	m := &crashModel{state: map[string]crashAck{}, revs: map[int64]string{}}
 	var pending []crashAck
 	for cycle := 0; ; cycle++ {
-		p := startProc(t, append([]string{"-data", dir}, args...)...)
+		p := servertest.StartProc(t, append([]string{"-data", dir}, args...)...)
 		crashVerify(t, c, p.URL, m, pending)
 		if cycle == cycles {
-			p.kill()
+			p.Kill()
 			return dir
 		}
 		if cycle == 0 {
@@ -701,7 +704,7 @@ func crashSmallLog(t *testing.T) (dir string, ops []crashOp, seg string, data []
 		crashOp{key: "t/k02", del: true},
 		crashOp{key: "t/new", value: "new", contentType: "text/plain"},
 	)
-	ts := startServer(t, "-data", crashScratchDir(t))
+	ts := servertest.Start(t, "-data", crashScratchDir(t))
 	c := crashClient(t)
 	exists := map[string]bool{}
 	for i := range ops {
@@ -726,7 +729,7 @@ func crashSmallLog(t *testing.T) (dir string, ops []crashOp, seg string, data []
 		}
 		op.wantRevision = rev
 	}
-	ts.stop(t)
+	ts.Stop(t)
 	wals, _ := crashFiles(t, ts.Dir)
 	if len(wals) != 1 {
 		t.Fatalf("want one log segment, got %q", wals)
@@ -807,7 +810,7 @@ func TestTornTail(t *testing.T) {
 		if err := os.Truncate(cut, int64(off)); err != nil {
 			t.Fatal(err)
 		}
-		ts := startServer(t, "-data", dir)
+		ts := servertest.Start(t, "-data", dir)
 		if err := crashCheckState(c, ts.URL, ops, whole); err != nil {
 			t.Fatalf("log cut at byte %d of %d (%d whole records): %v", off, len(data), whole, err)
 		}
@@ -819,17 +822,17 @@ func TestTornTail(t *testing.T) {
 		if rev != next {
 			t.Fatalf("log cut at byte %d: the first write took revision %d, want %d", off, rev, next)
 		}
-		ts.stop(t)
+		ts.Stop(t)
 		c.Transport.(*http.Transport).CloseIdleConnections()
 		if off%4 != 0 && off != len(data)-1 {
 			continue
 		}
-		ts = startServer(t, "-data", dir)
+		ts = servertest.Start(t, "-data", dir)
 		after := append(ops[:whole:whole], crashOp{key: "t/after", value: "after the cut", contentType: "text/plain", wantRevision: next})
 		if err := crashCheckState(c, ts.URL, after, len(after)); err != nil {
 			t.Fatalf("log cut at byte %d, written once and restarted: %v", off, err)
 		}
-		ts.stop(t)
+		ts.Stop(t)
 		c.Transport.(*http.Transport).CloseIdleConnections()
 	}
 }
@@ -858,7 +861,7 @@ func crashFrameBytes(rev int64, key, value string) []byte {
 // record): the server must cut it off and start, as it does for any other
 // tail.
 func TestTornTailValueHoldsFrame(t *testing.T) {
-	ts := startServer(t, "-data", crashScratchDir(t))
+	ts := servertest.Start(t, "-data", crashScratchDir(t))
 	c := crashClient(t)
 	base, err := crashPut(c, ts.URL, "f/a", "first", nil)
 	if err != nil {
@@ -868,7 +871,7 @@ func TestTornTailValueHoldsFrame(t *testing.T) {
 	if _, err := crashPut(c, ts.URL, "f/blob", value, nil); err != nil {
 		t.Fatal(err)
 	}
-	ts.stop(t)
+	ts.Stop(t)
 	wals, _ := crashFiles(t, ts.Dir)
 	if len(wals) != 1 {
 		t.Fatalf("want one log segment, got %q", wals)
@@ -999,7 +1002,7 @@ func TestCorruptMiddleRefused(t *testing.T) {
 func TestDataDirLocked(t *testing.T) {
 	dir := t.TempDir()
 	c := crashClient(t)
-	p := startProc(t, "-data", dir)
+	p := servertest.StartProc(t, "-data", dir)
 	if _, err := crashPut(c, p.URL, "lock/a", "one", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -1023,8 +1026,8 @@ func TestDataDirLocked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.kill()
-	p = startProc(t, "-data", dir)
+	p.Kill()
+	p = servertest.StartProc(t, "-data", dir)
 	status, value, etagRev, err := crashGet(c, p.URL, "lock/a")
 	if err != nil || status != http.StatusOK || string(value) != "two" || etagRev != rev {
 		t.Fatalf("after the first server was killed: GET lock/a = %d %q at %d (%v), want 200 \"two\" at %d", status, value, etagRev, err, rev)
@@ -1175,31 +1178,31 @@ func TestCompactionRestart(t *testing.T) {
 		}
 	}
 
-	ts := startServer(t, args...)
+	ts := servertest.Start(t, args...)
 	if err := crashCompactWrites(c, ts.URL, rng, model, 400); err != nil {
 		t.Fatal(err)
 	}
 	rev, items := check("after 400 writes", ts.URL)
 	crashSettled(t, dir)
-	ts.stop(t)
+	ts.Stop(t)
 
-	ts = startServer(t, args...)
+	ts = servertest.Start(t, args...)
 	same("after a graceful restart", ts.URL, rev, items)
 	if err := crashCompactWrites(c, ts.URL, rng, model, 200); err != nil {
 		t.Fatal(err)
 	}
 	rev, items = check("after 200 more writes", ts.URL)
 	crashSettled(t, dir)
-	ts.stop(t)
+	ts.Stop(t)
 
-	p := startProc(t, args...)
+	p := servertest.StartProc(t, args...)
 	same("the binary on the same data", p.URL, rev, items)
 	if err := crashCompactWrites(c, p.URL, rng, model, 200); err != nil {
 		t.Fatal(err)
 	}
 	rev, items = check("after 200 writes to the binary", p.URL)
-	p.kill() // possibly during a compaction
-	p = startProc(t, args...)
+	p.Kill() // possibly during a compaction
+	p = servertest.StartProc(t, args...)
 	same("after SIGKILL", p.URL, rev, items)
 	if err := crashCompactWrites(c, p.URL, rng, model, 100); err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"bufio"
@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"kvsse/sse"
+	"kvsse/sse/server/servertest"
 )
 
 // These tests check the streams whose HTTP/1.1 connections the server
@@ -41,19 +42,19 @@ const hoWait = 10 * time.Second
 type hoServer struct {
 	URL, metrics string
 	cmd          *exec.Cmd
-	log          *lockedBuffer
+	log          *servertest.LockedBuffer
 	exited       chan error
 }
 
 func hoStart(t *testing.T, args ...string) *hoServer {
 	t.Helper()
 	args = append([]string{"-addr", "127.0.0.1:0", "-metrics-addr", "127.0.0.1:0", "-log-format", "json", "-memory", "-sync", "none"}, args...)
-	cmd := exec.Command(kvsseBinary(t), args...)
+	cmd := exec.Command(servertest.Binary(t), args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &hoServer{cmd: cmd, log: new(lockedBuffer), exited: make(chan error, 1)}
+	s := &hoServer{cmd: cmd, log: new(servertest.LockedBuffer), exited: make(chan error, 1)}
 	cmd.Stderr = s.log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -72,7 +73,7 @@ func hoStart(t *testing.T, args ...string) *hoServer {
 			cmd.Process.Kill()
 			t.Fatalf("server did not start: %v\n%s", err, s.log.String())
 		}
-		if u, ok := strings.CutPrefix(strings.TrimSpace(line), "kvsse listening on "); ok {
+		if u, ok := strings.CutPrefix(strings.TrimSpace(line), sse.Banner); ok {
 			s.URL = u
 		}
 		if u, ok := strings.CutPrefix(strings.TrimSpace(line), "kvsse metrics and pprof on "); ok {
@@ -81,7 +82,7 @@ func hoStart(t *testing.T, args ...string) *hoServer {
 	}
 	go io.Copy(io.Discard, br)
 	go func() { s.exited <- cmd.Wait() }()
-	waitReady(t, s.URL)
+	servertest.WaitReady(t, s.URL)
 	return s
 }
 
@@ -100,7 +101,7 @@ func (s *hoServer) handlers(t *testing.T) int {
 	// debug=1 groups identical stacks: "N @ 0x..." then the frames.
 	n := 0
 	for _, group := range strings.Split(string(b), "\n\n") {
-		if !strings.Contains(group, "main.(*api).handleWatch") {
+		if !strings.Contains(group, "kvsse/sse/server.(*api).handleWatch") {
 			continue
 		}
 		count, _, _ := strings.Cut(group, " @ ")
@@ -231,7 +232,7 @@ type hoStream struct {
 	resp   *http.Response
 	msgs   chan sse.Message
 	err    chan error // the reader's end: io.EOF for a clean one
-	raw    lockedBuffer
+	raw    servertest.LockedBuffer
 	cancel context.CancelFunc
 }
 

@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"context"
@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"kvsse/sse/server"
+	"kvsse/sse/server/servertest"
 )
 
 // limitClient returns a client whose connections come from the local
@@ -38,7 +41,7 @@ func limitCall(t testing.TB, client *http.Client, method, url, body string) (lim
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	resp, b, err := tlsDo(ctx, client, method, url, body)
+	resp, b, err := servertest.Do(ctx, client, method, url, body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,10 +173,10 @@ func TestLimitStoreFull(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			client := limitClient(t, "127.0.0.1")
-			ts := startServer(t, tt.args...)
+			ts := servertest.Start(t, tt.args...)
 			limitRun(t, client, ts.URL, tt.before)
-			ts.stop(t)
-			ts = startServer(t, append(tt.args, "-data", ts.Dir)...)
+			ts.Stop(t)
+			ts = servertest.Start(t, append(tt.args, "-data", ts.Dir)...)
 			limitRun(t, client, ts.URL, tt.after)
 			if diff := cmp.Diff(tt.keys, limitKeys(t, client, ts.URL)); diff != "" {
 				t.Errorf("keys (-want +got):\n%s", diff)
@@ -185,7 +188,7 @@ func TestLimitStoreFull(t *testing.T) {
 // TestLimitExpiryFreesRoom checks that a key's expiry gives its room back.
 func TestLimitExpiryFreesRoom(t *testing.T) {
 	client := limitClient(t, "127.0.0.1")
-	ts := startServer(t, "-max-keys", "1")
+	ts := servertest.Start(t, "-max-keys", "1")
 	limitRun(t, client, ts.URL, []limitStep{
 		{"PUT", "brief?ttl=1s", "1", ansCreated},
 		{"PUT", "next", "1", ansFull},
@@ -210,7 +213,7 @@ func TestLimitExpiryFreesRoom(t *testing.T) {
 // -max-subscribers-per-ip: one more gets 429 while another address and
 // other requests are served, and a stream that ends frees its slot.
 func TestLimitSubscribersPerIP(t *testing.T) {
-	ts := startServer(t, "-max-subscribers-per-ip", "2")
+	ts := servertest.Start(t, "-max-subscribers-per-ip", "2")
 	one, two := limitClient(t, "127.0.0.1"), limitClient(t, "127.0.0.2")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -274,7 +277,7 @@ func TestLimitMaxPatterns(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ts := startServer(t, tt.args...)
+			ts := servertest.Start(t, tt.args...)
 			q := url.Values{}
 			for i := range tt.patterns {
 				q.Add("pattern", fmt.Sprintf("p%d/**", i))
@@ -307,7 +310,7 @@ func TestLimitMaxPatterns(t *testing.T) {
 func TestLimitWriteRate(t *testing.T) {
 	// One write every 5 s: the burst's tokens do not come back during
 	// the test.
-	ts := startServer(t, "-write-rate", "0.2", "-write-burst", "3", "-sync", "none")
+	ts := servertest.Start(t, "-write-rate", "0.2", "-write-burst", "3", "-sync", "none")
 	one, two := limitClient(t, "127.0.0.1"), limitClient(t, "127.0.0.2")
 	limited := limitAnswer{Status: http.StatusTooManyRequests, Code: "rate_limited"}
 	limitRun(t, one, ts.URL, []limitStep{
@@ -336,79 +339,8 @@ func TestLimitWriteRate(t *testing.T) {
 	}
 }
 
-// TestLimitRateLimiter runs the token buckets on a fake clock.
-func TestLimitRateLimiter(t *testing.T) {
-	type call struct {
-		advance time.Duration // the clock moves first
-		ip      string
-		ok      bool
-		wait    time.Duration
-		tracked int // addresses tracked after the call
-	}
-	tests := []struct {
-		name        string
-		rate        float64
-		burst, max  int
-		calls       []call
-		wantBuckets int
-	}{
-		{
-			name: "burst, then one a second", rate: 1, burst: 2, max: 10,
-			calls: []call{
-				{0, "a", true, 0, 1},
-				{0, "a", true, 0, 1},
-				{0, "a", false, time.Second, 1},
-				{0, "a", false, time.Second, 1}, // a refusal takes nothing
-				{500 * time.Millisecond, "a", false, 500 * time.Millisecond, 1},
-				{500 * time.Millisecond, "a", true, 0, 1},
-				{0, "b", true, 0, 2}, // addresses are apart
-				{time.Hour, "a", true, 0, 2},
-				{0, "a", true, 0, 2}, // refilled up to the burst only
-				{0, "a", false, time.Second, 2},
-			},
-		},
-		{
-			name: "bounded", rate: 1, burst: 1, max: 3,
-			calls: []call{
-				{0, "a", true, 0, 1},
-				{0, "b", true, 0, 2},
-				{0, "c", true, 0, 3},
-				{0, "d", true, 0, 3},
-				{0, "e", true, 0, 3},
-				{0, "f", true, 0, 3},
-			},
-		},
-		{
-			name: "idle addresses swept", rate: 10, burst: 5, max: 100,
-			calls: []call{
-				{0, "a", true, 0, 1},
-				{0, "b", true, 0, 2},
-				{30 * time.Second, "c", true, 0, 3},
-				{0, "c", true, 0, 3},
-				{31 * time.Second, "d", true, 0, 1}, // a minute on: a, b, c are full again
-			},
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			now := time.Unix(1e9, 0)
-			l := newRateLimiter(tt.rate, tt.burst, tt.max, func() time.Time { return now })
-			for i, c := range tt.calls {
-				now = now.Add(c.advance)
-				wait, ok := l.allow(c.ip)
-				got := call{c.advance, c.ip, ok, wait, len(l.buckets)}
-				if diff := cmp.Diff(c, got, cmp.AllowUnexported(call{})); diff != "" {
-					t.Errorf("call %d (-want +got):\n%s", i, diff)
-				}
-			}
-		})
-	}
-	if l := newRateLimiter(0, 10, 10, time.Now); l != nil {
-		t.Errorf("a rate of 0 made a limiter")
-	}
-}
-
-// TestLimitFlagErrors checks that run refuses limits out of range.
+// TestLimitFlagErrors checks that the server refuses limits out of
+// range.
 func TestLimitFlagErrors(t *testing.T) {
 	tests := [][]string{
 		{"-max-keys", "-1"},
@@ -423,11 +355,10 @@ func TestLimitFlagErrors(t *testing.T) {
 	for _, args := range tests {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
-			cancel() // were the flags accepted, run would stop at once and return nil
-			err := run(ctx, append([]string{"-addr", "127.0.0.1:0", "-memory"}, args...),
-				func(string) string { return "" }, strings.NewReader(""), io.Discard, io.Discard)
-			if ee, ok := err.(*exitError); !ok || ee.code != 2 || !strings.Contains(err.Error(), args[0]) {
-				t.Errorf("run returned %v, want a usage error naming %s", err, args[0])
+			cancel() // were the flags accepted, the server would stop at once and return nil
+			err := servertest.Serve(ctx, append([]string{"-addr", "127.0.0.1:0", "-memory"}, args...), io.Discard, io.Discard)
+			if _, ok := err.(*server.ConfigError); !ok || !strings.Contains(err.Error(), args[0]) {
+				t.Errorf("server.Serve returned %v, want a usage error naming %s", err, args[0])
 			}
 		})
 	}

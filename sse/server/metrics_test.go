@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"bufio"
@@ -22,6 +22,8 @@ import (
 	gocmp "github.com/google/go-cmp/cmp"
 
 	"kvsse/sse"
+	"kvsse/sse/server"
+	"kvsse/sse/server/servertest"
 )
 
 // promSample is one sample line of a text exposition.
@@ -390,7 +392,7 @@ func metricsWait(t *testing.T, url, what string, ok func(*promText) bool) *promT
 // metricsDo sends one request and returns the response with its body read.
 func metricsDo(t *testing.T, method, url, body string, header ...string) (*http.Response, []byte) {
 	t.Helper()
-	return send(t, method, url, strings.NewReader(body), header...)
+	return servertest.Send(t, method, url, strings.NewReader(body), header...)
 }
 
 // metricsOpenStream opens a watch and reads up to its sync event. Cancel ends it.
@@ -424,22 +426,14 @@ func metricsOpenStream(t *testing.T, url string) (*sse.Reader, context.CancelFun
 
 func TestMetricsParser(t *testing.T) {
 	// The exposition kvsse writes for awkward label values reads back.
-	var e expo
 	odd := "a\"b\\c\nd{}=,"
-	e.family("x_total", "counter", "help with \\ and\nnewline")
-	e.sample("x_total", label("route", odd)+","+label("code", "200"), 3)
-	h := newHistogram([]float64{0.1, 1})
-	for _, v := range []float64{0.05, 0.5, 0.5, 7} {
-		h.observe(v)
-	}
-	e.family("d_seconds", "histogram", "durations")
-	h.write(&e, "d_seconds", label("route", odd))
-	p, err := parseProm(string(e.b))
+	b := server.Exposition(odd)
+	p, err := parseProm(string(b))
 	if err != nil {
-		t.Fatalf("%v\n%s", err, e.b)
+		t.Fatalf("%v\n%s", err, b)
 	}
 	if v, ok := p.get("x_total", "route", odd, "code", "200"); !ok || v != 3 {
-		t.Errorf("x_total = %v, %v; want 3\n%s", v, ok, e.b)
+		t.Errorf("x_total = %v, %v; want 3\n%s", v, ok, b)
 	}
 	var got []float64
 	for _, le := range []string{"0.1", "1", "+Inf"} {
@@ -483,7 +477,7 @@ func TestMetricsParser(t *testing.T) {
 }
 
 func TestMetricsFamilies(t *testing.T) {
-	ts := startServer(t)
+	ts := servertest.Start(t)
 	metricsDo(t, "PUT", ts.URL+"/kv/fam/secret-key-name", "v")
 	metricsDo(t, "GET", ts.URL+"/kv/fam/secret-key-name", "")
 	metricsDo(t, "GET", ts.URL+"/kv/fam/missing-key-name", "")
@@ -533,7 +527,7 @@ func TestMetricsFamilies(t *testing.T) {
 }
 
 func TestMetricsCounters(t *testing.T) {
-	ts := startServer(t) // -sync always, the default
+	ts := servertest.Start(t) // -sync always, the default
 	m := ts.URL + "/metrics"
 	put := `PUT /kv/{key...}`
 	get := `GET /kv/{key...}`
@@ -632,7 +626,7 @@ func TestMetricsCounters(t *testing.T) {
 }
 
 func TestMetricsLag(t *testing.T) {
-	ts := startServer(t, "-memory", "-sync", "none", "-sub-buffer", "1")
+	ts := servertest.Start(t, "-memory", "-sync", "none", "-sub-buffer", "1")
 	host := strings.TrimPrefix(ts.URL, "http://")
 	conn, err := net.Dial("tcp", host)
 	if err != nil {
@@ -670,13 +664,13 @@ func TestMetricsLag(t *testing.T) {
 
 func TestMetricsRestart(t *testing.T) {
 	dir := t.TempDir()
-	ts := startServer(t, "-data", dir)
+	ts := servertest.Start(t, "-data", dir)
 	for _, k := range []string{"a", "b", "c"} {
 		metricsDo(t, "PUT", ts.URL+"/kv/r/"+k, "value-"+k)
 	}
 	metricsDo(t, "DELETE", ts.URL+"/kv/r/b", "")
-	ts.stop(t)
-	ts = startServer(t, "-data", dir)
+	ts.Stop(t)
+	ts = servertest.Start(t, "-data", dir)
 	p := metricsScrape(t, ts.URL+"/metrics")
 	got := []float64{p.val("kvsse_keys"), p.val("kvsse_value_bytes"), p.val("kvsse_revision")}
 	if diff := gocmp.Diff([]float64{2, 14, 4}, got); diff != "" {
@@ -684,8 +678,8 @@ func TestMetricsRestart(t *testing.T) {
 	}
 }
 
-// loggedServer is a server run through run whose log and printed addresses
-// the test keeps.
+// loggedServer is a server run in process (servertest.Serve) whose log
+// and printed addresses the test keeps.
 type loggedServer struct {
 	URL        string
 	MetricsURL string // with -metrics-addr
@@ -702,17 +696,17 @@ func startLogged(t *testing.T, stderr io.Writer, args ...string) *loggedServer {
 	pr, pw := io.Pipe()
 	o := &loggedServer{cancel: cancel, done: make(chan error, 1)}
 	go func() {
-		err := run(ctx, args, func(string) string { return "" }, strings.NewReader(""), pw, stderr)
+		err := servertest.Serve(ctx, args, pw, stderr)
 		pw.CloseWithError(fmt.Errorf("server ended: %v", err))
 		o.done <- err
 	}()
 	t.Cleanup(func() { o.stop(t) })
 	br := bufio.NewReader(pr)
-	line, err := br.ReadString('\n')
+	url, err := sse.ReadBanner(br) // reads from br itself: the next line stays there
 	if err != nil {
 		t.Fatalf("server did not start: %v", err)
 	}
-	o.URL = strings.TrimSpace(strings.TrimPrefix(line, "kvsse listening on "))
+	o.URL = url
 	if slices.Contains(args, "-metrics-addr") {
 		line, err := br.ReadString('\n')
 		if err != nil {
@@ -721,12 +715,12 @@ func startLogged(t *testing.T, stderr io.Writer, args ...string) *loggedServer {
 		o.MetricsURL = strings.TrimSpace(strings.TrimPrefix(line, "kvsse metrics and pprof on "))
 	}
 	go io.Copy(io.Discard, br)
-	waitReady(t, o.URL)
+	servertest.WaitReady(t, o.URL)
 	return o
 }
 
-// stop shuts the server down and checks that run returned nil. It is
-// idempotent.
+// stop shuts the server down and checks that servertest.Serve returned
+// nil. It is idempotent.
 func (o *loggedServer) stop(t *testing.T) {
 	t.Helper()
 	if o.cancel == nil {
@@ -737,7 +731,7 @@ func (o *loggedServer) stop(t *testing.T) {
 	select {
 	case err := <-o.done:
 		if err != nil {
-			t.Errorf("run returned %v", err)
+			t.Errorf("servertest.Serve returned %v", err)
 		}
 	case <-time.After(30 * time.Second):
 		t.Errorf("server did not stop")
@@ -771,7 +765,7 @@ func TestMetricsAddr(t *testing.T) {
 		}
 	}
 
-	// A taken -metrics-addr is an error from run.
+	// A taken -metrics-addr is an error from server.Serve.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -779,24 +773,15 @@ func TestMetricsAddr(t *testing.T) {
 	defer ln.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err = run(ctx, []string{"-addr", "127.0.0.1:0", "-memory", "-metrics-addr", ln.Addr().String()},
-		func(string) string { return "" }, strings.NewReader(""), io.Discard, io.Discard)
+	err = servertest.Serve(ctx, []string{"-addr", "127.0.0.1:0", "-memory", "-metrics-addr", ln.Addr().String()},
+		io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "metrics-addr") {
-		t.Errorf("run with a taken -metrics-addr returned %v", err)
-	}
-}
-
-func TestMetricsAddrEnv(t *testing.T) {
-	cfg, _, err := parseFlags(nil, func(k string) string {
-		return map[string]string{"KVSSE_METRICS_ADDR": "127.0.0.1:9090"}[k]
-	}, io.Discard)
-	if err != nil || cfg.metricsAddr != "127.0.0.1:9090" {
-		t.Errorf("KVSSE_METRICS_ADDR: got %q, %v", cfg.metricsAddr, err)
+		t.Errorf("server.Serve with a taken -metrics-addr returned %v", err)
 	}
 }
 
 func TestAccessLog(t *testing.T) {
-	logBuf := new(lockedBuffer)
+	logBuf := new(servertest.LockedBuffer)
 	o := startLogged(t, logBuf, "-log-format", "json", "-log-level", "info")
 	const (
 		value = "value-secret-123"
@@ -870,7 +855,7 @@ func TestMetricsRouteBehindAuth(t *testing.T) {
 	if err := os.WriteFile(file, []byte(`{"tokens":[{"name":"all","token":"`+token+`","read":["**"],"write":["**"]}]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ts := startServer(t, "-auth", file)
+	ts := servertest.Start(t, "-auth", file)
 	bearer := []string{"Authorization", "Bearer " + token}
 	if resp, _ := metricsDo(t, "PUT", ts.URL+"/kv/a/b", "v"); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("PUT without a token: %s", resp.Status)

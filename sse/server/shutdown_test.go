@@ -1,18 +1,18 @@
-package server
+package server_test
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"os/exec"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"kvsse/kv/wal"
+	"kvsse/sse"
+	"kvsse/sse/server/servertest"
 )
 
 // bigDataDir writes a data directory holding a snapshot of n keys, whose
@@ -40,7 +40,7 @@ func bigDataDir(t *testing.T, n int) string {
 // without waiting for it to be ready.
 func startLoading(t *testing.T, dir string) (*exec.Cmd, string) {
 	t.Helper()
-	cmd := exec.Command(kvsseBinary(t), "-addr", "127.0.0.1:0", "-data", dir, "-log-level", "warn")
+	cmd := exec.Command(servertest.Binary(t), "-addr", "127.0.0.1:0", "-data", dir, "-log-level", "warn")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -49,11 +49,11 @@ func startLoading(t *testing.T, dir string) (*exec.Cmd, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	line, err := bufio.NewReader(stdout).ReadString('\n')
+	url, err := sse.ReadBanner(stdout)
 	if err != nil {
 		t.Fatalf("no listening line: %v", err)
 	}
-	return cmd, strings.TrimSpace(strings.TrimPrefix(line, "kvsse listening on "))
+	return cmd, url
 }
 
 // waitExit waits up to d for cmd to end and returns its wait error.

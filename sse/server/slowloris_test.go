@@ -1,6 +1,6 @@
 //go:build unix
 
-package server
+package server_test
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"kvsse/sse/server/servertest"
 )
 
 // slowRequest is what a slow client trickles: a request whose headers
@@ -47,7 +49,7 @@ func TestSlowloris(t *testing.T) {
 		prompt        = time.Second            // a normal request's deadline
 	)
 	raiseOpenFiles(t, 3*slow) // both ends of each slow connection, and some
-	ts := startServer(t, "-read-header-timeout", headerTimeout.String(), "-log-level", "error")
+	ts := servertest.Start(t, "-read-header-timeout", headerTimeout.String(), "-log-level", "error")
 	addr := strings.TrimPrefix(ts.URL, "http://")
 
 	type closed struct {

@@ -1,75 +1,21 @@
-package server
+package server_test
 
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// tlsTestCert writes a self-signed ECDSA P-256 certificate for 127.0.0.1
-// and localhost, and its key, to PEM files in a temporary directory. It
-// returns their paths and a pool that trusts the certificate.
-func tlsTestCert(t testing.TB) (certFile, keyFile string, roots *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "kvsse test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:              []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	roots = x509.NewCertPool()
-	roots.AddCert(cert)
-	return certFile, keyFile, roots
-}
+	"kvsse/sse/server/servertest"
+)
 
 // tlsClient returns a client with transport tr that counts the
 // connections it dials in dials.
@@ -161,24 +107,9 @@ func (s *tlsStream) until(ev, key string) (tlsEvent, error) {
 
 func (s *tlsStream) close() { s.resp.Body.Close() }
 
-// tlsDo sends a request with client and returns the response and its body.
-func tlsDo(ctx context.Context, client *http.Client, method, url, body string) (*http.Response, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
-	if err != nil {
-		return nil, nil, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp, b, err
-}
-
 func TestTLSProtocols(t *testing.T) {
-	cert, key, roots := tlsTestCert(t)
-	ts := startServer(t, "-tls-cert", cert, "-tls-key", key)
+	cert, key, roots := servertest.TLSCert(t)
+	ts := servertest.Start(t, "-tls-cert", cert, "-tls-key", key)
 	if !strings.HasPrefix(ts.URL, "https://") {
 		t.Fatalf("the server printed %q, want an https:// URL", ts.URL)
 	}
@@ -198,14 +129,14 @@ func TestTLSProtocols(t *testing.T) {
 			client := tlsClient(t, tt.transport, &dials)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			resp, _, err := tlsDo(ctx, client, http.MethodPut, ts.URL+"/kv/tls/proto", "v")
+			resp, _, err := servertest.Do(ctx, client, http.MethodPut, ts.URL+"/kv/tls/proto", "v")
 			if err != nil {
 				t.Fatal(err)
 			}
 			if resp.StatusCode/100 != 2 || resp.Proto != tt.wantProto || resp.TLS == nil || resp.TLS.NegotiatedProtocol != tt.wantALPN {
 				t.Errorf("PUT: %s over %s, ALPN %q; want 2xx over %s, ALPN %q", resp.Status, resp.Proto, tlsALPN(resp), tt.wantProto, tt.wantALPN)
 			}
-			resp, b, err := tlsDo(ctx, client, http.MethodGet, ts.URL+"/kv/tls/proto", "")
+			resp, b, err := servertest.Do(ctx, client, http.MethodGet, ts.URL+"/kv/tls/proto", "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -230,8 +161,8 @@ func tlsALPN(resp *http.Response) string {
 // a key for each through the same client: one connection carries it all.
 func TestTLSStreamsShareOneConnection(t *testing.T) {
 	const n = 100
-	cert, key, roots := tlsTestCert(t)
-	ts := startServer(t, "-tls-cert", cert, "-tls-key", key, "-sync", "none")
+	cert, key, roots := servertest.TLSCert(t)
+	ts := servertest.Start(t, "-tls-cert", cert, "-tls-key", key, "-sync", "none")
 	var dials atomic.Int64
 	client := tlsClient(t, &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}, ForceAttemptHTTP2: true}, &dials)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -239,7 +170,7 @@ func TestTLSStreamsShareOneConnection(t *testing.T) {
 
 	// The first request opens the connection and learns the server's
 	// stream limit; the streams then all go on it.
-	if resp, _, err := tlsDo(ctx, client, http.MethodGet, ts.URL+"/healthz", ""); err != nil || resp.Proto != "HTTP/2.0" {
+	if resp, _, err := servertest.Do(ctx, client, http.MethodGet, ts.URL+"/healthz", ""); err != nil || resp.Proto != "HTTP/2.0" {
 		t.Fatalf("GET /healthz: %v, %v", err, resp)
 	}
 	live := make(chan error, n)
@@ -274,7 +205,7 @@ func TestTLSStreamsShareOneConnection(t *testing.T) {
 	for i := range n {
 		go func() {
 			key := fmt.Sprintf("tls/%d", i)
-			resp, b, err := tlsDo(ctx, client, http.MethodPut, ts.URL+"/kv/"+key, "v"+key)
+			resp, b, err := servertest.Do(ctx, client, http.MethodPut, ts.URL+"/kv/"+key, "v"+key)
 			if err == nil && resp.StatusCode != http.StatusCreated {
 				err = fmt.Errorf("PUT %s: %s %s", key, resp.Status, b)
 			}
@@ -296,7 +227,7 @@ func TestTLSStreamsShareOneConnection(t *testing.T) {
 // TestH2C checks that, without TLS, HTTP/2 with prior knowledge is served,
 // streams included, and HTTP/1.1 still is.
 func TestH2C(t *testing.T) {
-	ts := startServer(t)
+	ts := servertest.Start(t)
 	tests := []struct {
 		name      string
 		protocols *http.Protocols
@@ -323,7 +254,7 @@ func TestH2C(t *testing.T) {
 			if _, err := s.until("sync", ""); err != nil {
 				t.Fatal(err)
 			}
-			resp, b, err := tlsDo(ctx, client, http.MethodPut, ts.URL+"/kv/"+key, "on")
+			resp, b, err := servertest.Do(ctx, client, http.MethodPut, ts.URL+"/kv/"+key, "on")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -337,86 +268,12 @@ func TestH2C(t *testing.T) {
 	}
 }
 
-// TestTLSFlagErrors checks that run refuses bad TLS flags before it
-// serves.
-func TestTLSFlagErrors(t *testing.T) {
-	cert, key, _ := tlsTestCert(t)
-	_, otherKey, _ := tlsTestCert(t)
-	junk := filepath.Join(t.TempDir(), "junk.pem")
-	if err := os.WriteFile(junk, []byte("not PEM\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	missing := filepath.Join(t.TempDir(), "missing.pem")
-	tests := []struct {
-		name  string
-		args  []string
-		env   map[string]string
-		usage bool // a usage error (exit status 2 without touching files)
-	}{
-		{name: "cert without key", args: []string{"-tls-cert", cert}, usage: true},
-		{name: "key without cert", args: []string{"-tls-key", key}, usage: true},
-		{name: "cert from the environment without key", env: map[string]string{"KVSSE_TLS_CERT": cert}, usage: true},
-		{name: "missing files", args: []string{"-tls-cert", missing, "-tls-key", missing}},
-		{name: "not PEM", args: []string{"-tls-cert", junk, "-tls-key", junk}},
-		{name: "key of another certificate", args: []string{"-tls-cert", cert, "-tls-key", otherKey}},
-		{name: "key as certificate", args: []string{"-tls-cert", key, "-tls-key", cert}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			// A context already done: were the flags accepted, run would
-			// start and stop at once, and return nil.
-			ctx, cancel := context.WithCancel(context.Background())
-			cancel()
-			var stdout strings.Builder
-			args := append([]string{"-addr", "127.0.0.1:0", "-memory", "-log-level", "error"}, tt.args...)
-			err := run(ctx, args, func(k string) string { return tt.env[k] }, strings.NewReader(""), &stdout, io.Discard)
-			if err == nil || !strings.Contains(err.Error(), "tls") {
-				t.Fatalf("run returned %v, want an error about TLS", err)
-			}
-			var ee *exitError
-			if isUsage := errors.As(err, &ee) && ee.code == 2; isUsage != tt.usage {
-				t.Errorf("run returned %v (usage error: %v), want a usage error: %v", err, isUsage, tt.usage)
-			}
-			if stdout.Len() != 0 {
-				t.Errorf("run printed %q before failing", stdout.String())
-			}
-		})
-	}
-}
-
-// TestTLSEnvTwins checks that KVSSE_TLS_CERT and KVSSE_TLS_KEY alone turn
-// TLS on.
-func TestTLSEnvTwins(t *testing.T) {
-	cert, key, roots := tlsTestCert(t)
-	env := map[string]string{"KVSSE_TLS_CERT": cert, "KVSSE_TLS_KEY": key}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	url, done, err := runInProcess(ctx, []string{"-addr", "127.0.0.1:0", "-memory", "-log-level", "error"},
-		func(k string) string { return env[k] }, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasPrefix(url, "https://") {
-		t.Fatalf("listening on %q, want https://...", url)
-	}
-	waitReady(t, url)
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}, ForceAttemptHTTP2: true}}
-	if resp, _, err := tlsDo(ctx, client, http.MethodGet, url+"/healthz", ""); err != nil || resp.StatusCode != http.StatusOK {
-		t.Errorf("GET /healthz: %v %v", resp, err)
-	}
-	client.CloseIdleConnections() // else shutdown waits a second for it
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("run returned %v", err)
-	}
-}
-
 // TestTLSShutdownWithStreams stops a server while HTTP/2 streams are open:
-// every stream ends and run returns nil.
+// every stream ends and server.Serve returns nil.
 func TestTLSShutdownWithStreams(t *testing.T) {
 	const n = 50
-	cert, key, roots := tlsTestCert(t)
-	ts := startServer(t, "-tls-cert", cert, "-tls-key", key)
+	cert, key, roots := servertest.TLSCert(t)
+	ts := servertest.Start(t, "-tls-cert", cert, "-tls-key", key)
 	var dials atomic.Int64
 	client := tlsClient(t, &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}, ForceAttemptHTTP2: true}, &dials)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -433,7 +290,7 @@ func TestTLSShutdownWithStreams(t *testing.T) {
 		}
 		streams = append(streams, s)
 	}
-	ts.stop(t) // fails the test unless run returns nil
+	ts.Stop(t) // fails the test unless server.Serve returns nil
 	for i, s := range streams {
 		for {
 			if _, err := s.next(); err != nil {

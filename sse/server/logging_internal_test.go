@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,7 +17,7 @@ func slogLine(t *testing.T, format string, e *access, end time.Time, d time.Dura
 	t.Helper()
 	var buf bytes.Buffer
 	lw := newLogWriter(&buf, time.Hour)
-	logger, _, err := newLogger(&config{logLevel: "info", logFormat: format}, lw)
+	logger, _, err := newLogger(&Config{LogLevel: "info", LogFormat: format}, lw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +34,7 @@ func ourLine(t *testing.T, format, level string, e *access, end time.Time, d tim
 	t.Helper()
 	var buf bytes.Buffer
 	lw := newLogWriter(&buf, time.Hour)
-	_, al, err := newLogger(&config{logLevel: level, logFormat: format}, lw)
+	_, al, err := newLogger(&Config{LogLevel: level, LogFormat: format}, lw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,15 +98,25 @@ func FuzzAccessLine(f *testing.F) {
 	})
 }
 
-// countingWriter counts the Writes it is given.
+// countingWriter counts the Writes it is given. It is safe for
+// concurrent use.
 type countingWriter struct {
-	lockedBuffer
+	mu     sync.Mutex // guards b
+	b      bytes.Buffer
 	writes atomic.Int32
 }
 
 func (c *countingWriter) Write(b []byte) (int, error) {
 	c.writes.Add(1)
-	return c.lockedBuffer.Write(b)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.b.Write(b)
+}
+
+func (c *countingWriter) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.b.String()
 }
 
 func TestLogWriterGathers(t *testing.T) {
