@@ -22,11 +22,21 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"kvsse/sse"
+	"kvsse/sse/server/servertest"
 )
 
 // The tests in this file run the built kvsse binary as a command-line
 // client (and, where a process must die, as a server), against servers
-// started with startServer or cliStartBin.
+// started with servertest.Start or cliStartBin.
+
+// TestMain removes the kvsse binary the tests built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	servertest.Cleanup()
+	os.Exit(code)
+}
 
 // cliTimeout bounds every wait of these tests: one command, one line of
 // a watch, one poll. It only bounds failures: it is generous because the
@@ -58,7 +68,7 @@ func cliRun(t testing.TB, env []string, stdin []byte, args ...string) cliResult 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, kvsseBinary(t), args...)
+	cmd := exec.CommandContext(ctx, servertest.Binary(t), args...)
 	cmd.Env = cliEnv(env...)
 	cmd.Stdin = bytes.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
@@ -187,29 +197,29 @@ func cliFreeAddr(t testing.TB) string {
 // cliStartBin runs the binary as a server with args (which must include
 // -addr and -data or -memory, or their env twins in env) and waits until
 // it serves. The process is killed when the test ends.
-func cliStartBin(t testing.TB, env []string, args ...string) *proc {
+func cliStartBin(t testing.TB, env []string, args ...string) *servertest.Proc {
 	t.Helper()
-	cmd := exec.Command(kvsseBinary(t), append([]string{"-log-level", "warn"}, args...)...)
+	cmd := exec.Command(servertest.Binary(t), append([]string{"-log-level", "warn"}, args...)...)
 	cmd.Env = cliEnv(env...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	stderr := new(lockedBuffer)
+	stderr := new(servertest.LockedBuffer)
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd}
-	t.Cleanup(p.kill)
-	line, err := bufio.NewReader(stdout).ReadString('\n')
+	p := &servertest.Proc{Cmd: cmd}
+	t.Cleanup(p.Kill)
+	url, err := sse.ReadBanner(stdout)
 	if err != nil {
-		p.kill()
+		p.Kill()
 		t.Fatalf("server %q did not start: %v; stderr:\n%s", args, err, stderr)
 	}
 	go io.Copy(io.Discard, stdout)
-	p.URL = strings.TrimSpace(strings.TrimPrefix(line, "kvsse listening on "))
-	waitReady(t, p.URL)
+	p.URL = url
+	servertest.WaitReady(t, p.URL)
 	return p
 }
 
@@ -219,7 +229,7 @@ type cliWatch struct {
 	lines  chan string   // every line of stdout; closed at its end
 	exited chan struct{} // closed when the process has exited and was reaped
 	err    error         // cmd.Wait's, once exited is closed
-	stderr *lockedBuffer
+	stderr *servertest.LockedBuffer
 }
 
 // cliStartWatch starts the binary with args (a watch command) and reads
@@ -227,13 +237,13 @@ type cliWatch struct {
 // still runs.
 func cliStartWatch(t testing.TB, env []string, args ...string) *cliWatch {
 	t.Helper()
-	cmd := exec.Command(kvsseBinary(t), args...)
+	cmd := exec.Command(servertest.Binary(t), args...)
 	cmd.Env = cliEnv(env...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &cliWatch{cmd: cmd, lines: make(chan string, 1<<12), exited: make(chan struct{}), stderr: new(lockedBuffer)}
+	w := &cliWatch{cmd: cmd, lines: make(chan string, 1<<12), exited: make(chan struct{}), stderr: new(servertest.LockedBuffer)}
 	cmd.Stderr = w.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -345,7 +355,7 @@ func cliLines(t testing.TB, out []byte) []string {
 
 func TestCLIPutGet(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t)
+	ts := servertest.Start(t)
 	all := make([]byte, 256)
 	for i := range all {
 		all[i] = byte(i)
@@ -408,7 +418,7 @@ func cut(b []byte) []byte {
 
 func TestCLIMissingAndDelete(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t)
+	ts := servertest.Start(t)
 	notFound := cliServerError(t, http.MethodGet, cliKeyURL(ts.URL, "del/missing"), nil, http.StatusNotFound)
 
 	t.Run("get missing", func(t *testing.T) {
@@ -456,7 +466,7 @@ func TestCLIMissingAndDelete(t *testing.T) {
 
 func TestCLILs(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t, "-sync", "none")
+	ts := servertest.Start(t, "-sync", "none")
 	keys := []string{"ls/B", "ls/b", "ls/é", "ls/a-", "ls/a0", "lsx", "other", "ls/sp ace"}
 	for i := range 1100 {
 		keys = append(keys, fmt.Sprintf("ls/a/%04d", i))
@@ -538,7 +548,7 @@ func TestCLILs(t *testing.T) {
 
 func TestCLITTL(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t)
+	ts := servertest.Start(t)
 	tests := []struct {
 		name string
 		key  string
@@ -586,7 +596,7 @@ func TestCLITTL(t *testing.T) {
 
 func TestCLIIfRev(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t)
+	ts := servertest.Start(t)
 	srv := []string{"-server", ts.URL}
 	rev1 := cliPut(t, ts.URL, "cas/k", []byte("v1"))
 
@@ -625,7 +635,7 @@ func TestCLIIfRev(t *testing.T) {
 
 func TestCLIFlagPlacement(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t)
+	ts := servertest.Start(t)
 	cliPut(t, ts.URL, "f/k", []byte("value"))
 	dead := "http://" + cliFreeAddr(t)
 
@@ -832,7 +842,7 @@ func TestCLIServerFlagFromEnv(t *testing.T) {
 
 func TestCLIWatch(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t)
+	ts := servertest.Start(t)
 	since := cliPut(t, ts.URL, "config/old", []byte("before the watch"))
 	w := cliStartWatch(t, nil, "-server", ts.URL, "watch", "-since", strconv.FormatInt(since, 10), "config/**")
 
@@ -868,7 +878,7 @@ func TestCLIWatch(t *testing.T) {
 
 func TestCLIWatchJSON(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t)
+	ts := servertest.Start(t)
 	pre := cliPut(t, ts.URL, "config/pre", []byte("x"))
 	w := cliStartWatch(t, nil, "watch", "-json", "config/**", "jobs/*", "-server", ts.URL)
 	if diff := cmp.Diff(cliEvent{Event: "sync", Revision: pre}, w.nextEvent(t)); diff != "" {
@@ -912,7 +922,7 @@ func TestCLIWatchSnapshot(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ts := startServer(t)
+			ts := servertest.Start(t)
 			ra := cliPut(t, ts.URL, "config/a", []byte("1"))
 			rb := cliPut(t, ts.URL, "config/b/c", []byte("x y"))
 			cliPut(t, ts.URL, "other/z", []byte("no"))
@@ -994,7 +1004,7 @@ func TestCLIWatchReconnect(t *testing.T) {
 		}
 	}
 
-	srv.kill() // SIGKILL
+	srv.Kill() // SIGKILL
 	// While the server is down, something that is not it answers on its
 	// port (as a proxy without a backend would) and closes each connection:
 	// the watch must keep trying.
@@ -1059,7 +1069,7 @@ func TestCLIWatchReconnect(t *testing.T) {
 
 func TestCLIWatchReset(t *testing.T) {
 	t.Parallel()
-	ts := startServer(t, "-history", "2")
+	ts := servertest.Start(t, "-history", "2")
 	first := cliPut(t, ts.URL, "config/a", []byte("1"))
 	var rb int64
 	for i := range 4 {
@@ -1088,8 +1098,8 @@ func TestCLIWatchReset(t *testing.T) {
 // KVSSE_TOKEN as a Bearer token, and without one it reports the server's
 // 401.
 func TestCLIToken(t *testing.T) {
-	file := authWriteFile(t, "", `{"tokens":[{"name":"ops","token":"s3cret","read":["**"],"write":["app/**"]}]}`)
-	ts := startServer(t, "-auth", file)
+	file := servertest.AuthFile(t, "", `{"tokens":[{"name":"ops","token":"s3cret","read":["**"],"write":["app/**"]}]}`)
+	ts := servertest.Start(t, "-auth", file)
 	srv := "-server=" + ts.URL
 
 	r := cliRun(t, nil, nil, srv, "put", "app/x", "1")
