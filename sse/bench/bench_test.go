@@ -7,362 +7,23 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"kvsse/sse"
-	"kvsse/sse/hub"
+	"kvsse/sse/bench"
+	"kvsse/sse/bench/hub"
+	"kvsse/sse/server/servertest"
 )
-
-// runBench runs "kvsse bench" through run against server and returns the
-// parsed JSON figures, the whole output and run's error.
-func runBench(t *testing.T, server string, args ...string) (benchResult, string, error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	full := append([]string{"-server", server, "bench", "-json"}, args...)
-	err := run(ctx, full, func(string) string { return "" }, strings.NewReader(""), &stdout, &stderr)
-	out := stdout.String()
-	var res benchResult
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if jerr := json.Unmarshal([]byte(lines[len(lines)-1]), &res); jerr != nil {
-		t.Fatalf("bench %q: last line is not JSON: %v\nstdout:\n%s\nstderr:\n%s\nerr: %v", args, jerr, out, stderr.String(), err)
-	}
-	return res, out, err
-}
-
-// benchChecks are the figures that the correctness tests compare.
-type benchChecks struct {
-	Writes, WriteErrors, Events, Expected, Gaps, Duplicates, OutOfOrder, Unexpected int64
-}
-
-func checksOf(r benchResult) benchChecks {
-	return benchChecks{r.Writes, r.WriteErrors, r.Events, r.Expected, r.Gaps, r.Duplicates, r.OutOfOrder, r.Unexpected}
-}
-
-func TestBenchRealServer(t *testing.T) {
-	// Without fsync the test measures the bench, not the disk of a
-	// shared machine; the streams and revisions are the same.
-	ts := startServer(t, "-sync", "none")
-	tests := []struct {
-		name   string
-		args   []string
-		writes int64
-		perSub int64 // events each subscriber expects
-	}{
-		{
-			name:   "sse all keys",
-			args:   []string{"-prefix", "sse", "-writers", "4", "-writes", "2000", "-subscribers", "20"},
-			writes: 2000,
-			perSub: 2000,
-		},
-		{
-			name:   "ndjson one key each",
-			args:   []string{"-prefix", "nd", "-writers", "2", "-writes", "1000", "-subscribers", "20", "-format", "ndjson", "-keys", "100", "-pattern", "nd/%d", "-value-size", "100"},
-			writes: 1000,
-			perSub: 10, // 1000 writes over 100 keys
-		},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			res, out, err := runBench(t, ts.URL, tc.args...)
-			if err != nil {
-				t.Fatalf("bench: %v\n%s", err, out)
-			}
-			want := benchChecks{Writes: tc.writes, Events: 20 * tc.perSub, Expected: 20 * tc.perSub}
-			if diff := cmp.Diff(want, checksOf(res)); diff != "" {
-				t.Errorf("figures (-want +got):\n%s\n%s", diff, out)
-			}
-			for _, line := range []string{`writes\s+` + strconv.FormatInt(tc.writes, 10), `events delivered\s+` + strconv.FormatInt(want.Events, 10), `gaps\s+0`, `duplicates\s+0`, `checks\s+ok`} {
-				if !regexp.MustCompile(`(?m)^` + line + `$`).MatchString(out) {
-					t.Errorf("output has no line %q:\n%s", line, out)
-				}
-			}
-			if res.LatencyP50 <= 0 || res.LatencyP50 > res.LatencyP99 || res.LatencyP99 > res.LatencyMax {
-				t.Errorf("latency p50 %v, p99 %v, max %v: want 0 < p50 <= p99 <= max", res.LatencyP50, res.LatencyP99, res.LatencyMax)
-			}
-			if res.PutP50 <= 0 || res.WritesPerSec <= 0 || res.EventsPerSec <= 0 {
-				t.Errorf("put p50 %v, writes/s %v, events/s %v: want all positive", res.PutP50, res.WritesPerSec, res.EventsPerSec)
-			}
-		})
-	}
-	t.Run("pid figures", func(t *testing.T) {
-		res, out, err := runBench(t, ts.URL, "-prefix", "p", "-writers", "2", "-writes", "100", "-subscribers", "2", "-pid", strconv.Itoa(os.Getpid()))
-		if err != nil {
-			t.Fatalf("bench: %v\n%s", err, out)
-		}
-		if s := res.Server; s == nil || s.RSSBeforeKiB <= 0 || s.RSSAfterKiB <= 0 || s.CPUSeconds < 0 {
-			t.Errorf("server figures %+v:\n%s", s, out)
-		}
-	})
-}
-
-// fakeServer acknowledges PUTs with consecutive revisions and streams them
-// to watchers, resuming after Last-Event-ID, but lets send decide what a
-// stream sends for each revision: a broken server.
-type fakeServer struct {
-	// send returns the revisions to send for rev, in order, and whether
-	// to end the stream after them. It is called by one stream at a time.
-	send func(rev int64) (revs []int64, hangup bool)
-
-	mu   sync.Mutex    // guards rev and wake
-	rev  int64         // the last revision acknowledged
-	wake chan struct{} // closed and replaced at each PUT
-
-	lastEventIDs []string // the Last-Event-ID of each stream; guarded by mu
-}
-
-func (f *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	switch {
-	case r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/kv/"):
-		io.Copy(io.Discard, r.Body)
-		f.mu.Lock()
-		f.rev++
-		rev := f.rev
-		close(f.wake)
-		f.wake = make(chan struct{})
-		f.mu.Unlock()
-		w.Header().Set("Kvsse-Revision", strconv.FormatInt(rev, 10))
-		w.WriteHeader(http.StatusCreated)
-	case r.Method == http.MethodGet && r.URL.Path == "/healthz":
-	case r.Method == http.MethodGet && r.URL.Path == "/watch":
-		f.stream(w, r)
-	default:
-		http.NotFound(w, r)
-	}
-}
-
-func (f *fakeServer) stream(w http.ResponseWriter, r *http.Request) {
-	f.mu.Lock()
-	cur := f.rev
-	f.lastEventIDs = append(f.lastEventIDs, r.Header.Get("Last-Event-ID"))
-	f.mu.Unlock()
-	next := cur + 1
-	if id := r.Header.Get("Last-Event-ID"); id != "" {
-		n, _ := strconv.ParseInt(id, 10, 64)
-		next = n + 1
-	}
-	w.Header().Set("Content-Type", "text/event-stream")
-	rc := http.NewResponseController(w)
-	send := func(from, to int64, live bool) bool {
-		for rev := from; rev <= to; rev++ {
-			revs, hangup := []int64{rev}, false
-			if live {
-				revs, hangup = f.send(rev)
-			}
-			for _, x := range revs {
-				fmt.Fprintf(w, "id: %d\nevent: put\ndata: {\"key\":\"bench/0\",\"value\":\"x\",\"revision\":%d}\n\n", x, x)
-			}
-			if hangup {
-				return false
-			}
-		}
-		return true
-	}
-	send(next, cur, false) // the replay
-	fmt.Fprintf(w, "retry: 2000\n\nid: %d\nevent: sync\ndata: {\"revision\":%d}\n\n", cur, cur)
-	rc.Flush()
-	next = cur + 1
-	for {
-		f.mu.Lock()
-		cur, wake := f.rev, f.wake
-		f.mu.Unlock()
-		if cur < next {
-			select {
-			case <-wake:
-				continue
-			case <-r.Context().Done():
-				return
-			}
-		}
-		ok := send(next, cur, true)
-		rc.Flush()
-		if !ok {
-			return
-		}
-		next = cur + 1
-	}
-}
-
-func TestBenchDetectsBrokenStreams(t *testing.T) {
-	tests := []struct {
-		name    string
-		send    func(rev int64) ([]int64, bool)
-		wantErr string // "" for success
-		want    benchChecks
-	}{
-		{
-			name: "gap",
-			send: func(rev int64) ([]int64, bool) {
-				if rev == 5 {
-					return nil, false
-				}
-				return []int64{rev}, false
-			},
-			wantErr: "missed 1 of 10 changes (a gap), the lowest at revision 5",
-			want:    benchChecks{Writes: 10, Events: 9, Expected: 10, Gaps: 1},
-		},
-		{
-			name: "duplicate",
-			send: func(rev int64) ([]int64, bool) {
-				if rev == 5 {
-					return []int64{5, 5}, false
-				}
-				return []int64{rev}, false
-			},
-			wantErr: "1 duplicate changes",
-			want:    benchChecks{Writes: 10, Events: 11, Expected: 10, Duplicates: 1},
-		},
-		{
-			name: "out of order",
-			send: func(rev int64) ([]int64, bool) {
-				switch rev {
-				case 5:
-					return nil, false
-				case 6:
-					return []int64{6, 5}, false
-				}
-				return []int64{rev}, false
-			},
-			wantErr: "1 changes out of order",
-			want:    benchChecks{Writes: 10, Events: 10, Expected: 10, OutOfOrder: 1},
-		},
-		{
-			name: "hang-up resumed",
-			send: func() func(rev int64) ([]int64, bool) {
-				var done atomic.Bool
-				return func(rev int64) ([]int64, bool) {
-					return []int64{rev}, rev == 5 && done.CompareAndSwap(false, true)
-				}
-			}(),
-			want: benchChecks{Writes: 10, Events: 10, Expected: 10},
-		},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			f := &fakeServer{send: tc.send, wake: make(chan struct{})}
-			srv := httptest.NewServer(f)
-			defer srv.Close()
-			// The bench's own -server wins over the global one.
-			res, out, err := runBench(t, "http://127.0.0.1:1", "-server", srv.URL, "-writers", "1", "-writes", "10", "-subscribers", "1", "-sync-timeout", "5s")
-			switch {
-			case tc.wantErr == "" && err != nil:
-				t.Fatalf("bench: %v\n%s", err, out)
-			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
-				t.Fatalf("bench returned %v, want an error with %q\n%s", err, tc.wantErr, out)
-			}
-			if diff := cmp.Diff(tc.want, checksOf(res)); diff != "" {
-				t.Errorf("figures (-want +got):\n%s\n%s", diff, out)
-			}
-			if tc.name == "hang-up resumed" {
-				f.mu.Lock()
-				ids := f.lastEventIDs
-				f.mu.Unlock()
-				if diff := cmp.Diff([]string{"", "5"}, ids); diff != "" || res.Reconnects != 1 {
-					t.Errorf("reconnects %d, Last-Event-IDs (-want +got):\n%s", res.Reconnects, diff)
-				}
-			}
-		})
-	}
-}
-
-func TestBenchUsage(t *testing.T) {
-	for _, args := range [][]string{
-		{"-writers", "0"},
-		{"-value-size", "8"},
-		{"-format", "xml"},
-		{"-pattern", "a**"},
-		{"-prefix", "a//b"},
-		{"extra"},
-		{"-baseline", "-format", "ndjson"},
-		{}, // no server there
-	} {
-		var stderr bytes.Buffer
-		err := run(context.Background(), append([]string{"-server", "http://127.0.0.1:1", "bench"}, args...), func(string) string { return "" }, strings.NewReader(""), io.Discard, &stderr)
-		if code := exitCode(err, io.Discard); code != 2 {
-			t.Errorf("bench %q: exit %d (%v), want 2", args, code, err)
-		}
-	}
-}
-
-// TestBenchParseAllocs holds the stream parser to no allocation per event.
-func TestBenchParseAllocs(t *testing.T) {
-	var sseStream, ndStream bytes.Buffer
-	sseStream.WriteString("retry: 2000\n\nid: 100\nevent: sync\ndata: {\"revision\":100}\n\n")
-	ndStream.WriteString("{\"event\":\"sync\",\"revision\":100}\n")
-	sent := time.Now().UnixNano()
-	for rev := 101; rev <= 1100; rev++ {
-		fmt.Fprintf(&sseStream, "id: %d\nevent: put\ndata: {\"key\":\"bench/%d\",\"value\":\"%dxxxxx\",\"revision\":%d}\n\n", rev, rev, sent, rev)
-		fmt.Fprintf(&ndStream, "{\"event\":\"put\",\"key\":\"bench/%d\",\"value\":\"%dxxxxx\",\"revision\":%d}\n", rev, sent, rev)
-		if rev%100 == 0 {
-			sseStream.WriteString(": keep-alive\nid: " + strconv.Itoa(rev) + "\n\n")
-			fmt.Fprintf(&ndStream, "{\"event\":\"heartbeat\",\"revision\":%d}\n", rev)
-		}
-	}
-	for _, tc := range []struct {
-		name   string
-		ndjson bool
-		data   []byte
-	}{{"sse", false, sseStream.Bytes()}, {"ndjson", true, ndStream.Bytes()}} {
-		t.Run(tc.name, func(t *testing.T) {
-			s := &benchSub{ndjson: tc.ndjson, ready: func(error) {}}
-			buf := make([]byte, 4096) // smaller than the stream: lines cross reads
-			r := bytes.NewReader(tc.data)
-			if _, err := s.read(r, buf); err != io.EOF {
-				t.Fatalf("read: %v", err)
-			}
-			if s.events != 1000 || s.dups != 0 || s.outOfOrder != 0 || s.last.Load() != 1100 || s.lat.n != 1000 {
-				t.Fatalf("events %d, dups %d, out of order %d, last %d, latencies %d; want 1000, 0, 0, 1100, 1000",
-					s.events, s.dups, s.outOfOrder, s.last.Load(), s.lat.n)
-			}
-			allocs := testing.AllocsPerRun(5, func() {
-				r.Reset(tc.data)
-				s.read(r, buf)
-			})
-			if allocs > 0 {
-				t.Errorf("%v allocations to parse 1000 events, want 0", allocs)
-			}
-			if s.dups != 6000 { // the warm-up and 5 runs repeat the first pass
-				t.Errorf("dups %d, want 6000", s.dups)
-			}
-		})
-	}
-}
-
-func TestBenchHistogram(t *testing.T) {
-	var h benchHist
-	for v := int64(1); v <= 1_000_000; v++ {
-		h.record(v * 1000) // 1 µs to 1 s, evenly
-	}
-	for _, q := range []float64{0.5, 0.9, 0.99} {
-		want := q * 1e9
-		if got := float64(h.quantile(q)); math.Abs(got-want)/want > 0.01 {
-			t.Errorf("quantile %v = %v, want %v within 1 %%", q, time.Duration(got), time.Duration(want))
-		}
-	}
-	if h.max != 1e9 {
-		t.Errorf("max %v, want 1s", time.Duration(h.max))
-	}
-	for v := int64(0); v < 1<<20; v += 7 {
-		if i := benchHistBucket(v); i < 0 || i >= benchHistBuckets || (i > 0 && benchHistBucket(v-1) > i) {
-			t.Fatalf("bucket of %d: %d", v, i)
-		}
-	}
-}
 
 // hubEvent is what a test reads of one event of a hub's stream.
 type hubEvent struct {
@@ -505,14 +166,14 @@ func TestHubDropsStalledSubscriber(t *testing.T) {
 }
 
 // TestHubCommand runs "kvsse hub", "kvsse hub -bare" and "kvsse hub -bare
-// -log FILE" through run: each prints its address, serves, and stops when
-// ctx ends, an open stream included; with -log, a PUT's body is in the
-// file when the PUT is answered.
+// -log FILE" (bench.RunHub): each prints its address, serves, and stops
+// when ctx ends, an open stream included; with -log, a PUT's body is in
+// the file when the PUT is answered.
 func TestHubCommand(t *testing.T) {
 	for _, mode := range []string{"hub", "bare", "bare-log"} {
 		t.Run(mode, func(t *testing.T) {
 			bare := mode != "hub"
-			args := []string{"hub", "-addr", "127.0.0.1:0"}
+			args := []string{"-addr", "127.0.0.1:0"}
 			if bare {
 				args = append(args, "-bare")
 			}
@@ -522,7 +183,9 @@ func TestHubCommand(t *testing.T) {
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			url, done, err := runInProcess(ctx, args, func(string) string { return "" }, io.Discard)
+			url, done, err := servertest.RunInProcess(func(stdout io.Writer) error {
+				return bench.RunHub(ctx, args, "127.0.0.1:8080", stdout, io.Discard)
+			})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -566,96 +229,11 @@ func TestHubCommand(t *testing.T) {
 			select {
 			case err := <-done:
 				if err != nil {
-					t.Errorf("run: %v", err)
+					t.Errorf("RunHub: %v", err)
 				}
 			case <-time.After(10 * time.Second):
 				t.Fatal("hub did not stop")
 			}
 		})
-	}
-}
-
-// TestBenchBaseline runs "bench -baseline" against a kvsse server: the
-// same load against the hub (a child process) and then the server, one
-// table of both, and both runs' checks passing.
-func TestBenchBaseline(t *testing.T) {
-	ts := startServer(t, "-sync", "none")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	args := []string{"-server", ts.URL, "bench", "-json", "-baseline", "-baseline-exe", kvsseBinary(t),
-		"-prefix", "base", "-writers", "2", "-writes", "1000", "-subscribers", "10", "-pid", strconv.Itoa(os.Getpid())}
-	err := run(ctx, args, func(string) string { return "" }, strings.NewReader(""), &stdout, &stderr)
-	out := stdout.String()
-	if err != nil {
-		t.Fatalf("bench -baseline: %v\nstdout:\n%s\nstderr:\n%s", err, out, stderr.String())
-	}
-	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
-	if len(lines) < 4 || !strings.Contains(lines[0], "ratio: kvsse / baseline") || lines[1] != "" {
-		t.Fatalf("no caption and blank line first:\n%s", out)
-	}
-
-	// The table: rows of a name (26 columns), baseline, kvsse and ratio.
-	var names []string
-	for _, line := range lines[2 : len(lines)-1] {
-		if len(line) < 26 {
-			t.Fatalf("short row %q:\n%s", line, out)
-		}
-		name, f := strings.TrimSpace(line[:26]), strings.Fields(line[26:])
-		names = append(names, name)
-		switch {
-		case name == "":
-			if diff := cmp.Diff([]string{"baseline", "kvsse", "ratio"}, f); diff != "" {
-				t.Errorf("header (-want +got):\n%s", diff)
-			}
-		case name == "checks":
-			if diff := cmp.Diff([]string{"ok", "ok"}, f); diff != "" {
-				t.Errorf("checks (-want +got):\n%s", diff)
-			}
-		case name == "writes" || name == "events delivered" || name == "reconnects":
-			if len(f) != 2 || f[0] != f[1] {
-				t.Errorf("row %q: want the same count twice", line)
-			}
-		case strings.HasPrefix(name, "server "):
-			// Measured in /proc ticks of 10 ms, and, for the server in
-			// this process, with the test's own memory: noise, "-" when
-			// there is no ratio to make.
-			if r, err := strconv.ParseFloat(f[len(f)-1], 64); f[len(f)-1] != "-" && (err != nil || r < 0) {
-				t.Errorf("row %q: no ratio or \"-\" last", line)
-			}
-		default:
-			if r, err := strconv.ParseFloat(f[len(f)-1], 64); err != nil || r <= 0 {
-				t.Errorf("row %q: no positive ratio last", line)
-			}
-		}
-	}
-	wantNames := []string{"", "writes", "writes/s", "put latency p50", "put latency p99",
-		"events delivered", "events/s", "latency p50", "latency p99", "reconnects",
-		"server cpu", "server cpu per event", "server cpu per write", "server rss per subscriber", "server rss after",
-		"checks"}
-	if diff := cmp.Diff(wantNames, names); diff != "" {
-		t.Errorf("rows (-want +got):\n%s\n%s", diff, out)
-	}
-
-	var res struct {
-		Baseline, Kvsse benchResult
-		Ratios          map[string]float64
-	}
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
-		t.Fatalf("last line is not JSON: %v\n%s", err, out)
-	}
-	want := benchChecks{Writes: 1000, Events: 10 * 1000, Expected: 10 * 1000}
-	for name, r := range map[string]benchResult{"baseline": res.Baseline, "kvsse": res.Kvsse} {
-		if diff := cmp.Diff(want, checksOf(r)); diff != "" {
-			t.Errorf("%s figures (-want +got):\n%s", name, diff)
-		}
-		if r.Server == nil || r.Server.CPUSeconds < 0 || r.Server.RSSAfterKiB <= 0 {
-			t.Errorf("%s server figures %+v", name, r.Server)
-		}
-	}
-	for _, k := range []string{"writes_per_sec", "events_per_sec", "latency_p99_ms", "put_p99_ms"} {
-		if res.Ratios[k] <= 0 {
-			t.Errorf("ratio %s = %v, want positive", k, res.Ratios[k])
-		}
 	}
 }

@@ -13,7 +13,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"kvsse/sse/hub"
+	"kvsse/sse/bench/hub"
 )
 
 func TestPublishDropsFullSubscriber(t *testing.T) {
