@@ -4,14 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"io"
 	"net/http"
-	"net/textproto"
 	"net/url"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,34 +15,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"kvsse/sse/server/servertest"
 )
-
-// call sends one request and returns the status, headers and body.
-func call(t testing.TB, method, url string, body []byte, hdr ...string) (int, http.Header, []byte) {
-	t.Helper()
-	var r io.Reader
-	if body != nil {
-		r = bytes.NewReader(body)
-	}
-	resp, b := send(t, method, url, r, hdr...)
-	return resp.StatusCode, resp.Header, b
-}
-
-// apiError is the JSON body of every error.
-type apiError struct {
-	Error    string `json:"error"`
-	Code     string `json:"code"`
-	Revision *int64 `json:"revision"`
-}
-
-func decodeError(t testing.TB, b []byte) apiError {
-	t.Helper()
-	var e apiError
-	if err := json.Unmarshal(b, &e); err != nil || e.Error == "" || e.Code == "" {
-		t.Fatalf("not a JSON error: %q (%v)", b, err)
-	}
-	return e
-}
 
 func revision(t testing.TB, h http.Header) int64 {
 	t.Helper()
@@ -58,16 +28,16 @@ func revision(t testing.TB, h http.Header) int64 {
 	return n
 }
 
-func TestKVRoutes(t *testing.T) { forEachBackend(t, testKVRoutes) }
+func TestKVRoutes(t *testing.T) { servertest.ForEachBackend(t, testKVRoutes) }
 
-func testKVRoutes(t *testing.T, be testBackend) {
-	ts := be.start(t)
+func testKVRoutes(t *testing.T, be servertest.Backend) {
+	ts := be.Start(t)
 	u := ts.URL + "/kv/config/app"
 	etag := func(rev int64) string { return fmt.Sprintf(`"%d"`, rev) }
 
 	// create
-	st, h, b := call(t, "PUT", u, []byte("on"), "Content-Type", "text/plain")
-	if st != 201 || !be.after(0, revision(t, h)) || h.Get("ETag") != etag(revision(t, h)) {
+	st, h, b := servertest.Call(t, "PUT", u, []byte("on"), "Content-Type", "text/plain")
+	if st != 201 || !be.After(0, revision(t, h)) || h.Get("ETag") != etag(revision(t, h)) {
 		t.Fatalf("create: %d %v %s", st, h, b)
 	}
 	r1 := revision(t, h)
@@ -75,85 +45,85 @@ func testKVRoutes(t *testing.T, be testBackend) {
 		t.Errorf("create body (-want +got):\n%s", diff)
 	}
 	// read
-	st, h, b = call(t, "GET", u, nil)
+	st, h, b = servertest.Call(t, "GET", u, nil)
 	if st != 200 || string(b) != "on" || h.Get("Content-Type") != "text/plain" || h.Get("ETag") != etag(r1) {
 		t.Fatalf("get: %d %v %q", st, h, b)
 	}
-	st, h, b = call(t, "HEAD", u, nil)
+	st, h, b = servertest.Call(t, "HEAD", u, nil)
 	if st != 200 || len(b) != 0 || h.Get("Content-Length") != "2" || h.Get("ETag") != etag(r1) {
 		t.Fatalf("head: %d %v %q", st, h, b)
 	}
-	if st, _, _ = call(t, "GET", u, nil, "If-None-Match", etag(r1)); st != 304 {
+	if st, _, _ = servertest.Call(t, "GET", u, nil, "If-None-Match", etag(r1)); st != 304 {
 		t.Errorf("If-None-Match current: %d, want 304", st)
 	}
-	if st, _, _ = call(t, "GET", u, nil, "If-None-Match", etag(r1+8)); st != 200 {
+	if st, _, _ = servertest.Call(t, "GET", u, nil, "If-None-Match", etag(r1+8)); st != 200 {
 		t.Errorf("If-None-Match stale: %d, want 200", st)
 	}
 	// replace, default content type
-	st, h, _ = call(t, "PUT", u, []byte("off"))
-	if st != 200 || !be.after(r1, revision(t, h)) {
+	st, h, _ = servertest.Call(t, "PUT", u, []byte("off"))
+	if st != 200 || !be.After(r1, revision(t, h)) {
 		t.Fatalf("replace: %d %v", st, h)
 	}
 	r2 := revision(t, h)
-	if _, h, _ = call(t, "GET", u, nil); h.Get("Content-Type") != "application/octet-stream" {
+	if _, h, _ = servertest.Call(t, "GET", u, nil); h.Get("Content-Type") != "application/octet-stream" {
 		t.Errorf("default content type %q", h.Get("Content-Type"))
 	}
 	// compare-and-set
-	st, _, b = call(t, "PUT", u, []byte("x"), "If-Match", etag(r1))
-	if e := decodeError(t, b); st != 412 || e.Code != "precondition_failed" || e.Revision == nil || *e.Revision != r2 {
+	st, _, b = servertest.Call(t, "PUT", u, []byte("x"), "If-Match", etag(r1))
+	if e := servertest.DecodeError(t, b); st != 412 || e.Code != "precondition_failed" || e.Revision == nil || *e.Revision != r2 {
 		t.Fatalf("stale If-Match: %d %s", st, b)
 	}
-	if st, h, _ = call(t, "PUT", u, []byte("x"), "If-Match", etag(r2)); st != 200 || !be.after(r2, revision(t, h)) {
+	if st, h, _ = servertest.Call(t, "PUT", u, []byte("x"), "If-Match", etag(r2)); st != 200 || !be.After(r2, revision(t, h)) {
 		t.Fatalf("If-Match current: %d %v", st, h)
 	}
 	r3 := revision(t, h)
-	st, _, b = call(t, "PUT", ts.URL+"/kv/missing", []byte("x"), "If-Match", etag(r3))
-	if e := decodeError(t, b); st != 412 || e.Revision == nil || *e.Revision != 0 {
+	st, _, b = servertest.Call(t, "PUT", ts.URL+"/kv/missing", []byte("x"), "If-Match", etag(r3))
+	if e := servertest.DecodeError(t, b); st != 412 || e.Revision == nil || *e.Revision != 0 {
 		t.Fatalf("If-Match on a missing key: %d %s", st, b)
 	}
 	// create only
-	st, _, b = call(t, "PUT", u, []byte("y"), "If-None-Match", "*")
-	if e := decodeError(t, b); st != 412 || *e.Revision != r3 {
+	st, _, b = servertest.Call(t, "PUT", u, []byte("y"), "If-None-Match", "*")
+	if e := servertest.DecodeError(t, b); st != 412 || *e.Revision != r3 {
 		t.Fatalf("If-None-Match * on existing: %d %s", st, b)
 	}
-	if st, h, _ = call(t, "PUT", ts.URL+"/kv/new", []byte("y"), "If-None-Match", "*"); st != 201 || !be.after(r3, revision(t, h)) {
+	if st, h, _ = servertest.Call(t, "PUT", ts.URL+"/kv/new", []byte("y"), "If-None-Match", "*"); st != 201 || !be.After(r3, revision(t, h)) {
 		t.Fatalf("If-None-Match * on absent: %d %v", st, h)
 	}
 	r4 := revision(t, h)
 	// delete
-	st, _, b = call(t, "DELETE", u, nil, "If-Match", etag(r2))
+	st, _, b = servertest.Call(t, "DELETE", u, nil, "If-Match", etag(r2))
 	if st != 412 {
 		t.Fatalf("stale delete: %d %s", st, b)
 	}
-	st, h, _ = call(t, "DELETE", u, nil, "If-Match", etag(r3))
-	if st != 204 || !be.after(r4, revision(t, h)) {
+	st, h, _ = servertest.Call(t, "DELETE", u, nil, "If-Match", etag(r3))
+	if st != 204 || !be.After(r4, revision(t, h)) {
 		t.Fatalf("delete: %d %v", st, h)
 	}
 	r5 := revision(t, h)
-	st, _, b = call(t, "GET", u, nil)
-	if e := decodeError(t, b); st != 404 || e.Code != "not_found" {
+	st, _, b = servertest.Call(t, "GET", u, nil)
+	if e := servertest.DecodeError(t, b); st != 404 || e.Code != "not_found" {
 		t.Fatalf("get deleted: %d %s", st, b)
 	}
-	st, _, b = call(t, "DELETE", u, nil)
-	if e := decodeError(t, b); st != 404 || e.Code != "not_found" {
+	st, _, b = servertest.Call(t, "DELETE", u, nil)
+	if e := servertest.DecodeError(t, b); st != 404 || e.Code != "not_found" {
 		t.Fatalf("delete missing: %d %s", st, b)
 	}
 	// health
-	st, _, b = call(t, "GET", ts.URL+"/healthz", nil)
+	st, _, b = servertest.Call(t, "GET", ts.URL+"/healthz", nil)
 	var health struct{ Revision int64 }
-	if err := json.Unmarshal(b, &health); st != 200 || err != nil || health.Revision != be.storeRev(r5, health.Revision) {
+	if err := json.Unmarshal(b, &health); st != 200 || err != nil || health.Revision != be.StoreRev(r5, health.Revision) {
 		t.Fatalf("healthz: %d %s", st, b)
 	}
 }
 
 // TestKVBadInput sends requests that break a rule: each gets its status
 // and code, and nothing is stored.
-func TestKVBadInput(t *testing.T) { forEachBackend(t, testKVBadInput) }
+func TestKVBadInput(t *testing.T) { servertest.ForEachBackend(t, testKVBadInput) }
 
-func testKVBadInput(t *testing.T, be testBackend) {
-	ts := be.start(t, "-max-value", "16")
+func testKVBadInput(t *testing.T, be servertest.Backend) {
+	ts := be.Start(t, "-max-value", "16")
 	rev := list(t, ts.URL, url.Values{}).Revision
-	if be.dense && rev != 0 {
+	if be.Dense && rev != 0 {
 		t.Errorf("a new store at revision %d", rev)
 	}
 	long := strings.Repeat("a", 1025)
@@ -195,8 +165,8 @@ func testKVBadInput(t *testing.T, be testBackend) {
 			if tt.body != "" {
 				body = []byte(tt.body)
 			}
-			st, h, b := call(t, tt.method, ts.URL+tt.path, body, tt.hdr...)
-			e := decodeError(t, b)
+			st, h, b := servertest.Call(t, tt.method, ts.URL+tt.path, body, tt.hdr...)
+			e := servertest.DecodeError(t, b)
 			if st != tt.status || e.Code != tt.code {
 				t.Errorf("got %d %s, want %d %s", st, b, tt.status, tt.code)
 			}
@@ -206,10 +176,10 @@ func testKVBadInput(t *testing.T, be testBackend) {
 		})
 	}
 	// Nothing was stored by any of them.
-	_, _, b := call(t, "GET", ts.URL+"/kv", nil)
+	_, _, b := servertest.Call(t, "GET", ts.URL+"/kv", nil)
 	var after listing
 	if json.Unmarshal(b, &after) == nil {
-		rev = be.storeRev(rev, after.Revision)
+		rev = be.StoreRev(rev, after.Revision)
 	}
 	if diff := cmp.Diff(fmt.Sprintf(`{"revision":%d,"items":[]}`, rev), strings.TrimSpace(string(b))); diff != "" {
 		t.Errorf("store after bad input (-want +got):\n%s", diff)
@@ -218,10 +188,10 @@ func testKVBadInput(t *testing.T, be testBackend) {
 
 // TestKVValueLimitStreamed checks that a body without Content-Length over
 // the limit is refused with 413 and not stored.
-func TestKVValueLimitStreamed(t *testing.T) { forEachBackend(t, testKVValueLimitStreamed) }
+func TestKVValueLimitStreamed(t *testing.T) { servertest.ForEachBackend(t, testKVValueLimitStreamed) }
 
-func testKVValueLimitStreamed(t *testing.T, be testBackend) {
-	ts := be.start(t, "-max-value", "1024")
+func testKVValueLimitStreamed(t *testing.T, be servertest.Backend) {
+	ts := be.Start(t, "-max-value", "1024")
 	pr, pw := io.Pipe()
 	go func() {
 		chunk := bytes.Repeat([]byte("x"), 512)
@@ -242,26 +212,26 @@ func testKVValueLimitStreamed(t *testing.T, be testBackend) {
 	if resp.StatusCode != 413 {
 		t.Fatalf("status %d, want 413", resp.StatusCode)
 	}
-	if st, _, _ := call(t, "GET", ts.URL+"/kv/big", nil); st != 404 {
+	if st, _, _ := servertest.Call(t, "GET", ts.URL+"/kv/big", nil); st != 404 {
 		t.Fatalf("oversized value was stored: %d", st)
 	}
 }
 
 // TestKVCASRace runs 100 read-modify-write increments on one counter with
 // If-Match, retrying on 412: the counter ends at exactly 100.
-func TestKVCASRace(t *testing.T) { forEachBackend(t, testKVCASRace) }
+func TestKVCASRace(t *testing.T) { servertest.ForEachBackend(t, testKVCASRace) }
 
-func testKVCASRace(t *testing.T, be testBackend) {
-	ts := be.start(t)
+func testKVCASRace(t *testing.T, be servertest.Backend) {
+	ts := be.Start(t)
 	u := ts.URL + "/kv/counter"
-	call(t, "PUT", u, []byte("0"))
+	servertest.Call(t, "PUT", u, []byte("0"))
 	errc := make(chan error, 100)
 	var wg sync.WaitGroup
 	for range 100 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errc <- increment(u)
+			errc <- servertest.Increment(u)
 		}()
 	}
 	wg.Wait()
@@ -271,72 +241,41 @@ func testKVCASRace(t *testing.T, be testBackend) {
 			t.Fatal(err)
 		}
 	}
-	if _, _, b := call(t, "GET", u, nil); string(b) != "100" {
+	if _, _, b := servertest.Call(t, "GET", u, nil); string(b) != "100" {
 		t.Fatalf("counter = %s, want 100", b)
 	}
 }
 
-func increment(u string) error {
-	for range 10000 {
-		resp, err := http.Get(u)
-		if err != nil {
-			return err
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		n, err := strconv.Atoi(string(b))
-		if err != nil {
-			return fmt.Errorf("counter %q: %v", b, err)
-		}
-		req, _ := http.NewRequest("PUT", u, strings.NewReader(strconv.Itoa(n+1)))
-		req.Header.Set("If-Match", resp.Header.Get("ETag"))
-		put, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		put.Body.Close()
-		switch put.StatusCode {
-		case 200:
-			return nil
-		case 412:
-			continue
-		default:
-			return fmt.Errorf("put: %d", put.StatusCode)
-		}
-	}
-	return fmt.Errorf("no increment after many tries")
-}
+func TestKVTTL(t *testing.T) { servertest.ForEachBackend(t, testKVTTL) }
 
-func TestKVTTL(t *testing.T) { forEachBackend(t, testKVTTL) }
-
-func testKVTTL(t *testing.T, be testBackend) {
-	ts := be.start(t)
-	st, _, _ := call(t, "PUT", ts.URL+"/kv/session?ttl="+strconv.Itoa(be.ttl), []byte("x"))
+func testKVTTL(t *testing.T, be servertest.Backend) {
+	ts := be.Start(t)
+	st, _, _ := servertest.Call(t, "PUT", ts.URL+"/kv/session?ttl="+strconv.Itoa(be.TTL), []byte("x"))
 	if st != 201 {
 		t.Fatalf("put with ttl: %d", st)
 	}
-	call(t, "PUT", ts.URL+"/kv/kept?ttl=300ms", []byte("x"))
-	call(t, "PUT", ts.URL+"/kv/kept", []byte("y")) // a later PUT without ttl clears it
-	_, _, b := call(t, "GET", ts.URL+"/kv", nil)
+	servertest.Call(t, "PUT", ts.URL+"/kv/kept?ttl=300ms", []byte("x"))
+	servertest.Call(t, "PUT", ts.URL+"/kv/kept", []byte("y")) // a later PUT without ttl clears it
+	_, _, b := servertest.Call(t, "GET", ts.URL+"/kv", nil)
 	if !strings.Contains(string(b), `"expires":"`) {
 		t.Errorf("listing does not show the expiry: %s", b)
 	}
-	wait := time.Duration(be.ttl)*time.Second + 4*time.Second
+	wait := time.Duration(be.TTL)*time.Second + 4*time.Second
 	deadline := time.Now().Add(wait)
 	for {
-		st, _, _ := call(t, "GET", ts.URL+"/kv/session", nil)
+		st, _, _ := servertest.Call(t, "GET", ts.URL+"/kv/session", nil)
 		if st == 404 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("key with ttl=%d still there after %v", be.ttl, wait)
+			t.Fatalf("key with ttl=%d still there after %v", be.TTL, wait)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if st, _, b := call(t, "GET", ts.URL+"/kv/kept", nil); st != 200 || string(b) != "y" {
+	if st, _, b := servertest.Call(t, "GET", ts.URL+"/kv/kept", nil); st != 200 || string(b) != "y" {
 		t.Fatalf("key whose ttl was cleared: %d %q", st, b)
 	}
-	_, _, b = call(t, "GET", ts.URL+"/kv?prefix=session", nil)
+	_, _, b = servertest.Call(t, "GET", ts.URL+"/kv?prefix=session", nil)
 	if strings.Contains(string(b), `"session"`) {
 		t.Fatalf("expired key listed: %s", b)
 	}
@@ -355,7 +294,7 @@ type listing struct {
 
 func list(t testing.TB, base string, q url.Values) listing {
 	t.Helper()
-	st, _, b := call(t, "GET", base+"/kv?"+q.Encode(), nil)
+	st, _, b := servertest.Call(t, "GET", base+"/kv?"+q.Encode(), nil)
 	if st != 200 {
 		t.Fatalf("list: %d %s", st, b)
 	}
@@ -368,20 +307,20 @@ func list(t testing.TB, base string, q url.Values) listing {
 
 // TestKVListPages walks a listing page by page: every key with the prefix
 // comes exactly once, in byte order.
-func TestKVListPages(t *testing.T) { forEachBackend(t, testKVListPages) }
+func TestKVListPages(t *testing.T) { servertest.ForEachBackend(t, testKVListPages) }
 
-func testKVListPages(t *testing.T, be testBackend) {
-	ts := be.start(t)
+func testKVListPages(t *testing.T, be servertest.Backend) {
+	ts := be.Start(t)
 	var want []string
 	for i := range 250 {
 		k := fmt.Sprintf("app/%d/x", i)
 		want = append(want, k)
-		call(t, "PUT", ts.URL+"/kv/"+k, []byte(strconv.Itoa(i)))
+		servertest.Call(t, "PUT", ts.URL+"/kv/"+k, []byte(strconv.Itoa(i)))
 	}
-	call(t, "PUT", ts.URL+"/kv/apple", []byte("not in app/"))
-	_, h, _ := call(t, "PUT", ts.URL+"/kv/app/bin", []byte{0xff, 0x00})
+	servertest.Call(t, "PUT", ts.URL+"/kv/apple", []byte("not in app/"))
+	_, h, _ := servertest.Call(t, "PUT", ts.URL+"/kv/app/bin", []byte{0xff, 0x00})
 	last := revision(t, h)
-	if be.dense && last != 252 {
+	if be.Dense && last != 252 {
 		t.Errorf("252nd write at revision %d", last)
 	}
 	want = append(want, "app/bin")
@@ -391,7 +330,7 @@ func testKVListPages(t *testing.T, be testBackend) {
 	q := url.Values{"prefix": {"app/"}, "limit": {"7"}}
 	for pages := 0; ; pages++ {
 		l := list(t, ts.URL, q)
-		if l.Revision != be.storeRev(last, l.Revision) {
+		if l.Revision != be.StoreRev(last, l.Revision) {
 			t.Fatalf("page revision %d, want %d", l.Revision, last)
 		}
 		for _, it := range l.Items {
@@ -423,10 +362,10 @@ func testKVListPages(t *testing.T, be testBackend) {
 }
 
 // TestKVMaxLimitCut checks that limits above 1000 are cut to 1000.
-func TestKVMaxLimitCut(t *testing.T) { forEachBackend(t, testKVMaxLimitCut) }
+func TestKVMaxLimitCut(t *testing.T) { servertest.ForEachBackend(t, testKVMaxLimitCut) }
 
-func testKVMaxLimitCut(t *testing.T, be testBackend) {
-	ts := be.start(t, "-sync", "none")
+func testKVMaxLimitCut(t *testing.T, be servertest.Backend) {
+	ts := be.Start(t, "-sync", "none")
 	var wg sync.WaitGroup
 	for w := range 8 {
 		wg.Add(1)
@@ -444,48 +383,5 @@ func testKVMaxLimitCut(t *testing.T, be testBackend) {
 	l := list(t, ts.URL, url.Values{"limit": {"5000"}})
 	if len(l.Items) != 1000 || l.Next == nil || *l.Next != "k/0999" {
 		t.Fatalf("got %d items, next %v", len(l.Items), l.Next)
-	}
-}
-
-// TestSetHeadersKeysCanonical checks every setHeaders call in the
-// package: a key that is not canonical would sit beside the one
-// Header.Set and Header.Get use, and be sent twice or not found.
-func TestSetHeadersKeysCanonical(t *testing.T) {
-	fset := token.NewFileSet()
-	files, err := filepath.Glob("*.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	calls := 0
-	for _, name := range files {
-		f, err := parser.ParseFile(fset, name, nil, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ast.Inspect(f, func(n ast.Node) bool {
-			call, ok := n.(*ast.CallExpr)
-			if !ok {
-				return true
-			}
-			if fn, ok := call.Fun.(*ast.Ident); !ok || fn.Name != "setHeaders" {
-				return true
-			}
-			calls++
-			for i := 1; i < len(call.Args); i += 2 {
-				lit, ok := call.Args[i].(*ast.BasicLit)
-				if !ok || lit.Kind != token.STRING {
-					t.Errorf("%s: setHeaders key %d is not a string literal", fset.Position(call.Pos()), i/2)
-					continue
-				}
-				key, _ := strconv.Unquote(lit.Value)
-				if c := textproto.CanonicalMIMEHeaderKey(key); c != key {
-					t.Errorf("%s: setHeaders key %q is not canonical: %q", fset.Position(lit.Pos()), key, c)
-				}
-			}
-			return true
-		})
-	}
-	if calls == 0 {
-		t.Error("no setHeaders call found")
 	}
 }
