@@ -59,6 +59,10 @@ func testKVRoutes(t *testing.T, be servertest.Backend) {
 	if st, _, _ = servertest.Call(t, "GET", u, nil, "If-None-Match", etag(r1+8)); st != 200 {
 		t.Errorf("If-None-Match stale: %d, want 200", st)
 	}
+	// A bare revision, as people type it, counts as the quoted one.
+	if st, _, _ = servertest.Call(t, "GET", u, nil, "If-None-Match", strconv.FormatInt(r1, 10)); st != 304 {
+		t.Errorf("If-None-Match bare current: %d, want 304", st)
+	}
 	// replace, default content type
 	st, h, _ = servertest.Call(t, "PUT", u, []byte("off"))
 	if st != 200 || !be.After(r1, revision(t, h)) {
@@ -73,8 +77,12 @@ func testKVRoutes(t *testing.T, be servertest.Backend) {
 	if e := servertest.DecodeError(t, b); st != 412 || e.Code != "precondition_failed" || e.Revision == nil || *e.Revision != r2 {
 		t.Fatalf("stale If-Match: %d %s", st, b)
 	}
-	if st, h, _ = servertest.Call(t, "PUT", u, []byte("x"), "If-Match", etag(r2)); st != 200 || !be.After(r2, revision(t, h)) {
-		t.Fatalf("If-Match current: %d %v", st, h)
+	st, _, b = servertest.Call(t, "PUT", u, []byte("x"), "If-Match", strconv.FormatInt(r1, 10))
+	if e := servertest.DecodeError(t, b); st != 412 || e.Code != "precondition_failed" {
+		t.Fatalf("stale bare If-Match: %d %s", st, b)
+	}
+	if st, h, _ = servertest.Call(t, "PUT", u, []byte("x"), "If-Match", strconv.FormatInt(r2, 10)); st != 200 || !be.After(r2, revision(t, h)) {
+		t.Fatalf("bare If-Match current: %d %v", st, h)
 	}
 	r3 := revision(t, h)
 	st, _, b = servertest.Call(t, "PUT", ts.URL+"/kv/missing", []byte("x"), "If-Match", etag(r3))
@@ -148,7 +156,8 @@ func testKVBadInput(t *testing.T, be servertest.Backend) {
 		{"bad ttl", "PUT", "/kv/k?ttl=soon", "v", nil, 400, "bad_parameter"},
 		{"negative ttl", "PUT", "/kv/k?ttl=-5s", "v", nil, 400, "bad_parameter"},
 		{"zero ttl", "PUT", "/kv/k?ttl=0", "v", nil, 400, "bad_parameter"},
-		{"bad If-Match", "PUT", "/kv/k", "v", []string{"If-Match", "12"}, 400, "bad_parameter"},
+		{"bad If-Match", "PUT", "/kv/k", "v", []string{"If-Match", "twelve"}, 400, "bad_parameter"},
+		{"weak If-Match", "PUT", "/kv/k", "v", []string{"If-Match", `W/"12"`}, 400, "bad_parameter"},
 		{"both preconditions", "PUT", "/kv/k", "v", []string{"If-Match", `"1"`, "If-None-Match", "*"}, 400, "bad_parameter"},
 		{"If-None-Match etag on PUT", "PUT", "/kv/k", "v", []string{"If-None-Match", `"1"`}, 400, "bad_parameter"},
 		{"bad content type", "PUT", "/kv/k", "v", []string{"Content-Type", "a b c"}, 400, "bad_parameter"},

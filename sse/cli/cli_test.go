@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -24,6 +26,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"kvsse/sse"
+	"kvsse/sse/server"
 	"kvsse/sse/server/servertest"
 )
 
@@ -698,20 +701,23 @@ func TestCLIUsage(t *testing.T) {
 	tests := []struct {
 		name string
 		args []string
-		want []string // in stderr
+		want []string // in stderr: the error's line, then the pointer to the help
 	}{
-		{name: "unknown command", args: []string{"frob", "k"}, want: []string{"frob", "get", "put", "del", "ls", "watch"}},
-		{name: "get without key", args: []string{"get"}, want: []string{"usage", "get KEY"}},
-		{name: "get with two keys", args: []string{"get", "a", "b"}, want: []string{"usage", "get KEY"}},
-		{name: "put without key", args: []string{"put"}, want: []string{"usage", "put KEY"}},
-		{name: "put with three arguments", args: []string{"put", "k", "v", "w"}, want: []string{"usage", "put KEY [VALUE]"}},
-		{name: "del without key", args: []string{"del"}, want: []string{"usage", "del KEY"}},
-		{name: "ls with two prefixes", args: []string{"ls", "a", "b"}, want: []string{"usage", "ls [PREFIX]"}},
-		{name: "watch without pattern", args: []string{"watch"}, want: []string{"usage", "watch PATTERN"}},
-		{name: "unknown flag", args: []string{"-nope", "get", "k"}, want: []string{"-nope", "usage"}},
-		{name: "flag without value", args: []string{"get", "k", "-server"}, want: []string{"-server"}},
-		{name: "bad -if-rev", args: []string{"-if-rev", "x", "del", "k"}, want: []string{"-if-rev"}},
-		{name: "serve with an argument", args: []string{"-memory", "-addr", "127.0.0.1:0", "serve", "extra"}, want: []string{"extra"}},
+		{name: "unknown command", args: []string{"frob", "k"}, want: []string{`unknown command "frob"`, "Run 'kvsse help' for usage."}},
+		{name: "get without key", args: []string{"get"}, want: []string{"usage: kvsse get KEY", "Run 'kvsse help get' for usage."}},
+		{name: "get with two keys", args: []string{"get", "a", "b"}, want: []string{"usage: kvsse get KEY", "Run 'kvsse help get' for usage."}},
+		{name: "put without key", args: []string{"put"}, want: []string{"usage: kvsse put KEY", "Run 'kvsse help put' for usage."}},
+		{name: "put with three arguments", args: []string{"put", "k", "v", "w"}, want: []string{"usage: kvsse put KEY [VALUE]", "help put"}},
+		{name: "del without key", args: []string{"del"}, want: []string{"usage: kvsse del KEY", "help del"}},
+		{name: "ls with two prefixes", args: []string{"ls", "a", "b"}, want: []string{"usage: kvsse ls [PREFIX]", "help ls"}},
+		{name: "watch without pattern", args: []string{"watch"}, want: []string{"usage: kvsse watch PATTERN", "help watch"}},
+		{name: "unknown flag", args: []string{"-nope", "get", "k"}, want: []string{"-nope", "Run 'kvsse help' for usage."}},
+		{name: "unknown flag after the command", args: []string{"get", "-nope", "k"}, want: []string{"-nope", "Run 'kvsse help get' for usage."}},
+		{name: "flag without value", args: []string{"get", "k", "-server"}, want: []string{"-server", "help get"}},
+		{name: "bad -if-rev", args: []string{"-if-rev", "x", "del", "k"}, want: []string{"-if-rev", "for usage"}},
+		{name: "serve with an argument", args: []string{"-memory", "-addr", "127.0.0.1:0", "serve", "extra"}, want: []string{"extra", "help serve"}},
+		{name: "bad server flag", args: []string{"-memory", "-sync", "maybe"}, want: []string{"-sync must be always or none", "Run 'kvsse help serve' for usage."}},
+		{name: "help of no command", args: []string{"help", "frob"}, want: []string{"frob", "for usage"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -720,9 +726,64 @@ func TestCLIUsage(t *testing.T) {
 			if r.code != 2 || len(r.stdout) != 0 {
 				t.Errorf("kvsse %q: exit %d, stdout %q; want exit 2, no output; stderr:\n%s", tt.args, r.code, r.stdout, r.stderr)
 			}
+			// Two lines: the error, and where the help is; never the whole help.
+			if lines := strings.Split(strings.TrimRight(r.stderr, "\n"), "\n"); len(lines) != 2 {
+				t.Errorf("kvsse %q: stderr has %d lines, want 2 (the error, the pointer to the help):\n%s", tt.args, len(lines), r.stderr)
+			}
 			for _, w := range tt.want {
-				if !strings.Contains(strings.ToLower(r.stderr), strings.ToLower(w)) {
-					t.Errorf("kvsse %q: stderr does not mention %q:\n%s", tt.args, w, r.stderr)
+				if !strings.Contains(r.stderr, w) {
+					t.Errorf("kvsse %q: stderr does not say %q:\n%s", tt.args, w, r.stderr)
+				}
+			}
+		})
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// TestCLIHelpGolden holds the help texts to the golden files in testdata
+// (go test -run TestCLIHelpGolden -update rewrites them): the program's
+// (-h, -help and help alike), one command's (help COMMAND and COMMAND -h
+// alike), and a bad flag's two lines. Help goes to stdout with exit 0.
+func TestCLIHelpGolden(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		golden string
+		args   [][]string // each must print the same
+		code   int
+		stderr bool // the golden text is stderr's, not stdout's
+	}{
+		{golden: "help.golden", args: [][]string{{"-h"}, {"-help"}, {"help"}}},
+		{golden: "help-watch.golden", args: [][]string{{"help", "watch"}, {"watch", "-h"}, {"-server", "http://x", "watch", "-help"}}},
+		{golden: "help-serve.golden", args: [][]string{{"help", "serve"}, {"serve", "-h"}}},
+		{golden: "help-bench.golden", args: [][]string{{"help", "bench"}, {"bench", "-h"}}},
+		{golden: "bad-flag.golden", args: [][]string{{"-nope"}}, code: 2, stderr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.golden, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join("testdata", tt.golden)
+			for i, args := range tt.args {
+				r := cliRun(t, nil, nil, args...)
+				got := string(r.stdout)
+				other := r.stderr
+				if tt.stderr {
+					got, other = other, got
+				}
+				if r.code != tt.code || other != "" {
+					t.Errorf("kvsse %q: exit %d, other stream %q; want exit %d and nothing there", args, r.code, other, tt.code)
+				}
+				if *update && i == 0 {
+					if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+				want, err := os.ReadFile(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if diff := cmp.Diff(string(want), got); diff != "" {
+					t.Errorf("kvsse %q (-%s +got):\n%s", args, path, diff)
 				}
 			}
 		})
@@ -731,16 +792,20 @@ func TestCLIUsage(t *testing.T) {
 
 func TestCLIHelp(t *testing.T) {
 	t.Parallel()
-	for _, args := range [][]string{{"-h"}, {"-help"}, {"get", "-h"}} {
-		r := cliRun(t, nil, nil, args...)
-		if out := string(r.stdout) + r.stderr; r.code != 0 || !strings.Contains(out, "-max-value") {
-			t.Errorf("kvsse %q: exit %d, want 0 and the flags; output:\n%s", args, r.code, out)
-		}
-	}
-
 	r := cliRun(t, nil, nil, "-h")
-	help := string(r.stdout) + r.stderr
-	lines := strings.Split(help, "\n")
+	help := string(r.stdout)
+	// entry is a flag's entry: from its line to the next flag's.
+	entry := func(name string) string {
+		start := regexp.MustCompile(`(?m)^  -` + regexp.QuoteMeta(name) + `( |$)`).FindStringIndex(help)
+		if start == nil {
+			return ""
+		}
+		e := help[start[0]:]
+		if end := regexp.MustCompile(`\n  -[a-z]`).FindStringIndex(e); end != nil {
+			e = e[:end[0]]
+		}
+		return e
+	}
 	tests := []struct {
 		flag, env, def string // def: the default the contract names, if any
 	}{
@@ -761,33 +826,38 @@ func TestCLIHelp(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.flag, func(t *testing.T) {
-			flagRE := regexp.MustCompile(`(^|[\s,\[(])--?` + regexp.QuoteMeta(tt.flag) + `($|[\s=,\])])`)
-			var found []string
-			for _, l := range lines {
-				if flagRE.MatchString(l) {
-					found = append(found, l)
-					if strings.Contains(l, tt.env) && strings.Contains(l, tt.def) {
-						return
-					}
-				}
+			e := entry(tt.flag)
+			if !strings.Contains(e, "env "+tt.env) || tt.def != "" && !strings.Contains(e, "default "+tt.def) {
+				t.Errorf("-h's entry of -%s does not give env %s and default %q:\n%s", tt.flag, tt.env, tt.def, e)
 			}
-			t.Errorf("-h shows no line with -%s, %s and default %q; lines with the flag: %q", tt.flag, tt.env, tt.def, found)
 		})
 	}
-
+	t.Run("defaults as values", func(t *testing.T) {
+		if e := entry("since"); !strings.Contains(e, "(default -1)") {
+			t.Errorf("-since's default is not shown as the value -1:\n%s", e)
+		}
+		if e := entry("memory"); strings.Contains(e, "default") {
+			t.Errorf("a boolean's default is shown:\n%s", e)
+		}
+	})
+	t.Run("every server flag in a topic", func(t *testing.T) {
+		for _, f := range regexp.MustCompile(`(?m)^  -([a-z-]+)`).FindAllStringSubmatch(help, -1) {
+			if n := strings.Count(help, "\n  -"+f[1]+"\n") + strings.Count(help, "\n  -"+f[1]+" "); n != 1 {
+				t.Errorf("-%s is listed %d times, want once", f[1], n)
+			}
+		}
+		fs := flag.NewFlagSet("", flag.ContinueOnError)
+		new(server.Config).RegisterFlags(fs)
+		fs.VisitAll(func(f *flag.Flag) {
+			if entry(f.Name) == "" {
+				t.Errorf("-h does not list the server flag -%s", f.Name)
+			}
+		})
+	})
 	t.Run("sync=none risk", func(t *testing.T) {
-		// The -sync flag's entry: from its line to the next flag's.
-		start := strings.Index(help, "-sync")
-		if start < 0 {
-			t.Fatalf("-h does not mention -sync:\n%s", help)
-		}
-		entry := help[start:]
-		if end := regexp.MustCompile(`\n\s*-[a-z]`).FindStringIndex(entry); end != nil {
-			entry = entry[:end[0]]
-		}
-		lower := strings.ToLower(entry)
+		lower := strings.ToLower(entry("sync"))
 		if !strings.Contains(lower, "none") || !regexp.MustCompile(`crash|lost|lose|machine|power`).MatchString(lower) {
-			t.Errorf("-h's -sync entry does not say what -sync=none risks:\n%s", entry)
+			t.Errorf("-h's -sync entry does not say what -sync=none risks:\n%s", entry("sync"))
 		}
 	})
 }

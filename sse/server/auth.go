@@ -200,6 +200,9 @@ func (az *authz) guard(rt *router, next http.Handler) http.Handler {
 		if e, rest, ok := rt.lookup(r); ok {
 			n, key, pattern = e.need, rest, e.pattern
 		}
+		if key == "" && (n == needRead || n == needWrite) {
+			n = needToken // no key: the handler's 400
+		}
 		if n == needNothing {
 			next.ServeHTTP(w, r)
 			return

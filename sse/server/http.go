@@ -99,10 +99,6 @@ func parseETag(s string) (int64, bool) {
 
 func (a *api) handleGet(w http.ResponseWriter, r *http.Request) {
 	key := r.PathValue("key")
-	if key == "" {
-		a.handleList(w, r)
-		return
-	}
 	e, err := a.store.Get(r.Context(), key)
 	if err != nil {
 		writeError(w, r, a.logger, err)

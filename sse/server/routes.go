@@ -43,6 +43,7 @@ func routeTable() []route {
 	}
 	return []route{
 		{"GET /kv", needToken, (*api).handleList},
+		{"GET /kv/{$}", needToken, (*api).handleList},
 		{"/kv", needToken, allow("GET, HEAD")},
 		{"GET /kv/{key...}", needRead, (*api).handleGet},
 		{"PUT /kv/{key...}", needWrite, (*api).handlePut},

@@ -1,17 +1,19 @@
 package server_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"kvsse/kv/wal"
-	"kvsse/sse"
 	"kvsse/sse/server/servertest"
 )
 
@@ -36,24 +38,62 @@ func bigDataDir(t *testing.T, n int) string {
 	return dir
 }
 
-// startLoading starts the binary on dir and returns once it listens,
-// without waiting for it to be ready.
+// startLoading starts the binary on dir and returns once it accepts
+// connections, without waiting for it to be ready: it prints its banner
+// only once its data is loaded, so the test picks the port itself.
 func startLoading(t *testing.T, dir string) (*exec.Cmd, string) {
 	t.Helper()
-	cmd := exec.Command(servertest.Binary(t), "-addr", "127.0.0.1:0", "-data", dir, "-log-level", "warn")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	addr := freeAddr(t)
+	cmd := exec.Command(servertest.Binary(t), "-addr", addr, "-data", dir, "-log-level", "warn")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	url, err := sse.ReadBanner(stdout)
-	if err != nil {
-		t.Fatalf("no listening line: %v", err)
+	deadline := time.Now().Add(servertest.Timeout)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return cmd, "http://" + addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server does not accept connections on %s: %v", addr, err)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
-	return cmd, url
+}
+
+// freeAddr returns a loopback address with a port free at the time.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestLockedDataDirNoBanner: a server that cannot open its data directory
+// (another one holds it) exits 2 with the reason and never prints its
+// banner, so a script waiting for that line does not go ahead.
+func TestLockedDataDirNoBanner(t *testing.T) {
+	dir := t.TempDir()
+	servertest.StartProc(t, "-data", dir)
+	cmd := exec.Command(servertest.Binary(t), "-addr", "127.0.0.1:0", "-data", dir)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("second server on a locked directory: %v, want exit status 2; stderr:\n%s", err, stderr.String())
+	}
+	if stdout.Len() != 0 {
+		t.Errorf("stdout %q, want nothing (no banner)", stdout.String())
+	}
+	if !strings.Contains(stderr.String(), "in use by another kvsse process") {
+		t.Errorf("stderr does not say the directory is in use:\n%s", stderr.String())
+	}
 }
 
 // waitExit waits up to d for cmd to end and returns its wait error.
