@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 
 // runBench runs "kvsse bench" (Run) against server and returns the
 // parsed JSON figures, the whole output and Run's error.
-func runBench(t *testing.T, server string, args ...string) (benchResult, string, error) {
+func runBench(t *testing.T, server string, args ...string) (result, string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -40,7 +40,7 @@ func runBench(t *testing.T, server string, args ...string) (benchResult, string,
 	full := append([]string{"-json"}, args...)
 	err := Run(ctx, full, server, &stdout, &stderr)
 	out := stdout.String()
-	var res benchResult
+	var res result
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if jerr := json.Unmarshal([]byte(lines[len(lines)-1]), &res); jerr != nil {
 		t.Fatalf("bench %q: last line is not JSON: %v\nstdout:\n%s\nstderr:\n%s\nerr: %v", args, jerr, out, stderr.String(), err)
@@ -48,13 +48,13 @@ func runBench(t *testing.T, server string, args ...string) (benchResult, string,
 	return res, out, err
 }
 
-// benchChecks are the figures that the correctness tests compare.
-type benchChecks struct {
+// checks are the figures that the correctness tests compare.
+type checks struct {
 	Writes, WriteErrors, Events, Expected, Gaps, Duplicates, OutOfOrder, Unexpected int64
 }
 
-func checksOf(r benchResult) benchChecks {
-	return benchChecks{r.Writes, r.WriteErrors, r.Events, r.Expected, r.Gaps, r.Duplicates, r.OutOfOrder, r.Unexpected}
+func checksOf(r result) checks {
+	return checks{r.Writes, r.WriteErrors, r.Events, r.Expected, r.Gaps, r.Duplicates, r.OutOfOrder, r.Unexpected}
 }
 
 func TestBenchRealServer(t *testing.T) {
@@ -86,7 +86,7 @@ func TestBenchRealServer(t *testing.T) {
 			if err != nil {
 				t.Fatalf("bench: %v\n%s", err, out)
 			}
-			want := benchChecks{Writes: tc.writes, Events: 20 * tc.perSub, Expected: 20 * tc.perSub}
+			want := checks{Writes: tc.writes, Events: 20 * tc.perSub, Expected: 20 * tc.perSub}
 			if diff := cmp.Diff(want, checksOf(res)); diff != "" {
 				t.Errorf("figures (-want +got):\n%s\n%s", diff, out)
 			}
@@ -206,7 +206,7 @@ func TestBenchDetectsBrokenStreams(t *testing.T) {
 		name    string
 		send    func(rev int64) ([]int64, bool)
 		wantErr string // "" for success
-		want    benchChecks
+		want    checks
 	}{
 		{
 			name: "gap",
@@ -217,7 +217,7 @@ func TestBenchDetectsBrokenStreams(t *testing.T) {
 				return []int64{rev}, false
 			},
 			wantErr: "missed 1 of 10 changes (a gap), the lowest at revision 5",
-			want:    benchChecks{Writes: 10, Events: 9, Expected: 10, Gaps: 1},
+			want:    checks{Writes: 10, Events: 9, Expected: 10, Gaps: 1},
 		},
 		{
 			name: "duplicate",
@@ -228,7 +228,7 @@ func TestBenchDetectsBrokenStreams(t *testing.T) {
 				return []int64{rev}, false
 			},
 			wantErr: "1 duplicate changes",
-			want:    benchChecks{Writes: 10, Events: 11, Expected: 10, Duplicates: 1},
+			want:    checks{Writes: 10, Events: 11, Expected: 10, Duplicates: 1},
 		},
 		{
 			name: "out of order",
@@ -242,7 +242,7 @@ func TestBenchDetectsBrokenStreams(t *testing.T) {
 				return []int64{rev}, false
 			},
 			wantErr: "1 changes out of order",
-			want:    benchChecks{Writes: 10, Events: 10, Expected: 10, OutOfOrder: 1},
+			want:    checks{Writes: 10, Events: 10, Expected: 10, OutOfOrder: 1},
 		},
 		{
 			name: "hang-up resumed",
@@ -252,7 +252,7 @@ func TestBenchDetectsBrokenStreams(t *testing.T) {
 					return []int64{rev}, rev == 5 && done.CompareAndSwap(false, true)
 				}
 			}(),
-			want: benchChecks{Writes: 10, Events: 10, Expected: 10},
+			want: checks{Writes: 10, Events: 10, Expected: 10},
 		},
 	}
 	for _, tc := range tests {
@@ -304,7 +304,7 @@ func TestBenchParseAllocs(t *testing.T) {
 		data   []byte
 	}{{"sse", false, sseStream.Bytes()}, {"ndjson", true, ndStream.Bytes()}} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := &benchSub{ndjson: tc.ndjson, ready: func(error) {}}
+			s := &subscriber{ndjson: tc.ndjson, ready: func(error) {}}
 			r := bytes.NewReader(tc.data)
 			if err := s.read(r); err != io.EOF {
 				t.Fatalf("read: %v", err)
@@ -334,7 +334,7 @@ func TestBenchParseAllocs(t *testing.T) {
 }
 
 func TestBenchHistogram(t *testing.T) {
-	var h benchHist
+	var h histogram
 	for v := int64(1); v <= 1_000_000; v++ {
 		h.record(v * 1000) // 1 µs to 1 s, evenly
 	}
@@ -348,7 +348,7 @@ func TestBenchHistogram(t *testing.T) {
 		t.Errorf("max %v, want 1s", time.Duration(h.max))
 	}
 	for v := int64(0); v < 1<<20; v += 7 {
-		if i := benchHistBucket(v); i < 0 || i >= benchHistBuckets || (i > 0 && benchHistBucket(v-1) > i) {
+		if i := histBucket(v); i < 0 || i >= histBuckets || (i > 0 && histBucket(v-1) > i) {
 			t.Fatalf("bucket of %d: %d", v, i)
 		}
 	}
@@ -417,14 +417,14 @@ func TestBenchBaseline(t *testing.T) {
 	}
 
 	var res struct {
-		Baseline, Kvsse benchResult
+		Baseline, Kvsse result
 		Ratios          map[string]float64
 	}
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
 		t.Fatalf("last line is not JSON: %v\n%s", err, out)
 	}
-	want := benchChecks{Writes: 1000, Events: 10 * 1000, Expected: 10 * 1000}
-	for name, r := range map[string]benchResult{"baseline": res.Baseline, "kvsse": res.Kvsse} {
+	want := checks{Writes: 1000, Events: 10 * 1000, Expected: 10 * 1000}
+	for name, r := range map[string]result{"baseline": res.Baseline, "kvsse": res.Kvsse} {
 		if diff := cmp.Diff(want, checksOf(r)); diff != "" {
 			t.Errorf("%s figures (-want +got):\n%s", name, diff)
 		}
