@@ -792,6 +792,11 @@ func testSSEExpiry(t *testing.T, be servertest.Backend) {
 	if put.ID != servertest.ID(rev) || put.Event != "put" {
 		t.Fatalf("got %+v, want the put at %d", put, rev)
 	}
+	// The put says when the key expires, so that a page can show it.
+	ttl := time.Duration(be.TTL) * time.Second
+	if exp, err := time.Parse(time.RFC3339Nano, put.Data.Expires); err != nil || time.Until(exp) > ttl || time.Until(exp) < -time.Second {
+		t.Errorf("the put's expires %q (%v), want about %v from now", put.Data.Expires, err, ttl)
+	}
 	start := time.Now()
 	got := servertest.EventOf(t, s.Next(t)) // Next fails after servertest.Timeout
 	del := rev + 1

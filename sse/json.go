@@ -11,8 +11,8 @@ import (
 
 // AppendEntry appends the JSON object of a key's current state, as
 // listings and snapshots show it: key, value (with "encoding":"base64"
-// when it is not valid UTF-8), revision, and, with full set, content_type
-// and expires (RFC 3339, when the key has a time to live).
+// when it is not valid UTF-8), revision, expires (RFC 3339, when the key
+// has a time to live), and, with full set, content_type.
 func AppendEntry(b []byte, e *kv.Entry, full bool) []byte {
 	b = append(b, '{')
 	return append(appendEntryFields(b, e, full), '}')
@@ -28,18 +28,24 @@ func appendEntryFields(b []byte, e *kv.Entry, full bool) []byte {
 	if full {
 		b = append(b, `,"content_type":`...)
 		b = AppendString(b, e.ContentType)
-		if e.Expires != 0 {
-			b = append(b, `,"expires":"`...)
-			b = time.Unix(0, e.Expires).UTC().AppendFormat(b, time.RFC3339Nano)
-			b = append(b, '"')
-		}
 	}
-	return b
+	return appendExpires(b, e.Expires)
+}
+
+// appendExpires appends `,"expires":` and the time, in RFC 3339 UTC, of
+// an expiry in Unix nanoseconds; nothing for 0 (no time to live).
+func appendExpires(b []byte, expires int64) []byte {
+	if expires == 0 {
+		return b
+	}
+	b = append(b, `,"expires":"`...)
+	b = time.Unix(0, expires).UTC().AppendFormat(b, time.RFC3339Nano)
+	return append(b, '"')
 }
 
 // AppendChange appends the JSON object of a change, the data of its
-// event: key, value (puts), revision, prev_revision, and reason
-// (deletes). With event set, the object starts with "event" as in the
+// event: key, value (puts), revision, prev_revision, expires (puts with a
+// time to live) and reason (deletes). With event set, the object starts with "event" as in the
 // NDJSON stream.
 func AppendChange(b []byte, c *kv.Change, event bool) []byte {
 	b = append(b, '{')
@@ -58,6 +64,9 @@ func AppendChange(b []byte, c *kv.Change, event bool) []byte {
 	if c.PrevRevision != 0 {
 		b = append(b, `,"prev_revision":`...)
 		b = strconv.AppendInt(b, c.PrevRevision, 10)
+	}
+	if c.Op == kv.OpPut {
+		b = appendExpires(b, c.Expires)
 	}
 	if r := c.Reason(); r != "" {
 		b = append(b, `,"reason":"`...)

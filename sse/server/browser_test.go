@@ -785,6 +785,33 @@ func TestBrowser(t *testing.T) {
 		}
 	})
 
+	t.Run("TimeToLive", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodPut, base+"/kv/t/lease?ttl=3s", strings.NewReader("short-lived"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != http.StatusCreated {
+			t.Fatalf("PUT with a ttl: %v %v", err, resp)
+		}
+		resp.Body.Close()
+		ttl := brRowJS + `('t/lease')?.querySelector('.ttl')?.textContent`
+		p.waitFor(t, "showing when it expires", `/^expires in [1-3] s$/.test(`+ttl+`)`, brTimeout)
+		// When its time runs out, the row is marked expired before it goes.
+		p.waitFor(t, "marking it expired", brRowJS+`('t/lease')?.classList.contains('expired') && `+ttl+` === 'expired'`, brTimeout)
+		p.waitFor(t, "without the row", brRowJS+`('t/lease') === undefined`, brTimeout)
+	})
+
+	t.Run("ChangedBeforeThePageSaysSo", func(t *testing.T) {
+		o := b.newPage(t)
+		o.navigate(t, base+"/?pattern=t/**")
+		o.waitFor(t, "connected", `document.getElementById('conn').dataset.state === 'live'`, brTimeout)
+		var age string
+		o.do(t, brRowJS+`('t/stale').querySelector('.age').textContent`, &age)
+		if age != "changed earlier" {
+			t.Errorf("age of a key changed before the page opened: %q, want words: changed earlier", age)
+		}
+		brPut(t, base, "t/stale", "v3")
+		o.waitFor(t, "saying it just changed", brRowJS+`('t/stale').querySelector('.age').textContent === 'just now'`, brTimeout)
+	})
+
 	t.Run("ResumesAfterRestart", func(t *testing.T) {
 		srv.Stop(t)
 		p.waitFor(t, "reconnecting", `document.getElementById('conn').dataset.state === 'reconnecting'`, brTimeout)

@@ -44,7 +44,7 @@ func TestSlowloris(t *testing.T) {
 	const (
 		slow          = 500
 		normal        = 50
-		headerTimeout = 3 * time.Second // well above the time 500 dials take on a loaded machine
+		headerTimeout = 3 * time.Second        // well above the time 500 dials take on a loaded machine
 		trickle       = 200 * time.Millisecond // between two bytes
 		prompt        = time.Second            // a normal request's deadline
 	)

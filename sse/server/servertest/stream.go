@@ -43,6 +43,7 @@ type Change struct {
 	Encoding     string  `json:"encoding,omitempty"`
 	Revision     int64   `json:"revision"`
 	PrevRevision int64   `json:"prev_revision,omitempty"`
+	Expires      string  `json:"expires,omitempty"`
 	Reason       string  `json:"reason,omitempty"`
 }
 
