@@ -941,6 +941,18 @@ func TestCLIWatch(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("watch output (-want +got):\n%s", diff)
 	}
+
+	// An expiry says so.
+	rev, err := servertest.Write(http.MethodPut, cliKeyURL(ts.URL, "config/short")+"?ttl=1s", []byte("soon gone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line, want := w.next(t), fmt.Sprintf("%d put config/short soon gone", rev); line != want {
+		t.Errorf("watch printed %q, want %q", line, want)
+	}
+	if line := w.next(t); !regexp.MustCompile(`^[0-9]+ delete config/short expired$`).MatchString(line) {
+		t.Errorf("watch printed %q for the expiry, want \"<revision> delete config/short expired\"", line)
+	}
 	if rest := w.interrupt(t); len(rest) != 0 {
 		t.Errorf("watch printed more: %q", rest)
 	}
