@@ -630,3 +630,32 @@ func TestAuthSessionTLS(t *testing.T) {
 		t.Errorf("Set-Cookie over TLS (-want +got):\n%s", diff)
 	}
 }
+
+// TestAuthRefusedLogsNoPath: a refused request is logged at debug with
+// its route, never its path, which may hold a key or a token.
+func TestAuthRefusedLogsNoPath(t *testing.T) {
+	ts := servertest.Start(t, "-auth", servertest.AuthFile(t, "", authTokens), "-log-level", "debug")
+	for _, r := range []struct{ method, path, token string }{
+		{"GET", "/kv/team-b/secret-key-1", authTeamA},
+		{"PUT", "/kv/team-b/secret-key-2", ""},
+		{"GET", "/watch/team-b/secret-pattern/**", authTeamA},
+		{"GET", "/kv/secret-key-3?access_token=" + authUnknown, ""},
+	} {
+		resp, _ := authDo(t, http.DefaultClient, r.method, ts.URL+r.path, r.token, "v", nil)
+		if resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("%s %s: %s, want it refused", r.method, r.path, resp.Status)
+		}
+	}
+	log := ts.Log.String()
+	if n := strings.Count(log, `msg="request refused"`); n != 3 {
+		t.Errorf("%d request refused lines, want 3 (the watch is refused by its handler):\n%s", n, log)
+	}
+	if !strings.Contains(log, `route="GET /kv/{key...}"`) {
+		t.Errorf("the refused lines do not name the route:\n%s", log)
+	}
+	for _, secret := range []string{"secret-key", "secret-pattern", authUnknown, authTeamA} {
+		if strings.Contains(log, secret) {
+			t.Errorf("the log holds %q:\n%s", secret, log)
+		}
+	}
+}

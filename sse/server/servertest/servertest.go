@@ -31,8 +31,9 @@ import (
 // Server is a kvsse server running in this process (server.Serve in a
 // goroutine).
 type Server struct {
-	URL    string // http://127.0.0.1:PORT, https:// with -tls-cert
-	Dir    string // the data directory (-data), unused with -memory
+	URL    string        // http://127.0.0.1:PORT, https:// with -tls-cert
+	Dir    string        // the data directory (-data), unused with -memory
+	Log    *LockedBuffer // what the server logged so far
 	cancel context.CancelFunc
 	done   <-chan error
 }
@@ -59,7 +60,7 @@ func Start(t testing.TB, args ...string) *Server {
 		cancel()
 		t.Fatalf("server did not start: %v", err)
 	}
-	s := &Server{Dir: cfg.Data, URL: url, cancel: cancel, done: done}
+	s := &Server{Dir: cfg.Data, URL: url, Log: logs, cancel: cancel, done: done}
 	WaitReady(t, s.URL)
 	t.Cleanup(func() { s.Stop(t) })
 	return s
