@@ -1197,3 +1197,26 @@ func TestCLIToken(t *testing.T) {
 		t.Fatalf("put outside the token's patterns: exit %d, stderr %q; want 2 and the 403", r.code, r.stderr)
 	}
 }
+
+// TestCLINoServer: a command against a server that is not there says
+// which server it tried and how to point it elsewhere.
+func TestCLINoServer(t *testing.T) {
+	t.Parallel()
+	u := "http://" + cliFreeAddr(t)
+	for _, env := range [][]string{{"KVSSE_URL=" + u}, nil} {
+		args := []string{"get", "k"}
+		want := u
+		if env == nil {
+			args = append([]string{"-server", u}, args...)
+		}
+		r := cliRun(t, env, nil, args...)
+		if r.code != 2 {
+			t.Errorf("kvsse %q: exit %d, want 2", args, r.code)
+		}
+		for _, w := range []string{want, "-server", "KVSSE_URL"} {
+			if !strings.Contains(r.stderr, w) {
+				t.Errorf("kvsse %q: stderr does not say %q:\n%s", args, w, r.stderr)
+			}
+		}
+	}
+}
