@@ -132,7 +132,7 @@ func (d *durability) load() error {
 			if err != nil {
 				return err
 			}
-			d.seg = seg
+			d.use(seg)
 		}
 	}
 	l.finish()
@@ -144,12 +144,21 @@ func (d *durability) load() error {
 		if err != nil {
 			return err
 		}
-		d.seg = seg
+		d.use(seg)
 	}
 	s.rev.Store(rev)
 	s.feed.rev = rev
 	s.stats.LogBytes.Store(d.seg.Size())
 	return nil
+}
+
+// use makes seg the segment the committer appends to, its file wrapped as
+// Options.wrapLog asks.
+func (d *durability) use(seg *wal.Segment) {
+	if wrap := d.s.opts.wrapLog; wrap != nil {
+		seg.Wrap(wrap)
+	}
+	d.seg = seg
 }
 
 // loader fills a store's maps and order from the snapshot and the log
@@ -323,7 +332,7 @@ func (d *durability) maybeCompact(rev int64) {
 		d.compacting.Store(false)
 		return
 	}
-	d.seg = seg
+	d.use(seg)
 	s.stats.LogBytes.Store(seg.Size())
 	d.wg.Add(1)
 	go func() {

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"kvsse/kv/wal"
 )
 
 // Entry is a key's current state. Values handed out by the store are
@@ -77,6 +79,10 @@ type Options struct {
 	// fails with ErrFull. Replacing a value counts the difference;
 	// deletes and expiries free space. 0 means no limit.
 	MaxBytes int64
+
+	// wrapLog, when set, wraps the file of every log segment the store
+	// appends to: the package's tests inject faults through it.
+	wrapLog func(wal.File) wal.File
 }
 
 func (o *Options) setDefaults() {
