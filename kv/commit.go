@@ -381,8 +381,9 @@ func (c *committer) commit(batch []*op) {
 	}
 }
 
-// persist appends the batch's changes to the log and syncs it. On failure
-// the store refuses every later write: a failed fsync is never retried.
+// persist appends the batch's changes to the log, ended by the commit
+// marker that makes them count, and syncs it. On failure the store refuses
+// every later write: a failed fsync is never retried.
 func (c *committer) persist() error {
 	s := c.s
 	if s.log == nil {
@@ -392,6 +393,8 @@ func (c *committer) persist() error {
 	for i := range c.changes {
 		c.buf = wal.Append(c.buf, recordOf(&c.changes[i]))
 	}
+	last := c.changes[len(c.changes)-1].Revision
+	c.buf = wal.Append(c.buf, &wal.Record{Op: wal.OpCommit, Rev: last})
 	if err := s.log.write(c.buf); err != nil {
 		s.failed.CompareAndSwap(nil, fmt.Errorf("%w: %v", ErrUnavailable, err))
 		s.opts.Logger.Error("the log failed: refusing all writes from now on", "err", err)

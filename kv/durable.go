@@ -79,29 +79,31 @@ func (d *durability) load() error {
 		}
 		ring = ring[:0]
 		ringStart, dropped := 0, int64(-1)
-		valid, err := wal.Scan(data, wal.LogMagic, func(r wal.Record) error {
-			if r.Op != wal.OpPut && r.Op != wal.OpDelete && r.Op != wal.OpExpire {
-				return fmt.Errorf("%w: op %d in a log", wal.ErrCorrupt, r.Op)
-			}
-			if last == -1 {
-				if r.Rev > snapRev+1 {
-					return fmt.Errorf("%w: the log starts at revision %d but the snapshot ends at %d", wal.ErrCorrupt, r.Rev, snapRev)
+		scan, err := wal.ScanLog(data, func(batch []wal.Record) error {
+			for _, r := range batch {
+				// Every record takes the next revision. (The changes
+				// of a transaction, which a batch may one day hold,
+				// will share one.)
+				if last == -1 {
+					if r.Rev > snapRev+1 {
+						return fmt.Errorf("%w: the log starts at revision %d but the snapshot ends at %d", wal.ErrCorrupt, r.Rev, snapRev)
+					}
+					hist.floor = r.Rev - 1
+				} else if r.Rev != last+1 {
+					return fmt.Errorf("%w: revision %d follows %d", wal.ErrCorrupt, r.Rev, last)
 				}
-				hist.floor = r.Rev - 1
-			} else if r.Rev != last+1 {
-				return fmt.Errorf("%w: revision %d follows %d", wal.ErrCorrupt, r.Rev, last)
-			}
-			last = r.Rev
-			if len(ring) < hist.max {
-				ring = append(ring, r)
-			} else {
-				dropped = ring[ringStart].Rev
-				ring[ringStart] = r
-				ringStart = (ringStart + 1) % len(ring)
-			}
-			if r.Rev > snapRev {
-				l.logApply(r)
-				rev = r.Rev
+				last = r.Rev
+				if len(ring) < hist.max {
+					ring = append(ring, r)
+				} else {
+					dropped = ring[ringStart].Rev
+					ring[ringStart] = r
+					ringStart = (ringStart + 1) % len(ring)
+				}
+				if r.Rev > snapRev {
+					l.logApply(r)
+					rev = r.Rev
+				}
 			}
 			return nil
 		})
@@ -119,18 +121,33 @@ func (d *durability) load() error {
 			hist.add(&c)
 		}
 		clear(ring) // let data go
-		if valid < len(data) {
-			if i != len(files.Segments)-1 {
-				return fmt.Errorf("log %s: damaged record at offset %d in a segment that is not the last: refusing to drop the segments after it", path, valid)
+		lastSeg := i == len(files.Segments)-1
+		if scan.Committed < len(data) {
+			if !lastSeg {
+				return fmt.Errorf("log %s: damaged or uncommitted records at offset %d in a segment that is not the last: refusing to drop the segments after it", path, scan.Committed)
 			}
-			s.opts.Logger.Warn("cutting off a torn or corrupt tail of the log",
-				"file", path, "offset", valid, "bytes", len(data)-valid)
+			// Nothing in the tail was acknowledged: no batch in it
+			// is whole, with its commit marker.
+			s.opts.Logger.Warn("cutting off a torn, corrupt or uncommitted tail of the log",
+				"file", path, "offset", scan.Committed, "bytes", len(data)-scan.Committed,
+				"uncommitted_records", scan.Uncommitted)
 		}
 		rev = max(rev, first-1)
-		if i == len(files.Segments)-1 {
-			seg, err := wal.OpenSegment(path, int64(valid))
+		if lastSeg {
+			seg, err := wal.OpenSegment(path, int64(scan.Committed))
 			if err != nil {
 				return err
+			}
+			if scan.Version == 1 {
+				// Batches of the current format must not follow
+				// records of the old one in a file: new writes go to a
+				// new segment, which replaces this one only if it holds
+				// no record.
+				if err := seg.Close(); err != nil {
+					return fmt.Errorf("close log %s: %w", path, err)
+				}
+				s.opts.Logger.Info("the log is of format 1: new writes go to a new segment", "file", path)
+				continue
 			}
 			d.use(seg)
 		}
