@@ -247,7 +247,7 @@ type committer struct {
 }
 
 func (c *committer) resetTimer(t *time.Timer) {
-	if len(c.expiries) == 0 {
+	if len(c.expiries) == 0 || c.s.Err() != nil {
 		t.Reset(time.Hour)
 		return
 	}
@@ -301,9 +301,17 @@ func (c *committer) room(cur *Entry, value []byte) error {
 	return nil
 }
 
-// commit runs one batch: decide, log, sync, apply, publish, answer.
+// commit runs one batch: decide, log, sync, apply, publish, answer. Once
+// the store refuses writes it writes nothing more, expiries included: it
+// answers every write with the store's error.
 func (c *committer) commit(batch []*op) {
 	s := c.s
+	if err := s.Err(); err != nil {
+		for _, o := range batch {
+			o.done <- result{err: err}
+		}
+		return
+	}
 	now := s.opts.Now().UnixNano()
 	rev := s.rev.Load()
 	c.changes = c.changes[:0]
@@ -338,8 +346,6 @@ func (c *committer) commit(batch []*op) {
 			full = c.room(cur, o.value)
 		}
 		switch {
-		case s.Err() != nil:
-			o.res = result{err: s.Err()}
 		case !o.cond.Holds(cur):
 			o.res = result{err: &ConflictError{Key: o.key, Revision: curRev}}
 		case o.kind == OpDelete && cur == nil:

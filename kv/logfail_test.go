@@ -437,6 +437,54 @@ func TestLogRefusedExpiryRetried(t *testing.T) {
 	}
 }
 
+// TestLogFailedStoreWritesNoExpiry: once an fsync failed, the store writes
+// nothing more to its log, not even the expiries that become due: writing
+// and syncing them would be retrying an fsync that failed.
+func TestLogFailedStoreWritesNoExpiry(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	var mu sync.Mutex // guards now
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	fs := &faults{kind: faultSync, at: []int{2}}
+	s, err := Open(Options{Dir: t.TempDir(), wrapLog: fs.wrap, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Put(ctx, "ttl", []byte("v"), PutOptions{TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	all, err := ParsePattern("**")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := s.Watch(WatchOptions{Patterns: []Pattern{all}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(ctx, "x", []byte("v"), PutOptions{}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("the put whose fsync fails: %v, want ErrUnavailable", err)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Minute)
+	mu.Unlock()
+	// A write's batch takes the due expiries along: here it must not.
+	if _, err := s.Put(ctx, "y", []byte("v"), PutOptions{}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("a put after the failed fsync: %v, want ErrUnavailable", err)
+	}
+	fs.mu.Lock()
+	syncs := fs.calls
+	fs.mu.Unlock()
+	// The fsyncs: the first put's, the failed one, and the cut's.
+	if changes, _ := sub.Take(nil); len(changes) > 0 || syncs != 3 || s.Revision() != 1 {
+		t.Errorf("after the failed fsync: %d changes published, %d fsyncs, revision %d; want 0, 3, 1", len(changes), syncs, s.Revision())
+	}
+}
+
 // logRecords is a slog.Handler that keeps every record.
 type logRecords struct {
 	mu      sync.Mutex // guards records
