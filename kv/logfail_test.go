@@ -688,7 +688,9 @@ func TestLogDiskFull(t *testing.T) {
 			phantoms[kv] = true
 		}
 		free()
-		l := load{writers: 50, writes: 200, stopAfter: 2, valueSize: 1500, tag: fmt.Sprint(round),
+		// The disk holds about 1,100 such puts in all: every writer
+		// stops on refusals, not for want of writes.
+		l := load{writers: 50, writes: 5000, stopAfter: 2, valueSize: 1500, tag: fmt.Sprint(round),
 			wantErr: "the log failed: no space left on device", hide: mnt}
 		out, err := l.run(s)
 		if err != nil {
@@ -700,8 +702,8 @@ func TestLogDiskFull(t *testing.T) {
 			refused[k] = true
 		}
 		refusals += out.refusals
-		if out.refusals == 0 {
-			t.Errorf("round %d: no write was refused: the disk never filled", round)
+		if out.refusals != l.writers*l.stopAfter {
+			t.Errorf("round %d: %d writes refused, want %d: the disk never filled", round, out.refusals, l.writers*l.stopAfter)
 		}
 		if out.badText != nil {
 			t.Errorf("round %d: %v", round, out.badText)
