@@ -361,11 +361,11 @@ func (d *durability) write(b []byte, first, last int64) error {
 	return nil
 }
 
-// refuse deals with a batch of revisions first..last that the log failed
-// to take (err; synced tells whether the write worked and its fsync
-// failed), which starts at offset before, as write documents, and returns
-// the error for its writers. Only the committer calls it.
-func (d *durability) refuse(err error, synced bool, before, first, last int64) error {
+// refuse deals with a batch of revisions first..last, starting at offset
+// before, that the log failed to take with err (syncFailed: the write
+// worked and its fsync failed), as write documents, and returns the error
+// for its writers. Only the committer calls it.
+func (d *durability) refuse(err error, syncFailed bool, before, first, last int64) error {
 	s := d.s
 	refused := newLogError(err)
 	cutErr := d.seg.Truncate(before)
@@ -375,12 +375,12 @@ func (d *durability) refuse(err error, synced bool, before, first, last int64) e
 	s.stats.LogBytes.Store(d.seg.Size())
 	attrs := []any{"file", d.seg.Path(), "offset", before, "first", first, "last", last, "err", err}
 	switch {
-	case cutErr == nil && !synced:
+	case cutErr == nil && !syncFailed:
 		s.opts.Logger.Error("writing to the log failed: the batch is cut off and its writes refused", attrs...)
 		return refused
 	case cutErr == nil:
 		s.opts.Logger.Error("syncing the log failed: the batch is cut off and its writes refused; refusing every write until the store is reopened", attrs...)
-	case !synced:
+	case !syncFailed:
 		s.opts.Logger.Error("writing to the log failed, and cutting the batch off failed too: refusing every write until the store is reopened (the batch has no commit marker: a restart cuts it off)",
 			append(attrs, "cut_err", cutErr)...)
 	default:
