@@ -185,6 +185,12 @@ type result struct {
 // maxBatch bounds how many writes share one fsync.
 const maxBatch = 4096
 
+// expiryRetry is how long the committer waits before it tries again, on
+// its own, the expiries of a batch that the log refused, so that a full
+// disk does not keep it retrying in a loop. Writes of clients still take
+// due expiries along.
+const expiryRetry = time.Second
+
 // commitLoop is the committer: the one goroutine that writes the log and
 // the maps. It ends when quit is closed.
 func (s *Store) commitLoop() {
@@ -234,16 +240,19 @@ type committer struct {
 	pending  map[string]*Entry // the batch's view of keys it changed; nil = deleted
 	buf      []byte
 	expiries expiryHeap
-	keys     int64 // keys in the store, as the batch so far leaves it
-	bytes    int64 // the sum of their values' lengths, likewise
+	popped   []expiry // taken off expiries by the batch, put back if it is refused
+	retry    int64    // Unix nanoseconds: no batch for expiries alone before then
+	keys     int64    // keys in the store, as the batch so far leaves it
+	bytes    int64    // the sum of their values' lengths, likewise
 }
 
 func (c *committer) resetTimer(t *time.Timer) {
-	if len(c.expiries) == 0 {
+	if len(c.expiries) == 0 || c.s.Err() != nil {
 		t.Reset(time.Hour)
 		return
 	}
-	t.Reset(time.Duration(c.expiries[0].expires - c.s.opts.Now().UnixNano()))
+	at := max(c.expiries[0].expires, c.retry)
+	t.Reset(time.Duration(at - c.s.opts.Now().UnixNano()))
 }
 
 // lookup returns key's entry as the batch so far sees it.
@@ -292,9 +301,17 @@ func (c *committer) room(cur *Entry, value []byte) error {
 	return nil
 }
 
-// commit runs one batch: decide, log, sync, apply, publish, answer.
+// commit runs one batch: decide, log, sync, apply, publish, answer. Once
+// the store refuses writes it writes nothing more, expiries included: it
+// answers every write with the store's error.
 func (c *committer) commit(batch []*op) {
 	s := c.s
+	if err := s.Err(); err != nil {
+		for _, o := range batch {
+			o.done <- result{err: err}
+		}
+		return
+	}
 	now := s.opts.Now().UnixNano()
 	rev := s.rev.Load()
 	c.changes = c.changes[:0]
@@ -302,10 +319,12 @@ func (c *committer) commit(batch []*op) {
 	c.entries = c.entries[:0]
 	clear(c.pending)
 	keys, bytes := c.keys, c.bytes // restored if the batch is not logged
+	c.popped = c.popped[:0]
 
 	// Keys whose time ran out expire first, each as a write of its own.
 	for len(c.expiries) > 0 && c.expiries[0].expires <= now {
 		x := heap.Pop(&c.expiries).(expiry)
+		c.popped = append(c.popped, x)
 		if cur := c.lookup(x.key); cur != nil && cur.Revision == x.rev {
 			rev++
 			c.add(Change{Op: OpExpire, Key: x.key, Revision: rev, PrevRevision: cur.Revision}, nil)
@@ -327,8 +346,6 @@ func (c *committer) commit(batch []*op) {
 			full = c.room(cur, o.value)
 		}
 		switch {
-		case s.Err() != nil:
-			o.res = result{err: s.Err()}
 		case !o.cond.Holds(cur):
 			o.res = result{err: &ConflictError{Key: o.key, Revision: curRev}}
 		case o.kind == OpDelete && cur == nil:
@@ -355,6 +372,10 @@ func (c *committer) commit(batch []*op) {
 			}
 			c.changes = c.changes[:0]
 			c.keys, c.bytes = keys, bytes
+			for _, x := range c.popped {
+				heap.Push(&c.expiries, x)
+			}
+			c.retry = now + int64(expiryRetry)
 		}
 	}
 	if len(c.changes) > 0 {
@@ -381,8 +402,10 @@ func (c *committer) commit(batch []*op) {
 	}
 }
 
-// persist appends the batch's changes to the log and syncs it. On failure
-// the store refuses every later write: a failed fsync is never retried.
+// persist appends the batch's changes to the log, ended by the commit
+// marker that makes them count, and syncs it. On failure none of the
+// changes may be applied, and the error is the one for the batch's
+// writers; see durability.write for what the store then does.
 func (c *committer) persist() error {
 	s := c.s
 	if s.log == nil {
@@ -392,12 +415,9 @@ func (c *committer) persist() error {
 	for i := range c.changes {
 		c.buf = wal.Append(c.buf, recordOf(&c.changes[i]))
 	}
-	if err := s.log.write(c.buf); err != nil {
-		s.failed.CompareAndSwap(nil, fmt.Errorf("%w: %v", ErrUnavailable, err))
-		s.opts.Logger.Error("the log failed: refusing all writes from now on", "err", err)
-		return s.Err()
-	}
-	return nil
+	first, last := c.changes[0].Revision, c.changes[len(c.changes)-1].Revision
+	c.buf = wal.Append(c.buf, &wal.Record{Op: wal.OpCommit, Rev: last})
+	return s.log.write(c.buf, first, last)
 }
 
 func recordOf(c *Change) *wal.Record {

@@ -79,29 +79,31 @@ func (d *durability) load() error {
 		}
 		ring = ring[:0]
 		ringStart, dropped := 0, int64(-1)
-		valid, err := wal.Scan(data, wal.LogMagic, func(r wal.Record) error {
-			if r.Op != wal.OpPut && r.Op != wal.OpDelete && r.Op != wal.OpExpire {
-				return fmt.Errorf("%w: op %d in a log", wal.ErrCorrupt, r.Op)
-			}
-			if last == -1 {
-				if r.Rev > snapRev+1 {
-					return fmt.Errorf("%w: the log starts at revision %d but the snapshot ends at %d", wal.ErrCorrupt, r.Rev, snapRev)
+		scan, err := wal.ScanLog(data, func(batch []wal.Record) error {
+			for _, r := range batch {
+				// Every record takes the next revision. (The changes
+				// of a transaction, which a batch may one day hold,
+				// will share one.)
+				if last == -1 {
+					if r.Rev > snapRev+1 {
+						return fmt.Errorf("%w: the log starts at revision %d but the snapshot ends at %d", wal.ErrCorrupt, r.Rev, snapRev)
+					}
+					hist.floor = r.Rev - 1
+				} else if r.Rev != last+1 {
+					return fmt.Errorf("%w: revision %d follows %d", wal.ErrCorrupt, r.Rev, last)
 				}
-				hist.floor = r.Rev - 1
-			} else if r.Rev != last+1 {
-				return fmt.Errorf("%w: revision %d follows %d", wal.ErrCorrupt, r.Rev, last)
-			}
-			last = r.Rev
-			if len(ring) < hist.max {
-				ring = append(ring, r)
-			} else {
-				dropped = ring[ringStart].Rev
-				ring[ringStart] = r
-				ringStart = (ringStart + 1) % len(ring)
-			}
-			if r.Rev > snapRev {
-				l.logApply(r)
-				rev = r.Rev
+				last = r.Rev
+				if len(ring) < hist.max {
+					ring = append(ring, r)
+				} else {
+					dropped = ring[ringStart].Rev
+					ring[ringStart] = r
+					ringStart = (ringStart + 1) % len(ring)
+				}
+				if r.Rev > snapRev {
+					l.logApply(r)
+					rev = r.Rev
+				}
 			}
 			return nil
 		})
@@ -119,20 +121,35 @@ func (d *durability) load() error {
 			hist.add(&c)
 		}
 		clear(ring) // let data go
-		if valid < len(data) {
-			if i != len(files.Segments)-1 {
-				return fmt.Errorf("log %s: damaged record at offset %d in a segment that is not the last: refusing to drop the segments after it", path, valid)
+		lastSeg := i == len(files.Segments)-1
+		if scan.Committed < len(data) {
+			if !lastSeg {
+				return fmt.Errorf("log %s: damaged or uncommitted records at offset %d in a segment that is not the last: refusing to drop the segments after it", path, scan.Committed)
 			}
-			s.opts.Logger.Warn("cutting off a torn or corrupt tail of the log",
-				"file", path, "offset", valid, "bytes", len(data)-valid)
+			// Nothing in the tail was acknowledged: no batch in it
+			// is whole, with its commit marker.
+			s.opts.Logger.Warn("cutting off a torn, corrupt or uncommitted tail of the log",
+				"file", path, "offset", scan.Committed, "bytes", len(data)-scan.Committed,
+				"uncommitted_records", scan.Uncommitted)
 		}
 		rev = max(rev, first-1)
-		if i == len(files.Segments)-1 {
-			seg, err := wal.OpenSegment(path, int64(valid))
+		if lastSeg {
+			seg, err := wal.OpenSegment(path, int64(scan.Committed))
 			if err != nil {
 				return err
 			}
-			d.seg = seg
+			if scan.Version == 1 {
+				// Batches of the current format must not follow
+				// records of the old one in a file: new writes go to a
+				// new segment, which replaces this one only if it holds
+				// no record.
+				if err := seg.Close(); err != nil {
+					return fmt.Errorf("close log %s: %w", path, err)
+				}
+				s.opts.Logger.Info("the log is of format 1: new writes go to a new segment", "file", path)
+				continue
+			}
+			d.use(seg)
 		}
 	}
 	l.finish()
@@ -144,12 +161,21 @@ func (d *durability) load() error {
 		if err != nil {
 			return err
 		}
-		d.seg = seg
+		d.use(seg)
 	}
 	s.rev.Store(rev)
 	s.feed.rev = rev
 	s.stats.LogBytes.Store(d.seg.Size())
 	return nil
+}
+
+// use makes seg the segment the committer appends to, its file wrapped as
+// Options.wrapLog asks.
+func (d *durability) use(seg *wal.Segment) {
+	if wrap := d.s.opts.wrapLog; wrap != nil {
+		seg.Wrap(wrap)
+	}
+	d.seg = seg
 }
 
 // loader fills a store's maps and order from the snapshot and the log
@@ -282,21 +308,87 @@ func changeOf(r wal.Record) Change {
 	return c
 }
 
-// write appends a batch of records and, unless syncing is off, fsyncs.
+// write appends b, the records of revisions first..last and the commit
+// marker that ends them, and, unless syncing is off, fsyncs the segment.
 // Only the committer calls it.
-func (d *durability) write(b []byte) error {
+//
+// On failure it returns the error for the batch's writers, which matches
+// ErrUnavailable and names the cause but not the file (the full error goes
+// to the Logger), and none of the batch's writes may appear after a
+// restart:
+//
+//   - A failed write never wrote the marker, the batch's last bytes, so
+//     start-up would cut off whatever part of the batch reached the file.
+//     write cuts it off at once, back to the segment's size before the
+//     batch, and syncs: when that works the store goes on, and later
+//     batches succeed once the disk has room again. When the cut fails,
+//     the store refuses every later write until it is reopened.
+//   - A failed fsync may have written some of the batch's pages and not
+//     others, which Linux then marks clean: no later fsync would tell. The
+//     store refuses every later write until it is reopened. write first
+//     cuts the batch off and syncs the cut (the bytes before it were
+//     durable already); when that works, a restart finds the segment as
+//     it was before the batch.
+//   - When the fsync fails and so does the cut, nothing is guaranteed. The
+//     batch, marker included, may be whole in the page cache, from which a
+//     restart of the process without a reboot reads the file, or on disk;
+//     a restart then replays it: refused writes appear, at revisions no
+//     client was given, and nothing in the log tells them from
+//     acknowledged ones. Only when the page holding the marker never
+//     reached the disk and the machine restarted is the batch a tail that
+//     start-up cuts off (or, if that page reached the disk but an earlier
+//     one did not, damage before a valid record, and start-up refuses the
+//     log). write logs at error level the segment, the offset at which the
+//     batch starts and its revisions: cutting the segment at that offset
+//     (truncate -s) before the restart removes the batch.
+func (d *durability) write(b []byte, first, last int64) error {
+	s := d.s
+	before := d.seg.Size()
 	if err := d.seg.Write(b); err != nil {
-		return err
+		return d.refuse(err, false, before, first, last)
 	}
-	d.s.stats.LogBytes.Store(d.seg.Size())
-	if d.s.opts.Sync == SyncNone {
+	s.stats.LogBytes.Store(d.seg.Size())
+	if s.opts.Sync == SyncNone {
 		return nil
 	}
 	t := time.Now()
 	err := d.seg.Sync()
-	d.s.stats.Fsyncs.Add(1)
-	d.s.stats.FsyncNanos.Add(int64(time.Since(t)))
-	return err
+	s.stats.Fsyncs.Add(1)
+	s.stats.FsyncNanos.Add(int64(time.Since(t)))
+	if err != nil {
+		return d.refuse(err, true, before, first, last)
+	}
+	return nil
+}
+
+// refuse deals with a batch of revisions first..last, starting at offset
+// before, that the log failed to take with err (syncFailed: the write
+// worked and its fsync failed), as write documents, and returns the error
+// for its writers. Only the committer calls it.
+func (d *durability) refuse(err error, syncFailed bool, before, first, last int64) error {
+	s := d.s
+	refused := newLogError(err)
+	cutErr := d.seg.Truncate(before)
+	if cutErr == nil {
+		cutErr = d.seg.Sync()
+	}
+	s.stats.LogBytes.Store(d.seg.Size())
+	attrs := []any{"file", d.seg.Path(), "offset", before, "first", first, "last", last, "err", err}
+	switch {
+	case cutErr == nil && !syncFailed:
+		s.opts.Logger.Error("writing to the log failed: the batch is cut off and its writes refused", attrs...)
+		return refused
+	case cutErr == nil:
+		s.opts.Logger.Error("syncing the log failed: the batch is cut off and its writes refused; refusing every write until the store is reopened", attrs...)
+	case !syncFailed:
+		s.opts.Logger.Error("writing to the log failed, and cutting the batch off failed too: refusing every write until the store is reopened (the batch has no commit marker: a restart cuts it off)",
+			append(attrs, "cut_err", cutErr)...)
+	default:
+		s.opts.Logger.Error("syncing the log failed, and cutting the batch off failed too: refusing every write until the store is reopened; a restart may replay the refused revisions first to last unless the file is first cut at offset",
+			append(attrs, "cut_err", cutErr)...)
+	}
+	s.failed.CompareAndSwap(nil, refused)
+	return refused
 }
 
 // maybeCompact starts a compaction when the active segment has grown past
@@ -318,12 +410,12 @@ func (d *durability) maybeCompact(rev int64) {
 		seg, err = wal.CreateSegment(d.dir, rev+1)
 	}
 	if err != nil {
-		s.failed.CompareAndSwap(nil, fmt.Errorf("%w: %v", ErrUnavailable, err))
-		s.opts.Logger.Error("starting a new log segment failed: refusing all writes from now on", "err", err)
+		s.failed.CompareAndSwap(nil, newLogError(err))
+		s.opts.Logger.Error("starting a new log segment failed: refusing every write until the store is reopened", "err", err)
 		d.compacting.Store(false)
 		return
 	}
-	d.seg = seg
+	d.use(seg)
 	s.stats.LogBytes.Store(seg.Size())
 	d.wg.Add(1)
 	go func() {

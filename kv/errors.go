@@ -3,6 +3,7 @@ package kv
 import (
 	"errors"
 	"fmt"
+	"os"
 )
 
 // The errors a Store returns, to be tested with errors.Is. The HTTP layer
@@ -13,8 +14,11 @@ var (
 	// ErrPrecondition: a put's or delete's precondition did not hold. The
 	// error is a *ConflictError carrying the key's current revision.
 	ErrPrecondition = errors.New("precondition failed")
-	// ErrUnavailable: the store cannot make writes durable any more (a
-	// write or fsync of the log failed) and refuses all further writes.
+	// ErrUnavailable: the log could not take a write. When writing to the
+	// log failed (a full disk, say), the write was refused and later
+	// writes succeed once the log takes them again. When an fsync failed,
+	// or cutting a failed write off the log did, the store refuses every
+	// write until it is reopened.
 	ErrUnavailable = errors.New("store unavailable")
 	// ErrClosed: the store was closed.
 	ErrClosed = errors.New("store closed")
@@ -38,3 +42,28 @@ func (e *ConflictError) Error() string {
 
 // Is reports whether target is ErrPrecondition.
 func (e *ConflictError) Is(target error) bool { return target == ErrPrecondition }
+
+// logError is the error of writes that the log failed to take. Its text
+// names the cause, the system's error such as "no space left on device",
+// but not the data file, which is no business of the clients that see it:
+// the full error goes to the store's Logger. It matches ErrUnavailable and
+// unwraps to the cause.
+type logError struct{ cause error }
+
+func newLogError(err error) *logError {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return &logError{cause: pe.Err}
+	}
+	for u := errors.Unwrap(err); u != nil; u = errors.Unwrap(err) {
+		err = u
+	}
+	return &logError{cause: err}
+}
+
+func (e *logError) Error() string { return "the log failed: " + e.cause.Error() }
+
+// Is reports whether target is ErrUnavailable.
+func (e *logError) Is(target error) bool { return target == ErrUnavailable }
+
+func (e *logError) Unwrap() error { return e.cause }

@@ -4,9 +4,11 @@
 //
 // All writes go through one committer goroutine, in batches: each write of
 // a batch is checked against its precondition and takes the next revision,
-// the batch is appended to the log and fsynced once (group commit), then it
-// becomes visible to readers and is published to the change feed, in
-// revision order, and only then are the writers answered. Reads never wait
+// the batch is appended to the log with a commit marker after it and
+// fsynced once (group commit), then it becomes visible to readers and is
+// published to the change feed, in revision order, and only then are the
+// writers answered. A batch that the log fails to take is refused whole:
+// none of its writes is applied, then or after a restart. Reads never wait
 // for the committer except for the short moment it applies a batch to the
 // shard they touch.
 package kv
@@ -19,6 +21,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"kvsse/kv/wal"
 )
 
 // Entry is a key's current state. Values handed out by the store are
@@ -77,6 +81,10 @@ type Options struct {
 	// fails with ErrFull. Replacing a value counts the difference;
 	// deletes and expiries free space. 0 means no limit.
 	MaxBytes int64
+
+	// wrapLog, when set, wraps the file of every log segment the store
+	// appends to: the package's tests inject faults through it.
+	wrapLog func(wal.File) wal.File
 }
 
 func (o *Options) setDefaults() {

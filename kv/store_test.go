@@ -1,9 +1,11 @@
 package kv_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -922,6 +924,128 @@ func TestReopenCutsTornTail(t *testing.T) {
 	}
 }
 
+// TestReopenCutsUncommittedBatch appends whole records without the commit
+// marker that ends their batch, as a write that failed half way, or a crash
+// before the marker reached the disk, leaves them: they were never
+// acknowledged, so the store opens without them, says so in its log, and
+// gives their revisions to the next writes.
+func TestReopenCutsUncommittedBatch(t *testing.T) {
+	dir := t.TempDir()
+	want, path := writeKeys(t, dir, 5)
+	var batch []byte
+	for i, key := range []string{"k0", "uncommitted"} {
+		batch = wal.Append(batch, &wal.Record{Op: wal.OpPut, Rev: int64(6 + i), Key: []byte(key), Value: []byte("refused")})
+	}
+	marker := wal.Append(nil, &wal.Record{Op: wal.OpCommit, Rev: 7})
+	for _, tail := range [][]byte{batch, append(bytes.Clone(batch), marker[:len(marker)-1]...)} {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(tail); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		var logged bytes.Buffer
+		s, err := kv.Open(kv.Options{Dir: dir, Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+		if err != nil {
+			t.Fatalf("Open with an uncommitted batch at the end of the log: %v", err)
+		}
+		if diff := cmp.Diff(want, listAll(t, s), equateEmpty); diff != "" {
+			t.Errorf("state (-want +got):\n%s", diff)
+		}
+		if line := logged.String(); !strings.Contains(line, "uncommitted_records=2") {
+			t.Errorf("the log says %q, want a line on the 2 uncommitted records cut off", line)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := open(t, kv.Options{Dir: dir})
+	if r := put(t, s, "after", "v"); r.Revision != 6 {
+		t.Errorf("the first write after the cut took revision %d, want 6", r.Revision)
+	}
+}
+
+// TestOpenFormat1Log opens a data directory whose log is of format 1,
+// without commit markers, and with a torn last record: every whole record
+// counts, the torn one is cut off, and new writes go to a new segment of
+// the current format, so that both read back after a restart.
+func TestOpenFormat1Log(t *testing.T) {
+	dir := t.TempDir()
+	old := wal.SegmentPath(dir, 1)
+	data := append([]byte(nil), wal.LogMagicV1[:]...)
+	records := []wal.Record{
+		{Op: wal.OpPut, Rev: 1, Key: []byte("a"), ContentType: []byte("text/plain"), Value: []byte("1")},
+		{Op: wal.OpPut, Rev: 2, Key: []byte("b"), Value: []byte("2")},
+		{Op: wal.OpDelete, Rev: 3, PrevRev: 1, Key: []byte("a")},
+		{Op: wal.OpPut, Rev: 4, Key: []byte("torn"), Value: []byte("torn")},
+	}
+	for i := range records {
+		data = wal.Append(data, &records[i])
+	}
+	if err := os.WriteFile(old, data[:len(data)-3], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := kv.Open(kv.Options{Dir: dir})
+	if err != nil {
+		t.Fatalf("Open of a format 1 log: %v", err)
+	}
+	if s.Revision() != 3 || len(listAll(t, s).Items) != 1 {
+		t.Fatalf("Revision %d and keys %v, want 3 and [b]", s.Revision(), keysOf(listAll(t, s).Items))
+	}
+	if r := put(t, s, "c", "3"); r.Revision != 4 {
+		t.Errorf("the first write took revision %d, want 4", r.Revision)
+	}
+	want := listAll(t, s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	files, err := wal.List(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(wal.Files{Segments: []int64{1, 4}}, files); diff != "" {
+		t.Errorf("segments (-want +got):\n%s", diff)
+	}
+	for path, magic := range map[string][8]byte{old: wal.LogMagicV1, wal.SegmentPath(dir, 4): wal.LogMagic} {
+		if b, err := os.ReadFile(path); err != nil || !bytes.HasPrefix(b, magic[:]) {
+			t.Errorf("%s starts with %q (%v), want %q", path, b[:min(len(b), 8)], err, magic[:])
+		}
+	}
+	s = open(t, kv.Options{Dir: dir})
+	if diff := cmp.Diff(want, listAll(t, s), equateEmpty); diff != "" {
+		t.Errorf("state after a restart (-want +got):\n%s", diff)
+	}
+}
+
+// TestOpenFormat1EmptyLog: a format 1 segment that holds no record is
+// replaced by the segment of the current format that takes its name.
+func TestOpenFormat1EmptyLog(t *testing.T) {
+	dir := t.TempDir()
+	path := wal.SegmentPath(dir, 1)
+	if err := os.WriteFile(path, wal.LogMagicV1[:], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := kv.Open(kv.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, "a", "1")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(path); err != nil || !bytes.HasPrefix(b, wal.LogMagic[:]) {
+		t.Errorf("%s starts with %q (%v), want %q", path, b[:min(len(b), 8)], err, wal.LogMagic[:])
+	}
+	s = open(t, kv.Options{Dir: dir})
+	if _, err := s.Get(context.Background(), "a"); err != nil || s.Revision() != 1 {
+		t.Errorf("after a restart: Get = %v, Revision %d; want the key at revision 1", err, s.Revision())
+	}
+}
+
 // TestReopenRefusesDamageBeforeTail damages an acknowledged record in the
 // middle of the log and zeroes the tail after the last one. The records
 // after the damaged one are whole: the store must refuse to open rather
@@ -934,7 +1058,7 @@ func TestReopenRefusesDamageBeforeTail(t *testing.T) {
 		t.Fatal(err)
 	}
 	off := len(wal.LogMagic)
-	for range 3 { // skip to the fourth record
+	for range 6 { // skip to the fourth record: each write is a record and its commit marker
 		_, n, err := wal.Decode(data[off:])
 		if err != nil {
 			t.Fatal(err)

@@ -119,11 +119,21 @@ func SyncDir(dir string) error {
 	return nil
 }
 
+// File is what a Segment writes to: an *os.File, or in tests a wrapper of
+// one that injects faults (see Segment.Wrap).
+type File interface {
+	WriteAt(b []byte, off int64) (int, error)
+	Sync() error
+	Truncate(size int64) error
+	Close() error
+}
+
 // Segment is a log file open for appending. It is not safe for concurrent
 // use: one goroutine owns it.
 type Segment struct {
-	f    *os.File
-	size int64
+	f    File
+	path string
+	size int64 // where the next Write goes
 }
 
 // CreateSegment creates the segment for revisions from first on, writes its
@@ -134,7 +144,7 @@ func CreateSegment(dir string, first int64) (*Segment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create segment: %w", err)
 	}
-	s := &Segment{f: f}
+	s := &Segment{f: f, path: path}
 	if err := s.Write(LogMagic[:]); err != nil {
 		f.Close()
 		return nil, err
@@ -151,7 +161,9 @@ func CreateSegment(dir string, first int64) (*Segment, error) {
 }
 
 // OpenSegment opens an existing segment for appending after its first
-// valid bytes, cutting off (and syncing away) anything beyond them.
+// valid bytes, cutting off (and syncing away) anything beyond them. A
+// segment shorter than the magic is started again with the magic. The
+// caller appends to it only when it is of the current format (LogMagic).
 func OpenSegment(path string, valid int64) (*Segment, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0o644)
 	if err != nil {
@@ -162,7 +174,7 @@ func OpenSegment(path string, valid int64) (*Segment, error) {
 		f.Close()
 		return nil, fmt.Errorf("stat segment: %w", err)
 	}
-	s := &Segment{f: f, size: valid}
+	s := &Segment{f: f, path: path, size: valid}
 	if valid < int64(len(LogMagic)) {
 		valid, s.size = 0, 0
 	}
@@ -171,10 +183,6 @@ func OpenSegment(path string, valid int64) (*Segment, error) {
 			f.Close()
 			return nil, fmt.Errorf("truncate segment %s to %d: %w", path, valid, err)
 		}
-	}
-	if _, err := f.Seek(valid, 0); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("seek segment: %w", err)
 	}
 	if valid == 0 {
 		if err := s.Write(LogMagic[:]); err != nil {
@@ -189,24 +197,48 @@ func OpenSegment(path string, valid int64) (*Segment, error) {
 	return s, nil
 }
 
-// Write appends b. A short or failed write is an error; the caller must
-// then treat the segment as unusable.
+// Wrap replaces the file s writes to with wrap of it, for tests that
+// inject faults. The caller owns s, as for every other method.
+func (s *Segment) Wrap(wrap func(File) File) { s.f = wrap(s.f) }
+
+// Path is the segment's file name.
+func (s *Segment) Path() string { return s.path }
+
+// Write appends b at Size. A short or failed write is an error; Size then
+// counts the bytes written, and the caller must either Truncate the
+// segment back to where the write started or stop using it.
 func (s *Segment) Write(b []byte) error {
-	n, err := s.f.Write(b)
+	n, err := s.f.WriteAt(b, s.size)
 	s.size += int64(n)
 	if err != nil {
-		return fmt.Errorf("write %s: %w", s.f.Name(), err)
+		return fmt.Errorf("write %s: %w", s.path, err)
 	}
 	return nil
 }
 
 // Sync makes every byte written so far durable. A failed Sync must not be
 // retried: the kernel may have dropped the dirty pages and a later
-// successful fsync would not mean the data is on disk.
+// successful fsync would not mean the data is on disk. The one safe
+// follow-up is Truncate back to the size of the last successful Sync, then
+// Sync: the bytes that may be lost are then no longer part of the file.
 func (s *Segment) Sync() error {
 	if err := s.f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", s.f.Name(), err)
+		return fmt.Errorf("fsync %s: %w", s.path, err)
 	}
+	return nil
+}
+
+// Truncate cuts the segment back to its first size bytes, which must not
+// be more than Size; the next Write goes there. It does not sync. On most
+// file systems it needs no free space, so it works on a full disk.
+func (s *Segment) Truncate(size int64) error {
+	if size > s.size {
+		return fmt.Errorf("truncate %s to %d: longer than its %d bytes", s.path, size, s.size)
+	}
+	if err := s.f.Truncate(size); err != nil {
+		return fmt.Errorf("truncate %s to %d: %w", s.path, size, err)
+	}
+	s.size = size
 	return nil
 }
 

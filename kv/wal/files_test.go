@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -382,6 +383,76 @@ func TestSegment(t *testing.T) {
 	}
 	if n != len(readFile(t, path)) {
 		t.Errorf("the reopened segment has a damaged tail")
+	}
+}
+
+// shortFile writes only half of the buffer of its failing-th WriteAt and
+// returns ENOSPC, as a write on a full disk does.
+type shortFile struct {
+	wal.File
+	writes, failing int
+}
+
+func (f *shortFile) WriteAt(b []byte, off int64) (int, error) {
+	f.writes++
+	if f.writes != f.failing {
+		return f.File.WriteAt(b, off)
+	}
+	n, err := f.File.WriteAt(b[:len(b)/2], off)
+	if err != nil {
+		return n, err
+	}
+	return n, &os.PathError{Op: "write", Path: "segment", Err: syscall.ENOSPC}
+}
+
+// TestSegmentTruncateAfterShortWrite: after a short write, Size counts the
+// bytes written; Truncate back to where the write started removes them
+// from the file, and the next Write goes there, leaving no hole.
+func TestSegmentTruncateAfterShortWrite(t *testing.T) {
+	dir := t.TempDir()
+	seg, err := wal.CreateSegment(dir, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seg.Wrap(func(f wal.File) wal.File { return &shortFile{File: f, failing: 2} })
+	records := []wal.Record{
+		{Op: wal.OpPut, Rev: 1, Key: []byte("a"), Value: []byte("1")},
+		{Op: wal.OpPut, Rev: 2, Key: []byte("b"), Value: bytes.Repeat([]byte("v"), 100)},
+	}
+	if err := seg.Write(wal.Append(nil, &records[0])); err != nil {
+		t.Fatal(err)
+	}
+	before := seg.Size()
+	second := wal.Append(nil, &records[1])
+	err = seg.Write(second)
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Write = %v, want the file's ENOSPC", err)
+	}
+	if got, want := seg.Size(), before+int64(len(second)/2); got != want {
+		t.Errorf("Size after a short write = %d, want %d", got, want)
+	}
+	if err := seg.Truncate(seg.Size() + 1); err == nil {
+		t.Errorf("Truncate past Size succeeded")
+	}
+	if err := seg.Truncate(before); err != nil {
+		t.Fatal(err)
+	}
+	if seg.Size() != before || int64(len(readFile(t, seg.Path()))) != before {
+		t.Errorf("after Truncate(%d): Size %d, file %d bytes", before, seg.Size(), len(readFile(t, seg.Path())))
+	}
+	if err := seg.Write(second); err != nil {
+		t.Fatal(err)
+	}
+	if err := seg.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data := readFile(t, seg.Path())
+	got, n := scanAll(t, data)
+	if n != len(data) {
+		t.Errorf("Scan: %d valid bytes of %d", n, len(data))
+	}
+	if diff := cmp.Diff(records, got, equateEmpty); diff != "" {
+		t.Errorf("records (-want +got):\n%s", diff)
 	}
 }
 

@@ -9,9 +9,26 @@
 //	payload length bytes
 //
 // and a payload is an op byte followed by uvarint/varint fields (see
-// Record.append). Every file starts with an 8-byte magic naming its kind and
+// Append). Every file starts with an 8-byte magic naming its kind and
 // format version, so that a file of another kind or version is refused, not
 // misread.
+//
+// A log segment (LogMagic, "kvsseLG2") is a sequence of batches. A batch
+// is one or more change records (OpPut, OpDelete, OpExpire) and the
+// OpCommit marker that ends it, whose Rev is the revision of the batch's
+// last record. The store writes a batch with one write and makes it
+// durable with one fsync, and a batch counts only once its marker has been
+// read: records after the last marker are what is left of a batch that was
+// never completely written, so never acknowledged, and ScanLog reports
+// them as a tail to cut off. Several records of a batch may share a
+// revision (the changes of one transaction): the marker makes them whole
+// or absent together.
+//
+// Segments of format 1 (LogMagicV1, "kvsseLG1") have no markers: each
+// whole record counts on its own. They are still read, never appended to.
+//
+// A snapshot (SnapMagic) is an OpSnapRev record, one OpPut record per key
+// and an OpSnapEnd record.
 package wal
 
 import (
@@ -32,6 +49,7 @@ const (
 	OpExpire  Op = 3 // a key was deleted because its time to live ran out
 	OpSnapRev Op = 4 // first record of a snapshot: the revision it starts from
 	OpSnapEnd Op = 5 // last record of a snapshot: Rev holds the number of keys
+	OpCommit  Op = 6 // last record of a batch in a log: Rev is the revision of the batch's last record
 )
 
 // MaxPayload bounds a record's payload. Decoders refuse larger lengths
@@ -42,10 +60,13 @@ const MaxPayload = 64 << 20
 // HeaderSize is the size of a frame's length and checksum.
 const HeaderSize = 8
 
-// Magics start every log segment and snapshot file.
+// Magics start every log segment and snapshot file. LogMagic is the
+// format that segments are written in; LogMagicV1 is the format before
+// commit markers, which is still read.
 var (
-	LogMagic  = [8]byte{'k', 'v', 's', 's', 'e', 'L', 'G', '1'}
-	SnapMagic = [8]byte{'k', 'v', 's', 's', 'e', 'S', 'N', '1'}
+	LogMagic   = [8]byte{'k', 'v', 's', 's', 'e', 'L', 'G', '2'}
+	LogMagicV1 = [8]byte{'k', 'v', 's', 's', 'e', 'L', 'G', '1'}
+	SnapMagic  = [8]byte{'k', 'v', 's', 's', 'e', 'S', 'N', '1'}
 )
 
 // ErrCorrupt reports a record that fails its length or checksum test, or
@@ -67,13 +88,13 @@ var (
 	errTrailing    = fmt.Errorf("%w: trailing bytes", ErrCorrupt)
 )
 
-// Record is one change, or a snapshot marker. Slices returned by Decode
+// Record is one change, a snapshot marker or a commit marker. Slices returned by Decode
 // point into the decoded buffer.
 type Record struct {
 	Op          Op
 	Rev         int64  // the revision this change took
 	PrevRev     int64  // the key's revision before the change; 0 if it was absent
-	Key         []byte // empty in snapshot markers
+	Key         []byte // empty in snapshot and commit markers
 	ContentType []byte // OpPut only
 	Expires     int64  // OpPut only: Unix nanoseconds, 0 for no expiry
 	Value       []byte // OpPut only
@@ -148,7 +169,7 @@ func Decode(buf []byte) (Record, int, error) {
 func parsePayload(p []byte) (Record, error) {
 	d := decoder{b: p[1:]}
 	r := Record{Op: Op(p[0])}
-	if r.Op < OpPut || r.Op > OpSnapEnd {
+	if r.Op < OpPut || r.Op > OpCommit {
 		return Record{}, errOp
 	}
 	r.Rev = d.int()

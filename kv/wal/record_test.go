@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -34,6 +35,7 @@ func goldenRecords() []wal.Record {
 		{Op: wal.OpPut, Rev: 4, Key: []byte("bin"), ContentType: []byte("application/octet-stream"), Value: []byte{0, 0xff, '\n', '\r', 0x80}},
 		{Op: wal.OpDelete, Rev: 5, PrevRev: 2, Key: []byte("config/a")},
 		{Op: wal.OpExpire, Rev: 300, PrevRev: 4, Key: []byte("bin")},
+		{Op: wal.OpCommit, Rev: 300},
 		{Op: wal.OpSnapRev, Rev: 300},
 		{Op: wal.OpPut, Rev: 1 << 62, PrevRev: 1<<62 - 1, Key: []byte("max"), Expires: math.MaxInt64, Value: []byte("x")},
 		{Op: wal.OpPut, Rev: 1 << 62, Key: []byte("min"), Expires: math.MinInt64},
@@ -42,8 +44,12 @@ func goldenRecords() []wal.Record {
 }
 
 func encodeAll(records []wal.Record) []byte {
+	return encodeAllWith(wal.LogMagic, records)
+}
+
+func encodeAllWith(magic [8]byte, records []wal.Record) []byte {
 	var buf bytes.Buffer
-	buf.Write(wal.LogMagic[:])
+	buf.Write(magic[:])
 	enc := wal.NewEncoder(&buf)
 	for i := range records {
 		if err := enc.Encode(&records[i]); err != nil {
@@ -84,6 +90,31 @@ func TestGolden(t *testing.T) {
 	}
 }
 
+// TestGoldenV1 pins the frames of format 1, which are still read: the
+// file in testdata was written before commit markers existed, and records
+// of every other kind still encode to the same bytes.
+func TestGoldenV1(t *testing.T) {
+	want, err := os.ReadFile(filepath.Join("testdata", "records-v1.golden"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	records := slices.DeleteFunc(goldenRecords(), func(r wal.Record) bool { return r.Op == wal.OpCommit })
+	if got := encodeAllWith(wal.LogMagicV1, records); !bytes.Equal(want, got) {
+		t.Errorf("records of format 1 no longer encode to the same bytes (-want +got):\n%s", cmp.Diff(want, got))
+	}
+	var decoded []wal.Record
+	valid, err := wal.Scan(want, wal.LogMagicV1, func(r wal.Record) error {
+		decoded = append(decoded, r)
+		return nil
+	})
+	if err != nil || valid != len(want) {
+		t.Fatalf("Scan(golden v1) = %d, %v; want %d, nil", valid, err, len(want))
+	}
+	if diff := cmp.Diff(records, decoded, equateEmpty); diff != "" {
+		t.Errorf("golden v1 records (-want +got):\n%s", diff)
+	}
+}
+
 func TestRoundTrip(t *testing.T) {
 	all := make([]byte, 256)
 	for i := range all {
@@ -105,6 +136,7 @@ func TestRoundTrip(t *testing.T) {
 		{"expire", wal.Record{Op: wal.OpExpire, Rev: 10, PrevRev: 9, Key: []byte("a/b")}},
 		{"snapshot start", wal.Record{Op: wal.OpSnapRev, Rev: 1 << 62}},
 		{"snapshot end", wal.Record{Op: wal.OpSnapEnd, Rev: 0}},
+		{"commit marker", wal.Record{Op: wal.OpCommit, Rev: 1 << 62}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -214,7 +246,7 @@ func decodeErrorCases() []struct {
 		{"bit flip in payload", flipped, wal.ErrCorrupt},
 		{"truncated payload", good[:len(good)-1], io.ErrUnexpectedEOF},
 		{"unknown op 0", frame([]byte{0, 1, 0, 1, 'k'}), wal.ErrCorrupt},
-		{"unknown op 6", frame([]byte{6, 1, 0, 1, 'k'}), wal.ErrCorrupt},
+		{"unknown op 7", frame([]byte{7, 1, 0, 1, 'k'}), wal.ErrCorrupt},
 		{"unknown op 255", frame([]byte{255}), wal.ErrCorrupt},
 		{"trailing bytes in payload", frame(payload([]byte{byte(wal.OpDelete)}, uvarint(1), uvarint(0), uvarint(1), []byte("kX"))), wal.ErrCorrupt},
 		{"trailing bytes after snapshot marker", frame([]byte{byte(wal.OpSnapEnd), 1, 0, 0, 0}), wal.ErrCorrupt},
@@ -271,7 +303,7 @@ func TestDecodeDoesNotAllocate(t *testing.T) {
 		{"zero length", header(0, 0)},
 		{"truncated payload", good[:len(good)-1]},
 		{"bad CRC", badCRC},
-		{"unknown op", frame([]byte{6, 1, 0, 1, 'k'})},
+		{"unknown op", frame([]byte{7, 1, 0, 1, 'k'})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -292,6 +324,9 @@ func FuzzDecode(f *testing.F) {
 	for _, tt := range decodeErrorCases() {
 		f.Add(tt.buf)
 	}
+	log, _, ends, _ := logFile()
+	f.Add(log[len(wal.LogMagic):])
+	f.Add(log[len(wal.LogMagic) : ends[1]+5])
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) > 1024 {
 			// Scan tries Decode at every offset of a damaged tail: long
@@ -304,7 +339,61 @@ func FuzzDecode(f *testing.F) {
 		checkDecode(t, frame(data))
 		checkScan(t, data)
 		checkScan(t, append(wal.LogMagic[:len(wal.LogMagic):len(wal.LogMagic)], data...))
+		checkScanLog(t, append(wal.LogMagic[:len(wal.LogMagic):len(wal.LogMagic)], data...))
+		checkScanLog(t, append(wal.LogMagicV1[:len(wal.LogMagicV1):len(wal.LogMagicV1)], data...))
 	})
+}
+
+// checkScanLog checks what ScanLog makes of data: the committed part
+// re-encodes, batch by batch, to the same bytes and scans alone to the
+// same batches, and the tail after it holds no complete batch.
+func checkScanLog(t *testing.T, data []byte) {
+	t.Helper()
+	batches, ls, err := scanLog(data)
+	if ls.Committed < 0 || ls.Committed > len(data) {
+		t.Fatalf("ScanLog(%x) = %+v, out of range", data, ls)
+	}
+	if err != nil {
+		var damage *wal.DamageError
+		if !errors.Is(err, wal.ErrCorrupt) && !errors.As(err, &damage) {
+			t.Fatalf("ScanLog(%x): unexpected error %v", data, err)
+		}
+		return
+	}
+	magic := map[int][8]byte{1: wal.LogMagicV1, 2: wal.LogMagic}[ls.Version]
+	enc := slices.Clone(magic[:])
+	for _, b := range batches {
+		if len(b) == 0 || ls.Version == 1 && len(b) != 1 {
+			t.Fatalf("ScanLog(%x) gave a batch of %d records in format %d", data, len(b), ls.Version)
+		}
+		for i := range b {
+			if op := b[i].Op; op != wal.OpPut && op != wal.OpDelete && op != wal.OpExpire {
+				t.Fatalf("ScanLog(%x) gave a record of op %d", data, op)
+			}
+			enc = wal.Append(enc, &b[i])
+		}
+		if ls.Version == 2 {
+			enc = wal.Append(enc, &wal.Record{Op: wal.OpCommit, Rev: b[len(b)-1].Rev})
+		}
+	}
+	if !bytes.Equal(enc, data[:ls.Committed]) {
+		t.Fatalf("ScanLog(%x) commits %d bytes, but its batches encode to %x", data, ls.Committed, enc)
+	}
+	again, ls2, err := scanLog(data[:ls.Committed])
+	if err != nil || ls2 != (wal.LogScan{Version: ls.Version, Committed: ls.Committed}) {
+		t.Fatalf("ScanLog of the committed part of %x = %+v, %v; want %d bytes committed, nothing after", data, ls2, err, ls.Committed)
+	}
+	if diff := cmp.Diff(batches, again, equateEmpty); diff != "" {
+		t.Fatalf("ScanLog of the committed part of %x gives other batches (-whole +committed):\n%s", data, diff)
+	}
+	if ls.Version == 0 {
+		return
+	}
+	tail := append(slices.Clone(magic[:]), data[ls.Committed:]...)
+	none, ls3, err := scanLog(tail)
+	if err != nil || len(none) > 0 || ls3.Committed != len(magic) || ls3.Uncommitted != ls.Uncommitted {
+		t.Fatalf("the tail of %x after %d bytes scans to %d batches, %+v, %v; want none, and %d uncommitted records", data, ls.Committed, len(none), ls3, err, ls.Uncommitted)
+	}
 }
 
 func checkDecode(t *testing.T, data []byte) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -51,7 +52,8 @@ func TestScan(t *testing.T) {
 		{name: "magic only", data: wal.LogMagic[:], valid: 8, damage: -1},
 		{name: "short magic prefix", data: wal.LogMagic[:5], valid: 0, damage: -1},
 		{name: "one byte of magic", data: wal.LogMagic[:1], valid: 0, damage: -1},
-		{name: "bad magic", data: with(func(b []byte) []byte { b[7] = '2'; return b }), err: wal.ErrMagic, damage: -1},
+		{name: "bad magic", data: with(func(b []byte) []byte { b[7] = '9'; return b }), err: wal.ErrMagic, damage: -1},
+		{name: "format 1 magic", data: append(wal.LogMagicV1[:], file[8:]...), err: wal.ErrMagic, damage: -1},
 		{name: "snapshot magic", data: append(wal.SnapMagic[:], file[8:]...), err: wal.ErrMagic, damage: -1},
 		{name: "short non-magic", data: []byte("kvx"), err: wal.ErrMagic, damage: -1},
 		{name: "zeroed tail", data: append(bytes.Clone(file), make([]byte, 100)...), valid: len(file), n: 4, damage: -1},
@@ -268,5 +270,161 @@ func TestScanLengthFlipToEndOfFile(t *testing.T) {
 	var damage *wal.DamageError
 	if !errors.As(err, &damage) || damage.Offset != int64(first) {
 		t.Errorf("Scan = %d, %v; want a *DamageError at %d: revisions 2 and 3 are whole and would be cut off", valid, err, first)
+	}
+}
+
+// logFile is a segment of the current format: three batches, each ended
+// by its commit marker. The second holds two records that share a
+// revision, as a transaction's will. ends[i] is where batch i ends, and
+// recordEnds where each record of the last batch ends.
+func logFile() (data []byte, batches [][]wal.Record, ends, recordEnds []int) {
+	batches = [][]wal.Record{
+		{{Op: wal.OpPut, Rev: 1, Key: []byte("a"), ContentType: []byte("text/plain"), Value: []byte("1")}},
+		{{Op: wal.OpPut, Rev: 2, Key: []byte("b"), Value: []byte("2")}, {Op: wal.OpDelete, Rev: 2, PrevRev: 1, Key: []byte("a")}},
+		{{Op: wal.OpPut, Rev: 3, Key: []byte("c"), Value: bytes.Repeat([]byte("c"), 30)}, {Op: wal.OpExpire, Rev: 4, PrevRev: 2, Key: []byte("b")}},
+	}
+	data = append(data, wal.LogMagic[:]...)
+	for _, b := range batches {
+		recordEnds = recordEnds[:0]
+		for i := range b {
+			data = wal.Append(data, &b[i])
+			recordEnds = append(recordEnds, len(data))
+		}
+		data = wal.Append(data, &wal.Record{Op: wal.OpCommit, Rev: b[len(b)-1].Rev})
+		ends = append(ends, len(data))
+	}
+	return data, batches, ends, recordEnds
+}
+
+// scanLog runs ScanLog and keeps copies of the batches.
+func scanLog(data []byte) ([][]wal.Record, wal.LogScan, error) {
+	var batches [][]wal.Record
+	ls, err := wal.ScanLog(data, func(b []wal.Record) error {
+		batches = append(batches, slices.Clone(b))
+		return nil
+	})
+	return batches, ls, err
+}
+
+func TestScanLog(t *testing.T) {
+	file, batches, ends, recordEnds := logFile()
+	with := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(file)) }
+	marker := func(rev int64) []byte { return wal.Append(nil, &wal.Record{Op: wal.OpCommit, Rev: rev}) }
+	record := wal.Append(nil, &wal.Record{Op: wal.OpPut, Rev: 5, Key: []byte("d"), Value: []byte("4")})
+
+	type scanLogCase struct {
+		name    string
+		data    []byte
+		want    wal.LogScan
+		batches int   // committed batches
+		err     error // ErrMagic or ErrCorrupt; nil for none
+		damage  bool  // a *DamageError
+	}
+	tests := []scanLogCase{
+		{name: "clean", data: file, want: wal.LogScan{Version: 2, Committed: len(file)}, batches: 3},
+		{name: "empty", data: nil, want: wal.LogScan{}},
+		{name: "short magic prefix", data: wal.LogMagic[:7], want: wal.LogScan{}},
+		{name: "magic only", data: wal.LogMagic[:], want: wal.LogScan{Version: 2, Committed: 8}},
+		{name: "bad magic", data: with(func(b []byte) []byte { b[7] = '9'; return b }), err: wal.ErrMagic},
+		{name: "snapshot magic", data: append(wal.SnapMagic[:], file[8:]...), err: wal.ErrMagic},
+		{name: "whole records without their marker", data: file[:recordEnds[1]], want: wal.LogScan{Version: 2, Committed: ends[1], Uncommitted: 2}, batches: 2},
+		{name: "a record after the last marker", data: append(bytes.Clone(file), record...), want: wal.LogScan{Version: 2, Committed: len(file), Uncommitted: 1}, batches: 3},
+		{name: "zeroed tail", data: append(bytes.Clone(file), make([]byte, 40)...), want: wal.LogScan{Version: 2, Committed: len(file)}, batches: 3},
+		{name: "marker with another revision", data: append(append(bytes.Clone(file), record...), marker(4)...), want: wal.LogScan{Version: 2, Committed: len(file), Uncommitted: 1}, batches: 3, err: wal.ErrCorrupt},
+		{name: "marker with no record", data: append(bytes.Clone(file), marker(4)...), want: wal.LogScan{Version: 2, Committed: len(file)}, batches: 3, err: wal.ErrCorrupt},
+		{name: "marker right after the magic", data: append(wal.LogMagic[:], marker(0)...), want: wal.LogScan{Version: 2, Committed: 8}, err: wal.ErrCorrupt},
+		{name: "snapshot record in a log", data: wal.Append(bytes.Clone(file), &wal.Record{Op: wal.OpSnapRev, Rev: 5}), want: wal.LogScan{Version: 2, Committed: len(file)}, batches: 3, err: wal.ErrCorrupt},
+		{name: "damage in the first batch", data: with(func(b []byte) []byte { b[12] ^= 1; return b }), want: wal.LogScan{Version: 2, Committed: 8}, damage: true},
+		{name: "damaged marker with batches after it", data: with(func(b []byte) []byte { b[ends[0]-1] ^= 1; return b }), want: wal.LogScan{Version: 2, Committed: 8, Uncommitted: 1}, damage: true},
+	}
+	for cut := ends[1] + 1; cut < len(file); cut++ {
+		whole := 0
+		for whole < len(recordEnds) && recordEnds[whole] <= cut {
+			whole++
+		}
+		tests = append(tests, scanLogCase{name: fmt.Sprintf("torn at %d", cut), data: file[:cut],
+			want: wal.LogScan{Version: 2, Committed: ends[1], Uncommitted: whole}, batches: 2})
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ls, err := scanLog(tt.data)
+			var damage *wal.DamageError
+			switch {
+			case tt.damage:
+				if !errors.As(err, &damage) {
+					t.Errorf("error = %v, want a *DamageError", err)
+				}
+			case tt.err != nil:
+				if !errors.Is(err, tt.err) || errors.As(err, &damage) {
+					t.Errorf("error = %v, want %v", err, tt.err)
+				}
+			case err != nil:
+				t.Errorf("error = %v, want nil", err)
+			}
+			if diff := cmp.Diff(tt.want, ls); diff != "" && tt.err != wal.ErrMagic {
+				t.Errorf("LogScan (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(batches[:tt.batches], got, equateEmpty); diff != "" {
+				t.Errorf("batches (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestScanLogCallbackError(t *testing.T) {
+	file, _, ends, _ := logFile()
+	stop := errors.New("stop")
+	calls := 0
+	ls, err := wal.ScanLog(file, func(b []wal.Record) error {
+		calls++
+		if calls == 2 {
+			return stop
+		}
+		return nil
+	})
+	if err != stop || calls != 2 || ls.Committed != ends[0] {
+		t.Errorf("ScanLog = %+v, %v after %d calls; want the callback's error as is after 2, committed %d", ls, err, calls, ends[0])
+	}
+}
+
+// TestScanLogV1 reads a segment of format 1, which has no markers: every
+// whole record is a batch of its own, and a marker does not belong there.
+func TestScanLogV1(t *testing.T) {
+	records := []wal.Record{
+		{Op: wal.OpPut, Rev: 1, Key: []byte("a"), Value: []byte("1")},
+		{Op: wal.OpDelete, Rev: 2, PrevRev: 1, Key: []byte("a")},
+		{Op: wal.OpExpire, Rev: 3, PrevRev: 2, Key: []byte("b")},
+	}
+	file := encodeAllWith(wal.LogMagicV1, records)
+	last := len(encodeAllWith(wal.LogMagicV1, records[:2]))
+	var want [][]wal.Record
+	for _, r := range records {
+		want = append(want, []wal.Record{r})
+	}
+	tests := []struct {
+		name    string
+		data    []byte
+		want    wal.LogScan
+		batches int
+		corrupt bool
+	}{
+		{"clean", file, wal.LogScan{Version: 1, Committed: len(file)}, 3, false},
+		{"magic only", wal.LogMagicV1[:], wal.LogScan{Version: 1, Committed: 8}, 0, false},
+		{"torn last record", file[:len(file)-2], wal.LogScan{Version: 1, Committed: last}, 2, false},
+		{"commit marker", wal.Append(bytes.Clone(file), &wal.Record{Op: wal.OpCommit, Rev: 3}), wal.LogScan{Version: 1, Committed: len(file)}, 3, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ls, err := scanLog(tt.data)
+			if tt.corrupt != errors.Is(err, wal.ErrCorrupt) || !tt.corrupt && err != nil {
+				t.Errorf("error = %v, want ErrCorrupt: %v", err, tt.corrupt)
+			}
+			if diff := cmp.Diff(tt.want, ls); diff != "" {
+				t.Errorf("LogScan (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(want[:tt.batches], got, equateEmpty); diff != "" {
+				t.Errorf("batches (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
