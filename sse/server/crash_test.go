@@ -303,18 +303,20 @@ func crashFiles(t testing.TB, dir string) (wals, snaps []string) {
 }
 
 // crashFrame is one record of a log segment: where its frame starts and
-// ends in the file, and the revision in its payload.
+// ends in the file, where the commit marker of its batch ends (from there
+// on the write counts), and the revision in its payload.
 type crashFrame struct {
-	start, end int
-	rev        int64
+	start, end, commit int
+	rev                int64
 }
 
 // crashFrames parses a log segment by the documented format: the magic
-// "kvsseLG1", then frames of [length u32 LE][CRC-32C u32 LE][payload],
+// "kvsseLG2", then frames of [length u32 LE][CRC-32C u32 LE][payload],
 // where the payload is an op byte followed by the revision as a uvarint.
-// The whole file must be valid.
+// Each batch of change records ends with a commit marker (op 6); the
+// frames returned are the change records. The whole file must be valid.
 func crashFrames(data []byte) ([]crashFrame, error) {
-	if !bytes.HasPrefix(data, []byte("kvsseLG1")) {
+	if !bytes.HasPrefix(data, []byte("kvsseLG2")) {
 		return nil, fmt.Errorf("segment does not start with the magic: %q", data[:min(8, len(data))])
 	}
 	table := crc32.MakeTable(crc32.Castagnoli)
@@ -335,7 +337,13 @@ func crashFrames(data []byte) ([]crashFrame, error) {
 		if k <= 0 {
 			return nil, fmt.Errorf("frame at offset %d: bad revision", off)
 		}
-		frames = append(frames, crashFrame{start: off, end: off + 8 + n, rev: int64(rev)})
+		if payload[0] == 6 { // a commit marker ends the batch
+			for i := len(frames) - 1; i >= 0 && frames[i].commit == 0; i-- {
+				frames[i].commit = off + 8 + n
+			}
+		} else {
+			frames = append(frames, crashFrame{start: off, end: off + 8 + n, rev: int64(rev)})
+		}
 		off += 8 + n
 	}
 	return frames, nil
@@ -799,7 +807,7 @@ func TestTornTail(t *testing.T) {
 	first := frames[len(frames)-3].start
 	for off := first; off < len(data); off++ {
 		whole := 0
-		for whole < len(frames) && frames[whole].end <= off {
+		for whole < len(frames) && frames[whole].commit <= off {
 			whole++
 		}
 		dir := filepath.Join(scratch, strconv.Itoa(off))
@@ -919,8 +927,10 @@ func TestTornTailValueHoldsFrame(t *testing.T) {
 // TestCorruptMiddleRefused flips one bit in one record of a log. Damage
 // with valid records after it must make start-up fail with an error naming
 // the file and the record's offset, and leave the file untouched. Damage
-// in the last record is a corrupt tail: it is cut off with a log line, and
-// every write before it is kept.
+// in the last frame, the commit marker of the last write, is a corrupt
+// tail: it is cut off with a log line, and every write before it is kept.
+// Damage in the last write's record, before its intact marker, is damage
+// in a batch that was written whole: refused like any other.
 func TestCorruptMiddleRefused(t *testing.T) {
 	src, ops, seg, data, frames := crashSmallLog(t)
 	c := crashClient(t)
@@ -935,9 +945,10 @@ func TestCorruptMiddleRefused(t *testing.T) {
 		{"checksum of a middle record", 10, func(f crashFrame) int { return f.start + 5 }, true},
 		{"length of a middle record", 20, func(f crashFrame) int { return f.start + 2 }, true},
 		{"payload of the first record", 0, func(f crashFrame) int { return f.end - 1 }, true},
-		{"payload of the last record", last, func(f crashFrame) int { return f.start + 8 + (f.end-f.start-8)/2 }, false},
-		{"checksum of the last record", last, func(f crashFrame) int { return f.start + 4 }, false},
-		{"length of the last record", last, func(f crashFrame) int { return f.start + 2 }, false},
+		{"payload of the last record", last, func(f crashFrame) int { return f.start + 8 + (f.end-f.start-8)/2 }, true},
+		{"payload of the last commit marker", last, func(f crashFrame) int { return f.end + 9 }, false},
+		{"checksum of the last commit marker", last, func(f crashFrame) int { return f.end + 4 }, false},
+		{"length of the last commit marker", last, func(f crashFrame) int { return f.end + 2 }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(crashScratchDir(t), "data")
