@@ -282,21 +282,23 @@ func (c *committer) count(e *Entry, n int64) {
 	}
 }
 
-// room returns an error wrapping ErrFull when putting value over cur (nil:
-// absent) would create a key beyond MaxKeys or grow the values beyond
-// MaxBytes. A put that grows neither always fits, even in a store already
-// past a limit that was lowered.
+// room returns a *FullError when putting value over cur (nil: absent)
+// would create a key beyond MaxKeys or grow the values beyond MaxBytes. A
+// put that grows neither always fits, even in a store already past a
+// limit that was lowered.
 func (c *committer) room(cur *Entry, value []byte) error {
 	o := &c.s.opts
 	if cur == nil && o.MaxKeys > 0 && c.keys >= o.MaxKeys {
-		return fmt.Errorf("%w: it holds %d keys, the most allowed", ErrFull, c.keys)
+		return &FullError{Limit: LimitKeys, Max: o.MaxKeys,
+			msg: fmt.Sprintf("it holds %d keys, the most allowed", c.keys)}
 	}
 	grow := int64(len(value))
 	if cur != nil {
 		grow -= int64(len(cur.Value))
 	}
 	if grow > 0 && o.MaxBytes > 0 && c.bytes+grow > o.MaxBytes {
-		return fmt.Errorf("%w: its values hold %d bytes; %d more would pass the limit of %d", ErrFull, c.bytes, grow, o.MaxBytes)
+		return &FullError{Limit: LimitBytes, Max: o.MaxBytes,
+			msg: fmt.Sprintf("its values hold %d bytes; %d more would pass the limit of %d", c.bytes, grow, o.MaxBytes)}
 	}
 	return nil
 }

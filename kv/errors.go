@@ -29,6 +29,26 @@ var (
 	ErrFull = errors.New("store full")
 )
 
+// The limits a FullError names.
+const (
+	LimitKeys  = "keys"  // Options.MaxKeys
+	LimitBytes = "bytes" // Options.MaxBytes
+)
+
+// FullError is the error of a put that a store limit refused: it matches
+// ErrFull, and says which limit (LimitKeys or LimitBytes) and its value,
+// so that a server can name the setting behind it.
+type FullError struct {
+	Limit string
+	Max   int64
+	msg   string
+}
+
+func (e *FullError) Error() string { return ErrFull.Error() + ": " + e.msg }
+
+// Is makes a FullError match ErrFull.
+func (e *FullError) Is(target error) bool { return target == ErrFull }
+
 // ConflictError is the error of a failed precondition. It matches
 // ErrPrecondition with errors.Is.
 type ConflictError struct {

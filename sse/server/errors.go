@@ -56,6 +56,14 @@ var errorTable = []struct {
 	{kv.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
 }
 
+// limitFlag is the flag that sets a store limit of kv.FullError.
+func limitFlag(limit string) string {
+	if limit == kv.LimitKeys {
+		return "-max-keys"
+	}
+	return "-max-bytes"
+}
+
 // errorStatus returns the status and code of err, from errorTable: 500
 // "internal" for an error it does not hold.
 func errorStatus(err error) (status int, code string) {
@@ -75,6 +83,10 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 	msg := "internal error"
 	if status != http.StatusInternalServerError {
 		msg = err.Error()
+	}
+	var full *kv.FullError
+	if errors.As(err, &full) {
+		msg += " (" + limitFlag(full.Limit) + ")"
 	}
 	if status == http.StatusInternalServerError {
 		logger.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)

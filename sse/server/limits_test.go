@@ -363,3 +363,51 @@ func TestLimitFlagErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestLimitErrorsNameTheFlag: every limit's error says the limit and the
+// flag that sets it, so that whoever meets it knows what to change.
+func TestLimitErrorsNameTheFlag(t *testing.T) {
+	tests := []struct {
+		name, flag string
+		args       []string
+		reqs       [][3]string // method, path, body; the last one meets the limit
+		status     int
+	}{
+		{name: "keys", flag: "-max-keys", args: []string{"-max-keys", "1"},
+			reqs: [][3]string{{"PUT", "/kv/a", "1"}, {"PUT", "/kv/b", "1"}}, status: http.StatusInsufficientStorage},
+		{name: "bytes", flag: "-max-bytes", args: []string{"-max-bytes", "4"},
+			reqs: [][3]string{{"PUT", "/kv/a", "12345"}}, status: http.StatusInsufficientStorage},
+		{name: "value", flag: "-max-value", args: []string{"-max-value", "3"},
+			reqs: [][3]string{{"PUT", "/kv/a", "1234"}}, status: http.StatusRequestEntityTooLarge},
+		{name: "patterns", flag: "-max-patterns", args: []string{"-max-patterns", "1"},
+			reqs: [][3]string{{"GET", "/watch?pattern=a&pattern=b", ""}}, status: http.StatusBadRequest},
+		{name: "write rate", flag: "-write-rate", args: []string{"-write-rate", "0.001", "-write-burst", "1"},
+			reqs: [][3]string{{"PUT", "/kv/a", "1"}, {"PUT", "/kv/a", "2"}}, status: http.StatusTooManyRequests},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := servertest.Start(t, tt.args...)
+			var resp *http.Response
+			var b []byte
+			for _, r := range tt.reqs {
+				resp, b = servertest.Send(t, r[0], ts.URL+r[1], strings.NewReader(r[2]))
+			}
+			e := servertest.DecodeError(t, b)
+			if resp.StatusCode != tt.status || !strings.Contains(e.Error, tt.flag) {
+				t.Errorf("%d %s: want %d and an error naming %s", resp.StatusCode, b, tt.status, tt.flag)
+			}
+		})
+	}
+	// The stream limits: the stream that meets them.
+	for _, tt := range []struct{ flag, limit string }{{"-max-subscribers", "1"}, {"-max-subscribers-per-ip", "1"}} {
+		t.Run(tt.flag, func(t *testing.T) {
+			ts := servertest.Start(t, tt.flag, tt.limit)
+			s := servertest.Open(t, ts.URL+"/watch/a", nil)
+			s.Sync(t)
+			resp, b := servertest.Send(t, "GET", ts.URL+"/watch/b", nil)
+			if e := servertest.DecodeError(t, b); resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(e.Error, tt.flag+" ") {
+				t.Errorf("%d %s: want 429 and an error naming %s", resp.StatusCode, b, tt.flag)
+			}
+		})
+	}
+}
