@@ -180,11 +180,17 @@ func globMatch(g, s string) bool {
 	if first < 0 {
 		return g == s
 	}
+	return globMatchStars(g, first, strings.LastIndexByte(g, '*'), s)
+}
+
+// globMatchStars is globMatch for a glob g that holds "*", first and last
+// being the indexes of its first and last "*". It stops at the first piece
+// of g that s lacks.
+func globMatchStars(g string, first, last int, s string) bool {
 	if !strings.HasPrefix(s, g[:first]) {
 		return false
 	}
 	s = s[first:]
-	last := strings.LastIndexByte(g, '*')
 	suffix := g[last+1:]
 	if !strings.HasSuffix(s, suffix) {
 		return false
@@ -199,6 +205,33 @@ func globMatch(g, s string) bool {
 		s, middle = s[i+len(piece):], rest
 	}
 	return true
+}
+
+// glob is a pattern segment holding "*", compiled once to be matched
+// against many key segments, as the watch index does.
+type glob struct {
+	text        string
+	first, last int // indexes of the first and last "*" in text
+	literal     int // bytes of text that are not "*": no shorter segment matches
+}
+
+// compileGlob compiles seg, a segment of a valid pattern that holds "*"
+// (not a last "**"). It costs about len(seg) and does not allocate.
+func compileGlob(seg string) glob {
+	return glob{
+		text:    seg,
+		first:   strings.IndexByte(seg, '*'),
+		last:    strings.LastIndexByte(seg, '*'),
+		literal: len(seg) - strings.Count(seg, "*"),
+	}
+}
+
+// match reports whether g matches the key segment s, as globMatch does. It
+// does not allocate. It answers at once when s is shorter than the literal
+// text of g; otherwise it costs about len(s) plus the part of g it reads
+// before the first piece that s lacks.
+func (g *glob) match(s string) bool {
+	return len(s) >= g.literal && globMatchStars(g.text, g.first, g.last, s)
 }
 
 // checkSegments checks s, a key or (with glob set) a pattern, in one pass.
