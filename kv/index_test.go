@@ -337,8 +337,13 @@ func indexNodes[V comparable](n *indexNode[V]) int {
 	for _, c := range n.lits {
 		count += indexNodes(c)
 	}
-	for _, g := range n.globs {
-		count += indexNodes(g.node)
+	if n.star != nil {
+		count += indexNodes(n.star)
+	}
+	if n.globs != nil {
+		for _, c := range n.globs.bySeg {
+			count += indexNodes(c.node)
+		}
 	}
 	return count
 }
