@@ -371,7 +371,8 @@ func (cs *globChildren[V]) remove(seg string) {
 }
 
 // pickGrams is how many unanchored grams pickGram weighs at most, so that
-// adding a long glob costs a bounded number of lookups.
+// adding a glob costs a bounded number of lookups, besides a pass over its
+// text.
 const pickGrams = 32
 
 // pickGram returns the gram to file g under: the longest, an anchored one
@@ -403,14 +404,21 @@ func (cs *globChildren[V]) pickGram(g *glob) gram {
 	if suffix := g.text[g.last+1:]; suffix != "" {
 		consider(gramEnd, suffix[len(suffix)-min(len(suffix), gramMax):])
 	}
-	weighed := 0
-	for middle := g.text[g.first+1 : max(g.last, g.first+1)]; middle != "" && weighed < pickGrams; {
-		piece, rest, _ := strings.Cut(middle, "*")
-		for i := 0; i+min(len(piece), gramMax) <= len(piece) && weighed < pickGrams; i++ {
-			consider(gramAnywhere, piece[i:i+min(len(piece), gramMax)])
+	middle := g.text[g.first+1 : max(g.last, g.first+1)]
+	longest := 0
+	for rest := middle; rest != ""; {
+		var piece string
+		piece, rest, _ = strings.Cut(rest, "*")
+		longest = max(longest, len(piece))
+	}
+	l := min(longest, gramMax)
+	for weighed := 0; middle != "" && weighed < pickGrams && 2*l >= bestScore; {
+		var piece string
+		piece, middle, _ = strings.Cut(middle, "*")
+		for i := 0; i+l <= len(piece) && weighed < pickGrams; i++ {
+			consider(gramAnywhere, piece[i:i+l])
 			weighed++
 		}
-		middle = rest
 	}
 	return best
 }
