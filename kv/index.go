@@ -404,19 +404,23 @@ func (cs *globChildren[V]) pickGram(g *glob) gram {
 	if suffix := g.text[g.last+1:]; suffix != "" {
 		consider(gramEnd, suffix[len(suffix)-min(len(suffix), gramMax):])
 	}
-	middle := g.text[g.first+1 : max(g.last, g.first+1)]
-	longest := 0
-	for rest := middle; rest != ""; {
-		var piece string
-		piece, rest, _ = strings.Cut(rest, "*")
-		longest = max(longest, len(piece))
+	// The unanchored grams are the runs of l bytes without "*" between
+	// the first and the last "*", l as long as the longest piece allows.
+	longest, run := 0, 0
+	for i := g.first + 1; i < g.last; i++ {
+		if run++; g.text[i] == '*' {
+			run = 0
+		}
+		longest = max(longest, run)
 	}
 	l := min(longest, gramMax)
-	for weighed := 0; middle != "" && weighed < pickGrams && 2*l >= bestScore; {
-		var piece string
-		piece, middle, _ = strings.Cut(middle, "*")
-		for i := 0; i+l <= len(piece) && weighed < pickGrams; i++ {
-			consider(gramAnywhere, piece[i:i+l])
+	run = 0
+	for i, weighed := g.first+1, 0; i < g.last && l > 0 && weighed < pickGrams && 2*l >= bestScore; i++ {
+		if run++; g.text[i] == '*' {
+			run = 0
+		}
+		if run >= l {
+			consider(gramAnywhere, g.text[i+1-l:i+1])
 			weighed++
 		}
 	}
