@@ -3,6 +3,7 @@ package kv
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -232,6 +233,29 @@ func compileGlob(seg string) glob {
 // before the first piece that s lacks.
 func (g *glob) match(s string) bool {
 	return len(s) >= g.literal && globMatchStars(g.text, g.first, g.last, s)
+}
+
+// Globs returns the distinct segments of p that hold "*" and some other
+// text, such as "user-*" or "*-v2-*", in byte order: the segments that a
+// watch index keeps as globs. Each costs the index memory, and a try when
+// a key holds the bit of it the index files it under; a server may cap
+// them per client. A lone "*" and a last "**" match every segment without
+// a try and are not returned. Globs returns nil when there are none;
+// otherwise it allocates the slice, whose strings share the text of p.
+func (p Pattern) Globs() []string {
+	if !p.stars {
+		return nil
+	}
+	var globs []string
+	for s := p.s; s != ""; {
+		seg, rest, _ := strings.Cut(s, "/")
+		if seg != "*" && seg != "**" && strings.IndexByte(seg, '*') >= 0 {
+			globs = append(globs, seg)
+		}
+		s = rest
+	}
+	slices.Sort(globs)
+	return slices.Compact(globs)
 }
 
 // checkSegments checks s, a key or (with glob set) a pattern, in one pass.
