@@ -12,7 +12,10 @@ import "strings"
 // So matching a key costs about the length of the key, plus the matching
 // registrations, plus a try for each glob child met on the way that is
 // filed under a gram the key's segment holds (see globChildren): not the
-// number or the length of the patterns registered. Adding or removing a
+// number or the length of the patterns registered. Like any such tree, it
+// also walks the nodes of patterns that match the key's first segments
+// and not the rest: "*/*/x" and "c*/*/y" take a key "config/app/z" two
+// segments down, each along its own path. Adding or removing a
 // registration costs about the length of its pattern, whatever else is
 // registered.
 //
@@ -105,6 +108,14 @@ func (x *index[V]) match(key string, visit func(V)) {
 	x.matching = true
 	x.root.match(x, key, visit)
 	x.matching = false
+	if len(x.pending) > 0 {
+		x.prunePending()
+	}
+}
+
+// prunePending frees the nodes emptied by the removals made during the
+// match that returned.
+func (x *index[V]) prunePending() {
 	for _, p := range x.pending {
 		x.root.prune(x, p.s)
 	}
@@ -371,8 +382,8 @@ func (cs *globChildren[V]) remove(seg string) {
 }
 
 // pickGrams is how many unanchored grams pickGram weighs at most, so that
-// adding a glob costs a bounded number of lookups, besides a pass over its
-// text.
+// adding a glob costs a bounded number of lookups, besides one pass over
+// its text.
 const pickGrams = 32
 
 // pickGram returns the gram to file g under: the longest, an anchored one
@@ -405,24 +416,23 @@ func (cs *globChildren[V]) pickGram(g *glob) gram {
 		consider(gramEnd, suffix[len(suffix)-min(len(suffix), gramMax):])
 	}
 	// The unanchored grams are the runs of l bytes without "*" between
-	// the first and the last "*", l as long as the longest piece allows.
-	longest, run := 0, 0
+	// the first and the last "*", l as long as the longest piece allows:
+	// at holds where the first pickGrams of them end.
+	var at [pickGrams]int
+	n, l, run := 0, 0, 0
 	for i := g.first + 1; i < g.last; i++ {
-		if run++; g.text[i] == '*' {
+		switch run++; {
+		case g.text[i] == '*':
 			run = 0
+		case run > l && l < gramMax:
+			l, at[0], n = run, i, 1
+		case run >= l && n < len(at):
+			at[n] = i
+			n++
 		}
-		longest = max(longest, run)
 	}
-	l := min(longest, gramMax)
-	run = 0
-	for i, weighed := g.first+1, 0; i < g.last && l > 0 && weighed < pickGrams && 2*l >= bestScore; i++ {
-		if run++; g.text[i] == '*' {
-			run = 0
-		}
-		if run >= l {
-			consider(gramAnywhere, g.text[i+1-l:i+1])
-			weighed++
-		}
+	for _, i := range at[:n] {
+		consider(gramAnywhere, g.text[i+1-l:i+1])
 	}
 	return best
 }
