@@ -1,6 +1,9 @@
 package kv
 
-import "strings"
+import (
+	"math"
+	"strings"
+)
 
 // index finds the values registered under the patterns that match a key. It
 // is a tree over the "/"-separated segments of the patterns, in the manner
@@ -286,9 +289,9 @@ func (n *indexNode[V]) drop(seg string) {
 // are each tried, at about the length of the key segment a try (their
 // literal text must fit in the segment, and matching stops at the first
 // piece the segment lacks); a cap on each client's globs bounds those. To
-// make that harder, a child is filed under its longest gram, anchored ones
-// first, and among equals under the one whose gram has the fewest children
-// so far.
+// make that harder, a child's gram is picked by weighing how long it is
+// against how many children it has already (see gramShift), so that globs
+// sharing a gram spread over their other grams.
 type globChildren[V comparable] struct {
 	bySeg  map[string]*globChild[V]
 	byGram map[gram]*gramChildren[V]
@@ -381,32 +384,31 @@ func (cs *globChildren[V]) remove(seg string) {
 	}
 }
 
-// pickGrams is how many unanchored grams pickGram weighs at most, so that
-// adding a glob costs a bounded number of lookups, besides one pass over
-// its text.
-const pickGrams = 32
+// pickGrams is how many unanchored grams of each length pickGram weighs at
+// most, so that adding a glob costs a bounded number of lookups, besides
+// one pass over its text.
+const pickGrams = 16
 
-// pickGram returns the gram to file g under: the longest, an anchored one
-// before an unanchored one of the same length, and among equals the one
-// with the fewest children filed under it so far.
+// pickGram returns the gram to file g under: the one whose children are
+// likely the fewest to try, by the cost of gramShift. It weighs the gram
+// anchored at each end and, from each piece between stars, the piece
+// itself when shorter than gramMax, or its first pickGrams windows of
+// gramMax bytes.
 func (cs *globChildren[V]) pickGram(g *glob) gram {
 	var best gram
-	bestScore, bestCount := -1, 0
+	bestCost := uint64(math.MaxUint64)
 	consider := func(where int, b string) {
-		score := 2 * len(b)
-		if where != gramAnywhere {
-			score++
-		}
-		if score < bestScore {
-			return
+		shift := gramShift(where, len(b))
+		if 1<<shift >= bestCost {
+			return // no better even with no children
 		}
 		gr := makeGram(where, b)
-		count := 0
+		cost := uint64(1) << shift
 		if gc := cs.byGram[gr]; gc != nil {
-			count = len(gc.children)
+			cost *= uint64(len(gc.children) + 1)
 		}
-		if score > bestScore || count < bestCount {
-			best, bestScore, bestCount = gr, score, count
+		if cost < bestCost {
+			best, bestCost = gr, cost
 		}
 	}
 	if prefix := g.text[:g.first]; prefix != "" {
@@ -415,26 +417,48 @@ func (cs *globChildren[V]) pickGram(g *glob) gram {
 	if suffix := g.text[g.last+1:]; suffix != "" {
 		consider(gramEnd, suffix[len(suffix)-min(len(suffix), gramMax):])
 	}
-	// The unanchored grams are the runs of l bytes without "*" between
-	// the first and the last "*", l as long as the longest piece allows:
-	// at holds where the first pickGrams of them end.
-	var at [pickGrams]int
-	n, l, run := 0, 0, 0
-	for i := g.first + 1; i < g.last; i++ {
-		switch run++; {
+	// at[l] holds where the unanchored grams of l bytes end.
+	var at [gramMax + 1][pickGrams]int
+	var n [gramMax + 1]int
+	run := 0
+	for i := g.first + 1; i <= g.last; i++ {
+		switch {
 		case g.text[i] == '*':
+			if run < gramMax && run > 0 && n[run] < pickGrams {
+				at[run][n[run]] = i - 1
+				n[run]++
+			}
 			run = 0
-		case run > l && l < gramMax:
-			l, at[0], n = run, i, 1
-		case run >= l && n < len(at):
-			at[n] = i
-			n++
+		case run+1 >= gramMax && n[gramMax] < pickGrams:
+			at[gramMax][n[gramMax]] = i
+			n[gramMax]++
+			fallthrough
+		default:
+			run++
 		}
 	}
-	for _, i := range at[:n] {
-		consider(gramAnywhere, g.text[i+1-l:i+1])
+	for l := gramMax; l > 0; l-- {
+		for _, i := range at[l][:n[l]] {
+			consider(gramAnywhere, g.text[i+1-l:i+1])
+		}
 	}
 	return best
+}
+
+// gramShift is the cost of filing a glob under a gram of l bytes anchored
+// as where says, as the power of two to multiply by its children plus one:
+// a byte less makes a gram about 16 times as common in keys, and so does
+// an anchor's absence, about 4 times. So a glob goes under its longest
+// gram, an anchored one first, until that is crowded: then under a shorter
+// or unanchored gram with fewer children. Globs that all hold the same
+// text, perhaps the text of keys often written, spread over their other
+// grams.
+func gramShift(where, l int) uint {
+	shift := uint(4 * (gramMax - l))
+	if where == gramAnywhere {
+		shift += 2
+	}
+	return shift
 }
 
 // match tries, against the key segment seg, the children filed under the

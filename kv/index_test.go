@@ -446,8 +446,8 @@ func gramHeld(g string, gr gram) bool {
 }
 
 // TestIndexGramPicked checks which gram a glob child is filed under: the
-// longest, anchored before unanchored, and among equals the one with the
-// fewest children so far.
+// longest, anchored before unanchored, until that one is crowded with
+// children (see gramShift).
 func TestIndexGramPicked(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -465,6 +465,10 @@ func TestIndexGramPicked(t *testing.T) {
 		{"longest piece", nil, "*q*q*q00001*", `anywhere "q000"`},
 		{"least used of the longest", []string{"*q*q00002*", "*q*q00003*"}, "*q*q*q00001*", `anywhere "0001"`},
 		{"least used anchor", []string{"ab*x", "ab*y"}, "ab*cd", `end "cd"`},
+		{"anchor before piece with a few", []string{"feature*zz1*", "feature*zz2*", "feature*zz3*"}, "feature*zz00005*", `start "feat"`},
+		{"piece when the anchor is crowded", []string{"feature*zz1*", "feature*zz2*", "feature*zz3*", "feature*zz4*"}, "feature*zz00005*", `anywhere "zz00"`},
+		{"shorter piece when the longer is crowded", abcdGlobs(16), "*abcd*xyz*", `anywhere "xyz"`},
+		{"longer piece while not too crowded", abcdGlobs(15), "*abcd*xyz*", `anywhere "abcd"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -479,6 +483,15 @@ func TestIndexGramPicked(t *testing.T) {
 			}
 		})
 	}
+}
+
+// abcdGlobs returns n globs that all go under the gram "abcd".
+func abcdGlobs(n int) []string {
+	var globs []string
+	for i := range n {
+		globs = append(globs, fmt.Sprintf("*abcd*k%02d*", i))
+	}
+	return globs
 }
 
 // hostileGlob returns the i'th of a family of distinct patterns of 900
@@ -519,6 +532,44 @@ func TestIndexHostileGlobs(t *testing.T) {
 			}
 			if steps := x.globSteps - before; steps > tt.maxSteps {
 				t.Errorf("%d glob children tried or compared with %d registered, want at most %d", steps, x.len(), tt.maxSteps)
+			}
+		})
+	}
+}
+
+// TestIndexGlobsSharingKeyText registers families of 60,000 globs made to
+// share text with a key written often, and checks that matching that key
+// still tries few of them: they spread over their other grams.
+func TestIndexGlobsSharingKeyText(t *testing.T) {
+	const n, key = 60_000, "feature-42"
+	tests := []struct {
+		form     string // of the i'th glob
+		maxSteps int
+	}{
+		{"*feature*zz%05d*", 100},
+		{"feature*zz%05d*", 100},
+		{"*feat*%05d", 100},
+		{"*e*%05d*", 100},
+		// The globs up to 99 have no piece rarer than "feature-4".
+		{"*feature-4*%d*", 200},
+	}
+	for _, tt := range tests {
+		t.Run(tt.form, func(t *testing.T) {
+			x := newIndex[int]()
+			var want []int
+			for i := range n {
+				p := indexTestPattern(t, fmt.Sprintf(tt.form, i))
+				x.add(p, i)
+				if p.Match(key) {
+					want = append(want, i)
+				}
+			}
+			before := x.globSteps
+			if diff := cmp.Diff(want, indexMatches(x, key)); diff != "" {
+				t.Errorf("match(%q) (-want +got):\n%s", key, diff)
+			}
+			if steps := x.globSteps - before; steps > tt.maxSteps {
+				t.Errorf("match(%q) tried %d glob children of %d, want at most %d", key, steps, n, tt.maxSteps)
 			}
 		})
 	}
