@@ -284,14 +284,14 @@ func (n *indexNode[V]) drop(seg string) {
 // The work is thus bounded by the key segment's length and the children
 // that share a gram with it, not by the number or length of the globs: a
 // flood of globs like "*q*q*q*...*q01234*" costs nothing to a key without
-// a "q". Globs made to share a gram with the keys that are written, say
-// "*feature*zz0001*", "*feature*zz0002*" and so on, pass the filter and
-// are each tried, at about the length of the key segment a try (their
-// literal text must fit in the segment, and matching stops at the first
-// piece the segment lacks); a cap on each client's globs bounds those. To
-// make that harder, a child's gram is picked by weighing how long it is
-// against how many children it has already (see gramShift), so that globs
-// sharing a gram spread over their other grams.
+// a "q". Children filed under a gram of a key segment are each tried, at
+// about the length of the segment a try (their literal text must fit in
+// it, and matching stops at the first piece it lacks). So a child's gram
+// is picked by weighing how long it is against how many children have it
+// already (see gramShift): globs that all hold the text of a key often
+// written, "*feature*zz0001*", "*feature*zz0002*" and so on, spread over
+// their other grams. Only globs with no other good gram, such as
+// "*feature*7*", stay together; a cap on each client's globs bounds those.
 type globChildren[V comparable] struct {
 	bySeg  map[string]*globChild[V]
 	byGram map[gram]*gramChildren[V]
