@@ -58,6 +58,76 @@ func BenchmarkPublish(b *testing.B) {
 	}
 }
 
+// BenchmarkPublishHostileGlobs publishes ordinary keys into a feed that
+// holds globs like "*q*q*...*q00001*" (900 bytes, all distinct, 64 a
+// subscription as one stream may hold) that match none of them, as a
+// client without a token may register by the thousand. The cost should
+// not grow with their number.
+func BenchmarkPublishHostileGlobs(b *testing.B) {
+	for _, n := range []int{10, 1000, 60_000} {
+		b.Run(fmt.Sprintf("globs=%d", n), func(b *testing.B) {
+			f := NewFeed(1000, 1024, 0)
+			subscribeHostile(b, f, 0, n)
+			keys := []string{"config/app/feature-42", "users/1234/profile", "jobs/queue-7/state", "config/db/pool-size"}
+			changes := []Change{{Op: OpPut, Value: make([]byte, 64)}}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				i++
+				changes[0].Key, changes[0].Revision = keys[i%len(keys)], int64(i)
+				f.Publish(changes, 0)
+			}
+		})
+	}
+}
+
+// BenchmarkSubscribeHostileGlobs subscribes with 64 more such globs and
+// cancels, with many registered already. Both hold the feed's lock, which
+// publishing needs, so their cost should not grow with that number either.
+func BenchmarkSubscribeHostileGlobs(b *testing.B) {
+	for _, n := range []int{10, 1000, 60_000} {
+		b.Run(fmt.Sprintf("globs=%d", n), func(b *testing.B) {
+			f := NewFeed(1000, 1024, 0)
+			subscribeHostile(b, f, 0, n)
+			opts := WatchOptions{Patterns: hostilePatterns(b, n, 64)}
+			b.ReportAllocs()
+			for b.Loop() {
+				sub, _, err := f.Subscribe(opts)
+				if err != nil {
+					b.Fatal(err)
+				}
+				sub.Cancel()
+			}
+		})
+	}
+}
+
+// subscribeHostile subscribes to the n hostile globs from the from'th (see
+// hostileGlob), 64 a subscription.
+func subscribeHostile(b *testing.B, f *Feed, from, n int) {
+	b.Helper()
+	for i := from; i < from+n; i += 64 {
+		_, _, err := f.Subscribe(WatchOptions{Patterns: hostilePatterns(b, i, min(64, from+n-i))})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// hostilePatterns parses n hostile globs from the from'th.
+func hostilePatterns(b *testing.B, from, n int) []Pattern {
+	b.Helper()
+	patterns := make([]Pattern, n)
+	for i := range patterns {
+		p, err := ParsePattern(hostileGlob(from + i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		patterns[i] = p
+	}
+	return patterns
+}
+
 // BenchmarkPut measures a write through the committer with no log, from
 // many goroutines at once.
 func BenchmarkPut(b *testing.B) {

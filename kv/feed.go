@@ -52,6 +52,11 @@ func (f *Feed) Revision() int64 {
 // last change's: a source may know that no change happened up to a
 // revision beyond it. changes is reused afterwards, so Publish copies
 // what it keeps.
+//
+// Finding the subscriptions of a change costs about the length of its key
+// plus the subscriptions it matches, not the number of patterns watched
+// (see index); the feed's lock is held meanwhile, as the committer holds
+// the store's.
 func (f *Feed) Publish(changes []Change, rev int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -352,7 +357,8 @@ func (sub *Subscription) Lagged() bool {
 }
 
 // Cancel ends the subscription; changes already queued can still be
-// taken. It is idempotent.
+// taken. It is idempotent. It holds the feed's lock, which publishing
+// needs, for about the length of the subscription's patterns.
 func (sub *Subscription) Cancel() {
 	sub.feed.mu.Lock()
 	defer sub.feed.mu.Unlock()
@@ -406,6 +412,11 @@ func (opts WatchOptions) Match(key string) bool {
 // must hold still until it has (no change above it may be published in
 // between, or the subscription would receive it twice). Errors:
 // ErrClosed, ErrInvalidRevision for a negative From.
+//
+// Subscribe holds the feed's lock, which publishing needs, for about the
+// length of opts.Patterns, whatever else is subscribed; when resuming
+// within the history, also for matching opts.Patterns against each
+// change kept since opts.From.
 func (f *Feed) Subscribe(opts WatchOptions) (sub *Subscription, snapshot bool, err error) {
 	if opts.Resume && opts.From < 0 {
 		return nil, false, fmt.Errorf("kv: watch from %d: %w", opts.From, ErrInvalidRevision)

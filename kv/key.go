@@ -3,6 +3,7 @@ package kv
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -180,11 +181,17 @@ func globMatch(g, s string) bool {
 	if first < 0 {
 		return g == s
 	}
+	return globMatchStars(g, first, strings.LastIndexByte(g, '*'), s)
+}
+
+// globMatchStars is globMatch for a glob g that holds "*", first and last
+// being the indexes of its first and last "*". It stops at the first piece
+// of g that s lacks.
+func globMatchStars(g string, first, last int, s string) bool {
 	if !strings.HasPrefix(s, g[:first]) {
 		return false
 	}
 	s = s[first:]
-	last := strings.LastIndexByte(g, '*')
 	suffix := g[last+1:]
 	if !strings.HasSuffix(s, suffix) {
 		return false
@@ -199,6 +206,56 @@ func globMatch(g, s string) bool {
 		s, middle = s[i+len(piece):], rest
 	}
 	return true
+}
+
+// glob is a pattern segment holding "*", compiled once to be matched
+// against many key segments, as the watch index does.
+type glob struct {
+	text        string
+	first, last int // indexes of the first and last "*" in text
+	literal     int // bytes of text that are not "*": no shorter segment matches
+}
+
+// compileGlob compiles seg, a segment of a valid pattern that holds "*"
+// (not a last "**"). It costs about len(seg) and does not allocate.
+func compileGlob(seg string) glob {
+	return glob{
+		text:    seg,
+		first:   strings.IndexByte(seg, '*'),
+		last:    strings.LastIndexByte(seg, '*'),
+		literal: len(seg) - strings.Count(seg, "*"),
+	}
+}
+
+// match reports whether g matches the key segment s, as globMatch does. It
+// does not allocate. It answers at once when s is shorter than the literal
+// text of g; otherwise it costs about len(s) plus the part of g it reads
+// before the first piece that s lacks.
+func (g *glob) match(s string) bool {
+	return len(s) >= g.literal && globMatchStars(g.text, g.first, g.last, s)
+}
+
+// Globs returns the distinct segments of p that hold "*" and some other
+// text, such as "user-*" or "*-v2-*", in byte order: the segments that a
+// watch index keeps as globs. Each costs the index memory, and a try when
+// a key holds the bit of it the index files it under; a server may cap
+// them per client. A lone "*" and a last "**" match every segment without
+// a try and are not returned. Globs returns nil when there are none;
+// otherwise it allocates the slice, whose strings share the text of p.
+func (p Pattern) Globs() []string {
+	if !p.stars {
+		return nil
+	}
+	var globs []string
+	for s := p.s; s != ""; {
+		seg, rest, _ := strings.Cut(s, "/")
+		if seg != "*" && seg != "**" && strings.IndexByte(seg, '*') >= 0 {
+			globs = append(globs, seg)
+		}
+		s = rest
+	}
+	slices.Sort(globs)
+	return slices.Compact(globs)
 }
 
 // checkSegments checks s, a key or (with glob set) a pattern, in one pass.

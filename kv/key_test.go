@@ -8,6 +8,8 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/google/go-cmp/cmp"
+
 	"kvsse/kv"
 )
 
@@ -419,6 +421,33 @@ func segmentsOver(alphabet string, n int) []string {
 		out = next
 	}
 	return all
+}
+
+func TestPatternGlobs(t *testing.T) {
+	tests := []struct {
+		pattern string
+		want    []string
+	}{
+		{"config/app", nil},
+		{"config/**", nil},
+		{"**", nil},
+		{"*/x/*/**", nil},
+		{"user-*", []string{"user-*"}},
+		{"a/*b/c*/*b/**", []string{"*b", "c*"}},
+		{"*q*q*/x*/*q*q*", []string{"*q*q*", "x*"}},
+		{"", nil}, // the zero Pattern
+	}
+	for _, tt := range tests {
+		t.Run(tt.pattern, func(t *testing.T) {
+			var p kv.Pattern
+			if tt.pattern != "" {
+				p = mustPattern(t, tt.pattern)
+			}
+			if diff := cmp.Diff(tt.want, p.Globs()); diff != "" {
+				t.Errorf("ParsePattern(%q).Globs() (-want +got):\n%s", tt.pattern, diff)
+			}
+		})
+	}
 }
 
 func TestAllocations(t *testing.T) {
