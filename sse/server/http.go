@@ -47,6 +47,7 @@ type api struct {
 	streams  *sse.Pool       // serves the streams of HTTP/1.1 connections it takes over
 	subs     chan struct{}   // one token per open stream; capacity -max-subscribers
 	subsByIP *ipCounter      // open streams per client address
+	globs    *globCounter    // distinct glob segments per client address
 	writes   *rateLimiter    // writes per client address; nil: no limit
 }
 
@@ -62,6 +63,7 @@ func newAPI(s store, cfg *Config, logger *slog.Logger, m *metrics, stopping cont
 		streams:  streams,
 		subs:     make(chan struct{}, cfg.MaxSubscribers),
 		subsByIP: newIPCounter(cfg.MaxSubscribersPerIP),
+		globs:    newGlobCounter(cfg.MaxGlobsPerIP),
 		writes:   newRateLimiter(cfg.WriteRate, cfg.WriteBurst, maxRateBuckets, time.Now),
 	}
 }

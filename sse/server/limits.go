@@ -3,9 +3,11 @@ package server
 import (
 	"errors"
 	"fmt"
+	"kvsse/kv"
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -28,6 +30,8 @@ func checkLimits(cfg *Config) error {
 		return configErr("-max-subscribers-per-ip must be 0 (no limit) or positive")
 	case cfg.MaxPatterns <= 0:
 		return configErr("-max-patterns must be positive")
+	case cfg.MaxPatternBytes < 0 || cfg.MaxGlobsPerIP < 0:
+		return configErr("-max-pattern-bytes and -max-globs-per-ip must be 0 (no limit) or positive")
 	case cfg.WriteRate < 0 || math.IsNaN(cfg.WriteRate) || math.IsInf(cfg.WriteRate, 0):
 		return configErr("-write-rate must be 0 (no limit) or a positive number of writes a second")
 	case cfg.WriteRate > 0 && cfg.WriteBurst < 1:
@@ -141,6 +145,94 @@ func (l *rateLimiter) makeRoom(now time.Time) {
 		}
 		delete(l.buckets, ip)
 	}
+}
+
+// admit takes the resources of a stream from ip on patterns: a slot of
+// -max-subscribers, one of -max-subscribers-per-ip, and room for the
+// patterns' globs in -max-globs-per-ip. It returns the function that
+// gives them back, to call once when the stream ends, or the error that
+// names the limit it met.
+func (a *api) admit(ip string, patterns []kv.Pattern) (release func(), err error) {
+	select {
+	case a.subs <- struct{}{}:
+	default:
+		return nil, fmt.Errorf("%w: %d streams are open, the most -max-subscribers allows", errTooManySubs, a.cfg.MaxSubscribers)
+	}
+	if !a.subsByIP.acquire(ip) {
+		<-a.subs
+		return nil, fmt.Errorf("%w: this address has %d streams open, the most -max-subscribers-per-ip allows", errTooManySubs, a.cfg.MaxSubscribersPerIP)
+	}
+	var globs []string
+	for _, p := range patterns {
+		globs = append(globs, p.Globs()...)
+	}
+	freeGlobs, n := a.globs.acquire(ip, globs)
+	if freeGlobs == nil {
+		a.subsByIP.release(ip)
+		<-a.subs
+		return nil, fmt.Errorf("%w: this address's streams would hold %d distinct glob segments (like \"user-*\"), the most -max-globs-per-ip allows is %d", errTooManySubs, n, a.cfg.MaxGlobsPerIP)
+	}
+	return func() {
+		freeGlobs()
+		a.subsByIP.release(ip)
+		<-a.subs
+	}, nil
+}
+
+// globCounter counts the distinct glob segments (kv.Pattern.Globs) that
+// the open streams of each client address have registered, up to max an
+// address (0: no limit): each costs the watch index memory and, now and
+// then, a try on a write. Its maps hold only addresses with a stream
+// open. It is safe for concurrent use.
+type globCounter struct {
+	max int
+
+	mu   sync.Mutex // guards byIP
+	byIP map[string]map[string]int
+}
+
+func newGlobCounter(max int) *globCounter {
+	return &globCounter{max: max, byIP: make(map[string]map[string]int)}
+}
+
+// acquire counts globs (which may repeat) once more for ip, unless that
+// would take ip past max distinct globs: it then returns a nil release and
+// the count it would have reached. release takes them back, once.
+func (c *globCounter) acquire(ip string, globs []string) (release func(), n int) {
+	if len(globs) == 0 {
+		return func() {}, 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	held := c.byIP[ip]
+	n = len(held)
+	for i, g := range globs {
+		if held[g] == 0 && !slices.Contains(globs[:i], g) {
+			n++
+		}
+	}
+	if c.max > 0 && n > c.max {
+		return nil, n
+	}
+	if held == nil {
+		held = make(map[string]int)
+		c.byIP[ip] = held
+	}
+	for _, g := range globs {
+		held[g]++
+	}
+	return sync.OnceFunc(func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, g := range globs {
+			if held[g]--; held[g] == 0 {
+				delete(held, g)
+			}
+		}
+		if len(held) == 0 {
+			delete(c.byIP, ip)
+		}
+	}), n
 }
 
 // ipCounter counts the open streams of each client address, up to max

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -381,6 +382,10 @@ func TestLimitErrorsNameTheFlag(t *testing.T) {
 			reqs: [][3]string{{"PUT", "/kv/a", "1234"}}, status: http.StatusRequestEntityTooLarge},
 		{name: "patterns", flag: "-max-patterns", args: []string{"-max-patterns", "1"},
 			reqs: [][3]string{{"GET", "/watch?pattern=a&pattern=b", ""}}, status: http.StatusBadRequest},
+		{name: "pattern bytes", flag: "-max-pattern-bytes", args: []string{"-max-pattern-bytes", "10"},
+			reqs: [][3]string{{"GET", "/watch?pattern=abcdef&pattern=ghijk", ""}}, status: http.StatusBadRequest},
+		{name: "globs", flag: "-max-globs-per-ip", args: []string{"-max-globs-per-ip", "2"},
+			reqs: [][3]string{{"GET", "/watch?pattern=a*/b*/a*&pattern=c*", ""}}, status: http.StatusTooManyRequests},
 		{name: "write rate", flag: "-write-rate", args: []string{"-write-rate", "0.001", "-write-burst", "1"},
 			reqs: [][3]string{{"PUT", "/kv/a", "1"}, {"PUT", "/kv/a", "2"}}, status: http.StatusTooManyRequests},
 	}
@@ -409,5 +414,78 @@ func TestLimitErrorsNameTheFlag(t *testing.T) {
 				t.Errorf("%d %s: want 429 and an error naming %s", resp.StatusCode, b, tt.flag)
 			}
 		})
+	}
+}
+
+// TestLimitGlobsPerIP: the distinct glob segments of an address's open
+// streams are counted together, a glob held by two streams once, and a
+// stream's end gives its globs back.
+func TestLimitGlobsPerIP(t *testing.T) {
+	ts := servertest.Start(t, "-max-globs-per-ip", "2")
+	s1 := servertest.Open(t, ts.URL+"/watch?pattern=x/a*&pattern=b*/**", nil)
+	s1.Sync(t)
+	s2 := servertest.Open(t, ts.URL+"/watch?pattern=a*", nil) // a* again: not new
+	s2.Sync(t)
+	if resp, b := servertest.Send(t, "GET", ts.URL+"/watch?pattern=c*", nil); resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("a third distinct glob: %d %s, want 429", resp.StatusCode, b)
+	}
+	s1.Close() // b* goes; a* stays with s2
+	deadline := time.Now().Add(servertest.Timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), servertest.Timeout)
+		resp, err := servertest.Get(ctx, ts.URL+"/watch?pattern=c*", nil) // the headers only
+		cancel()
+		if err == nil && resp.StatusCode == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("c* still refused %v after the stream holding b* ended: %v %v", servertest.Timeout, resp, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestHostileGlobsDoNotSlowWrites: one address opens 100 streams of 64
+// long, distinct glob patterns (*q*q*...*q00001*, the limits that would
+// refuse them turned off), and another client's PUTs take about as long
+// as before: matching a write costs what its key and its matching streams
+// cost, not what is registered. The server then still shuts down in time.
+func TestHostileGlobsDoNotSlowWrites(t *testing.T) {
+	ts := servertest.Start(t, "-max-pattern-bytes", "0", "-max-globs-per-ip", "0", "-write-rate", "0", "-shutdown-timeout", "5s")
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	median := func() time.Duration {
+		var ds []time.Duration
+		for i := range 101 {
+			start := time.Now()
+			a, _ := limitCall(t, client, "PUT", ts.URL+fmt.Sprintf("/kv/config/app/feature-%d", i), "on")
+			ds = append(ds, time.Since(start))
+			if a.Status/100 != 2 {
+				t.Fatalf("victim PUT: %+v", a)
+			}
+		}
+		slices.Sort(ds)
+		return ds[len(ds)/2]
+	}
+	before := median()
+
+	const streams, patterns = 100, 64
+	for i := range streams {
+		var q []string // not escaped: "*" may stand in a query, and escaped the request would pass 64 KiB
+		for j := range patterns {
+			q = append(q, "pattern="+strings.Repeat("*q", 390)+fmt.Sprintf("*q%05d*", i*patterns+j)) // ~790 bytes
+		}
+		s := servertest.Open(t, ts.URL+"/watch?"+strings.Join(q, "&"), nil)
+		s.Sync(t)
+	}
+	during := median()
+	t.Logf("victim PUT p50: %v before, %v with %d hostile streams of %d globs", before, during, streams, patterns)
+	if during > 3*before {
+		t.Errorf("victim PUT p50 %v with the hostile streams, over 3× the %v before", during, before)
+	}
+
+	start := time.Now()
+	ts.Stop(t)
+	if d := time.Since(start); d > 5*time.Second+2*time.Second {
+		t.Errorf("shutdown took %v with the hostile streams open, -shutdown-timeout is 5s", d)
 	}
 }

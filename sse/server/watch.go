@@ -19,10 +19,11 @@ type watchRequest struct {
 }
 
 // watchPatterns reads the patterns of a /watch request: the path's,
-// then each ?pattern=. A stream may have up to max patterns. It returns
+// then each ?pattern=. A stream may have up to max patterns, of maxBytes
+// bytes together (0: no limit). It returns
 // the valid patterns, and the error of the first invalid one, so that
 // the caller can check the rights on the valid ones first.
-func watchPatterns(r *http.Request, max int) ([]kv.Pattern, error) {
+func watchPatterns(r *http.Request, max, maxBytes int) ([]kv.Pattern, error) {
 	raw := r.URL.Query()["pattern"]
 	if p := r.PathValue("pattern"); p != "" {
 		raw = append([]string{p}, raw...)
@@ -32,6 +33,9 @@ func watchPatterns(r *http.Request, max int) ([]kv.Pattern, error) {
 	}
 	if len(raw) > max {
 		return nil, badParam(fmt.Sprintf("%d patterns: at most %d are allowed in one stream (-max-patterns)", len(raw), max))
+	}
+	if n := patternBytes(raw); maxBytes > 0 && n > maxBytes {
+		return nil, badParam(fmt.Sprintf("patterns of %d bytes: at most %d bytes of patterns are allowed in one stream (-max-pattern-bytes)", n, maxBytes))
 	}
 	var out []kv.Pattern
 	var first error
@@ -44,6 +48,15 @@ func watchPatterns(r *http.Request, max int) ([]kv.Pattern, error) {
 		out = append(out, p)
 	}
 	return out, first
+}
+
+// patternBytes is the length of the patterns together.
+func patternBytes(raw []string) int {
+	n := 0
+	for _, p := range raw {
+		n += len(p)
+	}
+	return n
 }
 
 // parseWatch reads the rest of a /watch request into wr: the revision to
@@ -92,7 +105,7 @@ func parseWatch(r *http.Request, wr *watchRequest) error {
 // handed over to a.streams.
 func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 	var wr watchRequest
-	ps, perr := watchPatterns(r, a.cfg.MaxPatterns)
+	ps, perr := watchPatterns(r, a.cfg.MaxPatterns, a.cfg.MaxPatternBytes)
 	wr.opts.Patterns = ps
 	// The rights come first: a pattern the token may not read is 403,
 	// whatever else is wrong with the request.
@@ -106,23 +119,14 @@ func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.logger, err)
 		return
 	}
-	select {
-	case a.subs <- struct{}{}:
-	default:
+	admitted, err := a.admit(clientIP(r), wr.opts.Patterns)
+	if err != nil {
 		untrack()
-		writeError(w, r, a.logger, fmt.Errorf("%w: %d streams are open, the most -max-subscribers allows", errTooManySubs, a.cfg.MaxSubscribers))
-		return
-	}
-	ip := clientIP(r)
-	if !a.subsByIP.acquire(ip) {
-		<-a.subs
-		untrack()
-		writeError(w, r, a.logger, fmt.Errorf("%w: this address has %d streams open, the most -max-subscribers-per-ip allows", errTooManySubs, a.cfg.MaxSubscribersPerIP))
+		writeError(w, r, a.logger, err)
 		return
 	}
 	release := func() {
-		a.subsByIP.release(ip)
-		<-a.subs
+		admitted()
 		untrack()
 	}
 	sub, err := a.store.Watch(wr.opts)
