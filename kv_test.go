@@ -394,3 +394,6 @@ func testKVMaxLimitCut(t *testing.T, be servertest.Backend) {
 		t.Fatalf("got %d items, next %v", len(l.Items), l.Next)
 	}
 }
+
+// TestMain stops the etcd cluster that the tests on both backends share.
+func TestMain(m *testing.M) { servertest.Main(m) }

@@ -554,12 +554,7 @@ func testSSEResumeLastEventID(t *testing.T, be servertest.Backend) {
 	s1 := servertest.Open(t, ts.URL+"/watch/r/**", nil)
 	s1.Sync(t)
 
-	halfway := make(chan struct{})
-	done := make(chan servertest.Result, 1)
-	go func() {
-		ops, err := servertest.Writers(ts.URL, "r/", 4, 200, "v", halfway, nil)
-		done <- servertest.Result{Ops: ops, Err: err}
-	}()
+	halfway, done := servertest.GoWriters(ts.URL, "r/", 4, 200, "v")
 
 	// The first client reads part of the first half, then drops.
 	var got []servertest.Op

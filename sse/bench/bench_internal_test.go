@@ -24,11 +24,7 @@ import (
 )
 
 // TestMain removes the kvsse binary that TestBenchBaseline built.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	servertest.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { servertest.Main(m) }
 
 // runBench runs "kvsse bench" (Run) against server and returns the
 // parsed JSON figures, the whole output and Run's error.

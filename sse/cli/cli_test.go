@@ -35,11 +35,7 @@ import (
 // started with servertest.Start or cliStartBin.
 
 // TestMain removes the kvsse binary the tests built.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	servertest.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { servertest.Main(m) }
 
 // cliTimeout bounds every wait of these tests: one command, one line of
 // a watch, one poll. It only bounds failures: it is generous because the
@@ -183,18 +179,6 @@ func cliRevisionLine(t testing.TB, out []byte) int64 {
 		t.Fatalf("put printed %q, want a revision and a newline", out)
 	}
 	return rev
-}
-
-// cliFreeAddr returns a 127.0.0.1 address that was free a moment ago.
-func cliFreeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }
 
 // cliStartBin runs the binary as a server with args (which must include
@@ -460,7 +444,7 @@ func TestCLIMissingAndDelete(t *testing.T) {
 		}
 	})
 	t.Run("server unreachable", func(t *testing.T) {
-		r := cliRun(t, nil, nil, "-server", "http://"+cliFreeAddr(t), "get", "del/k")
+		r := cliRun(t, nil, nil, "-server", "http://"+servertest.FreeAddr(t), "get", "del/k")
 		if r.code != 2 || r.stderr == "" {
 			t.Errorf("get from a server that is not there: exit %d, stderr %q; want exit 2 and an error", r.code, r.stderr)
 		}
@@ -640,7 +624,7 @@ func TestCLIFlagPlacement(t *testing.T) {
 	t.Parallel()
 	ts := servertest.Start(t)
 	cliPut(t, ts.URL, "f/k", []byte("value"))
-	dead := "http://" + cliFreeAddr(t)
+	dead := "http://" + servertest.FreeAddr(t)
 
 	t.Run("get", func(t *testing.T) {
 		tests := []struct {
@@ -697,7 +681,7 @@ func TestCLIFlagPlacement(t *testing.T) {
 func TestCLIUsage(t *testing.T) {
 	t.Parallel()
 	// No server: usage errors must not need one.
-	env := []string{"KVSSE_URL=http://" + cliFreeAddr(t)}
+	env := []string{"KVSSE_URL=http://" + servertest.FreeAddr(t)}
 	tests := []struct {
 		name string
 		args []string
@@ -1056,7 +1040,7 @@ func TestCLIWatchSnapshot(t *testing.T) {
 // data: the watch must resume by itself and print every change once.
 func TestCLIWatchReconnect(t *testing.T) {
 	t.Parallel()
-	addr, dir := cliFreeAddr(t), t.TempDir()
+	addr, dir := servertest.FreeAddr(t), t.TempDir()
 	srv := cliStartBin(t, nil, "-addr", addr, "-data", dir)
 	w := cliStartWatch(t, nil, "-server", srv.URL, "watch", "-json", "config/**")
 	sync0 := w.nextEvent(t)
@@ -1202,7 +1186,7 @@ func TestCLIToken(t *testing.T) {
 // which server it tried and how to point it elsewhere.
 func TestCLINoServer(t *testing.T) {
 	t.Parallel()
-	u := "http://" + cliFreeAddr(t)
+	u := "http://" + servertest.FreeAddr(t)
 	for _, env := range [][]string{{"KVSSE_URL=" + u}, nil} {
 		args := []string{"get", "k"}
 		want := u

@@ -85,7 +85,7 @@ func readTour(t *testing.T) tour {
 func TestREADMETour(t *testing.T) {
 	requireTools(t, "bash", "curl")
 	tr := readTour(t)
-	addr := cliFreeAddr(t)
+	addr := servertest.FreeAddr(t)
 	server := exec.Command(servertest.Binary(t), append(tr.serverArgs, "-addr", addr)...)
 	if err := server.Start(); err != nil {
 		t.Fatal(err)

@@ -21,45 +21,17 @@ import (
 	"kvsse/kv"
 )
 
-// authTokens, its tokens, authSHA and authWriteFile are those of
-// auth_test.go (package server_test, whose helpers these tests cannot
-// see): the fuzz target starts from the same file.
-
-// The tokens of authTokens.
-const (
-	authAdmin  = "admin-secret"
-	authReader = "reader-secret"
-	authWriter = "writer-secret"
-	authTeamA  = "team-a-secret" // given to the server as its SHA-256 only
-)
-
 func authSHA(token string) string {
 	sum := sha256.Sum256([]byte(token))
 	return hex.EncodeToString(sum[:])
 }
 
-// authTokens is an auth file: an admin, a reader and a writer of every
-// key, and a token scoped to team-a/** in its SHA-256 form.
-var authTokens = `{"tokens": [
-	{"name": "admin", "token": "` + authAdmin + `", "read": ["**"], "write": ["**"]},
-	{"name": "reader", "token": "` + authReader + `", "read": ["**"]},
-	{"name": "writer", "token": "` + authWriter + `", "write": ["**"]},
-	{"name": "team-a", "sha256": "` + authSHA(authTeamA) + `", "read": ["team-a/**"], "write": ["team-a/**"]}
-]}`
-
-// authWriteFile writes an auth file into dir (a new temporary directory
-// when dir is "") and returns its path.
+// authWriteFile writes content as the auth file auth.json in dir and
+// returns its path.
 func authWriteFile(t testing.TB, dir, content string) string {
 	t.Helper()
-	if dir == "" {
-		dir = t.TempDir()
-	}
 	path := filepath.Join(dir, "auth.json")
-	// Write and rename, so that a reload never reads half a file.
-	if err := os.WriteFile(path+".tmp", []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(path+".tmp", path); err != nil {
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -241,7 +213,9 @@ func FuzzAuthRedactQuery(f *testing.F) {
 // FuzzAuthFile: parseAuthFile never panics, and what it accepts has
 // unique, non-empty names and finds each clear token.
 func FuzzAuthFile(f *testing.F) {
-	f.Add([]byte(authTokens))
+	f.Add([]byte(`{"tokens": [
+		{"name": "admin", "token": "admin-secret", "read": ["**"], "write": ["**"]},
+		{"name": "team-a", "sha256": "` + authSHA("team-a-secret") + `", "read": ["team-a/**"], "write": ["team-a/**"]}]}`))
 	f.Add([]byte(`{"tokens": []}`))
 	f.Add([]byte(`{"tokens": [{"name": "a", "token": "t", "read": ["a/*"], "write": ["**"]}]}`))
 	f.Add([]byte(`{"tokens": [{"name": "a", "sha256": "` + authSHA("x") + `"}, {"name": "a", "token": "x"}]}`))

@@ -650,18 +650,6 @@ func brWaitValue(t testing.TB, base, key, want string, wantStatus int) {
 	}
 }
 
-// brFreeAddr picks a free local port, so that a restarted server can
-// listen on the same address.
-func brFreeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // brOtherOrigin is the page of another site that watches kvsse with
 // credentials and tries a compare-and-set write.
 const brOtherOrigin = `<!doctype html><title>other origin</title><script>
@@ -699,7 +687,7 @@ func TestBrowser(t *testing.T) {
 	refused := httptest.NewServer(otherPage)
 	defer refused.Close()
 
-	addr, dir := brFreeAddr(t), t.TempDir()
+	addr, dir := servertest.FreeAddr(t), t.TempDir()
 	args := []string{"-addr", addr, "-data", dir, "-cors-origins", allowed.URL}
 	srv := servertest.Start(t, args...)
 	base := srv.URL

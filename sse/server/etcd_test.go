@@ -127,12 +127,7 @@ func TestEtcdResumeOnOtherNode(t *testing.T) {
 
 	s1 := servertest.Open(t, a.URL+"/watch/m/**", nil)
 	s1.Sync(t)
-	halfway := make(chan struct{})
-	done := make(chan servertest.Result, 1)
-	go func() {
-		ops, err := servertest.Writers(b.URL, "m/", 4, 100, "v", halfway, nil)
-		done <- servertest.Result{Ops: ops, Err: err}
-	}()
+	halfway, done := servertest.GoWriters(b.URL, "m/", 4, 100, "v")
 	var got []servertest.Op
 	add := func(e servertest.Event) {
 		t.Helper()

@@ -179,20 +179,31 @@ func parseTTL(s string) (time.Duration, error) {
 	return d, nil
 }
 
-func (a *api) handlePut(w http.ResponseWriter, r *http.Request) {
+// writeTarget reads what every write of a key starts with: the client's
+// rate, the key, and its precondition (If-None-Match: * only when
+// allowAbsent). When one fails, it has answered, and ok is false.
+func (a *api) writeTarget(w http.ResponseWriter, r *http.Request, allowAbsent bool) (key string, cond kv.Cond, ok bool) {
 	if !a.allowWrite(w, r) {
-		return
+		return "", cond, false
 	}
-	key := r.PathValue("key")
-	if err := kv.ValidateKey(key); err != nil {
-		writeError(w, r, a.logger, err)
-		return
+	key = r.PathValue("key")
+	err := kv.ValidateKey(key)
+	if err == nil {
+		cond, err = writeCond(r, allowAbsent)
 	}
-	cond, err := writeCond(r, true)
 	if err != nil {
 		writeError(w, r, a.logger, err)
+		return "", cond, false
+	}
+	return key, cond, true
+}
+
+func (a *api) handlePut(w http.ResponseWriter, r *http.Request) {
+	key, cond, ok := a.writeTarget(w, r, true)
+	if !ok {
 		return
 	}
+	var err error
 	var ttl time.Duration
 	if r.URL.RawQuery != "" {
 		ttl, err = parseTTL(r.URL.Query().Get("ttl"))
@@ -269,17 +280,8 @@ func (a *api) writeWritten(w http.ResponseWriter, status int, key string, rev in
 }
 
 func (a *api) handleDelete(w http.ResponseWriter, r *http.Request) {
-	if !a.allowWrite(w, r) {
-		return
-	}
-	key := r.PathValue("key")
-	if err := kv.ValidateKey(key); err != nil {
-		writeError(w, r, a.logger, err)
-		return
-	}
-	cond, err := writeCond(r, false)
-	if err != nil {
-		writeError(w, r, a.logger, err)
+	key, cond, ok := a.writeTarget(w, r, false)
+	if !ok {
 		return
 	}
 	res, err := a.store.Delete(r.Context(), key, cond)

@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"os"
 	"testing"
 
 	"kvsse/sse/server/servertest"
@@ -9,8 +8,4 @@ import (
 
 // TestMain stops the etcd cluster the tests share and removes the kvsse
 // binary they built.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	servertest.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { servertest.Main(m) }

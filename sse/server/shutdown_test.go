@@ -43,7 +43,7 @@ func bigDataDir(t *testing.T, n int) string {
 // only once its data is loaded, so the test picks the port itself.
 func startLoading(t *testing.T, dir string) (*exec.Cmd, string) {
 	t.Helper()
-	addr := freeAddr(t)
+	addr := servertest.FreeAddr(t)
 	cmd := exec.Command(servertest.Binary(t), "-addr", addr, "-data", dir, "-log-level", "warn")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -61,17 +61,6 @@ func startLoading(t *testing.T, dir string) (*exec.Cmd, string) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// freeAddr returns a loopback address with a port free at the time.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // TestLockedDataDirNoBanner: a server that cannot open its data directory

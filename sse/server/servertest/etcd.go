@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -242,6 +243,18 @@ func tryEtcdCluster(path string, n int) (*Cluster, error) {
 }
 
 // freePorts returns n distinct loopback ports that were free a moment ago.
+// FreeAddr returns a loopback address whose port was free a moment ago,
+// for a server that must listen on an address known before it starts (a
+// restart on the same address, a process whose banner comes late).
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ports, err := freePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+}
+
 func freePorts(n int) ([]int, error) {
 	var ports []int
 	for range n {

@@ -54,10 +54,18 @@ func Binary(t testing.TB) string {
 	return binPath
 }
 
-// Cleanup stops the etcd cluster that SharedEtcd started and removes the
-// executable that Binary built, if they exist. Call it from TestMain
-// once m.Run has returned.
-func Cleanup() {
+// Main runs the tests of m, then stops the etcd cluster that SharedEtcd
+// started and removes the executable that Binary built, if they exist,
+// and exits with the tests' status. A package whose tests use them calls
+// it from its TestMain.
+func Main(m *testing.M) {
+	code := m.Run()
+	cleanup()
+	os.Exit(code)
+}
+
+// cleanup stops the shared etcd cluster and removes the built binary.
+func cleanup() {
 	stopSharedEtcd()
 	if binPath != "" {
 		os.RemoveAll(filepath.Dir(binPath))

@@ -400,6 +400,18 @@ func (c *Conn) Write(method, key string, body []byte) (int64, error) {
 // Close closes the connection.
 func (c *Conn) Close() error { return c.conn.Close() }
 
+// GoWriters runs Writers in a goroutine whose writers wait, half way,
+// until halfway is closed, and returns the channel its Result comes on.
+func GoWriters(base, prefix string, n, count int, value string) (halfway chan struct{}, done <-chan Result) {
+	halfway = make(chan struct{})
+	res := make(chan Result, 1)
+	go func() {
+		ops, err := Writers(base, prefix, n, count, value, halfway, nil)
+		res <- Result{Ops: ops, Err: err}
+	}()
+	return halfway, res
+}
+
 // Writers runs n writers that each make count writes to keys of their
 // own under prefix (mostly puts, some deletes), and returns every
 // acknowledged write, in revision order, once they are done, or the first
