@@ -186,7 +186,7 @@ func testKVBadInput(t *testing.T, be servertest.Backend) {
 	}
 	// Nothing was stored by any of them.
 	_, _, b := servertest.Call(t, "GET", ts.URL+"/kv", nil)
-	var after listing
+	var after servertest.Page
 	if json.Unmarshal(b, &after) == nil {
 		rev = be.StoreRev(rev, after.Revision)
 	}
@@ -290,24 +290,13 @@ func testKVTTL(t *testing.T, be servertest.Backend) {
 	}
 }
 
-type listing struct {
-	Revision int64 `json:"revision"`
-	Items    []struct {
-		Key      string `json:"key"`
-		Value    string `json:"value"`
-		Encoding string `json:"encoding"`
-		Revision int64  `json:"revision"`
-	} `json:"items"`
-	Next *string `json:"next"`
-}
-
-func list(t testing.TB, base string, q url.Values) listing {
+func list(t testing.TB, base string, q url.Values) servertest.Page {
 	t.Helper()
 	st, _, b := servertest.Call(t, "GET", base+"/kv?"+q.Encode(), nil)
 	if st != 200 {
 		t.Fatalf("list: %d %s", st, b)
 	}
-	var l listing
+	var l servertest.Page
 	if err := json.Unmarshal(b, &l); err != nil {
 		t.Fatalf("list: %v: %s", err, b)
 	}

@@ -1,7 +1,6 @@
 package sse_test
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"strings"
@@ -94,26 +93,5 @@ func TestNDJSONReader(t *testing.T) {
 	long := sse.NewNDJSONReader(strings.NewReader(`{"event":"put","value":"`+strings.Repeat("x", 100)+`"}`+"\n"), 64)
 	if _, err := long.NextFrame(); !errors.Is(err, sse.ErrTooLong) {
 		t.Errorf("a line over the limit: err %v, want ErrTooLong", err)
-	}
-}
-
-func TestReaderFrameAllocs(t *testing.T) {
-	var stream []byte
-	e := typicalEvent(t)
-	for range 200 {
-		stream = e.AppendTo(stream)
-		stream = append(stream, ": keep-alive\nid: 9\n\n"...)
-	}
-	r := sse.NewReader(bytes.NewReader(stream))
-	if _, err := r.NextFrame(); err != nil { // warm up the buffers
-		t.Fatal(err)
-	}
-	allocs := testing.AllocsPerRun(100, func() {
-		if _, err := r.NextFrame(); err != nil {
-			t.Fatal(err)
-		}
-	})
-	if allocs != 0 {
-		t.Errorf("NextFrame: %v allocs per frame, want 0", allocs)
 	}
 }

@@ -145,19 +145,26 @@ func CreateSegment(dir string, first int64) (*Segment, error) {
 		return nil, fmt.Errorf("create segment: %w", err)
 	}
 	s := &Segment{f: f, path: path}
-	if err := s.Write(LogMagic[:]); err != nil {
-		f.Close()
-		return nil, err
+	err = s.begin(true)
+	if err == nil {
+		err = SyncDir(dir)
 	}
-	if err := s.Sync(); err != nil {
-		f.Close()
-		return nil, err
-	}
-	if err := SyncDir(dir); err != nil {
+	if err != nil {
 		f.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// begin makes a segment ready for appending: it writes the magic first
+// when magic is set (an empty segment), then syncs.
+func (s *Segment) begin(magic bool) error {
+	if magic {
+		if err := s.Write(LogMagic[:]); err != nil {
+			return err
+		}
+	}
+	return s.Sync()
 }
 
 // OpenSegment opens an existing segment for appending after its first
@@ -184,13 +191,7 @@ func OpenSegment(path string, valid int64) (*Segment, error) {
 			return nil, fmt.Errorf("truncate segment %s to %d: %w", path, valid, err)
 		}
 	}
-	if valid == 0 {
-		if err := s.Write(LogMagic[:]); err != nil {
-			f.Close()
-			return nil, err
-		}
-	}
-	if err := s.Sync(); err != nil {
+	if err := s.begin(valid == 0); err != nil {
 		f.Close()
 		return nil, err
 	}

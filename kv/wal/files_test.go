@@ -298,13 +298,9 @@ func readFile(t *testing.T, path string) []byte {
 	return b
 }
 
-func scanAll(t *testing.T, data []byte) ([]wal.Record, int) {
+func mustScanAll(t *testing.T, data []byte) ([]wal.Record, int) {
 	t.Helper()
-	var got []wal.Record
-	valid, err := wal.Scan(data, wal.LogMagic, func(r wal.Record) error {
-		got = append(got, r)
-		return nil
-	})
+	got, valid, err := scanAll(data)
 	if err != nil {
 		t.Fatalf("Scan: %v", err)
 	}
@@ -353,7 +349,7 @@ func TestSegment(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	got, n := scanAll(t, readFile(t, path))
+	got, n := mustScanAll(t, readFile(t, path))
 	if int64(n) != valid {
 		t.Fatalf("Scan of the torn segment: %d valid bytes, want %d", n, valid)
 	}
@@ -377,7 +373,7 @@ func TestSegment(t *testing.T) {
 	if err := seg.Close(); err != nil {
 		t.Fatal(err)
 	}
-	got, n = scanAll(t, readFile(t, path))
+	got, n = mustScanAll(t, readFile(t, path))
 	if diff := cmp.Diff(records, got, equateEmpty); diff != "" {
 		t.Errorf("records after appending to the reopened segment (-want +got):\n%s", diff)
 	}
@@ -447,7 +443,7 @@ func TestSegmentTruncateAfterShortWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	data := readFile(t, seg.Path())
-	got, n := scanAll(t, data)
+	got, n := mustScanAll(t, data)
 	if n != len(data) {
 		t.Errorf("Scan: %d valid bytes of %d", n, len(data))
 	}
@@ -478,7 +474,7 @@ func TestOpenSegmentShorterThanMagic(t *testing.T) {
 			if err := seg.Close(); err != nil {
 				t.Fatal(err)
 			}
-			got, _ := scanAll(t, readFile(t, path))
+			got, _ := mustScanAll(t, readFile(t, path))
 			if diff := cmp.Diff([]wal.Record{r}, got, equateEmpty); diff != "" {
 				t.Errorf("records (-want +got):\n%s", diff)
 			}

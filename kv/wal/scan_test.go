@@ -81,11 +81,7 @@ func TestScan(t *testing.T) {
 
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var got []wal.Record
-			valid, err := wal.Scan(tt.data, wal.LogMagic, func(r wal.Record) error {
-				got = append(got, r)
-				return nil
-			})
+			got, valid, err := scanAll(tt.data)
 			if valid != tt.valid {
 				t.Errorf("valid = %d, want %d", valid, tt.valid)
 			}
@@ -226,11 +222,7 @@ func TestScanDamageBeforeDamagedTail(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var got []wal.Record
-			valid, err := wal.Scan(tt.data, wal.LogMagic, func(r wal.Record) error {
-				got = append(got, r)
-				return nil
-			})
+			got, valid, err := scanAll(tt.data)
 			var damage *wal.DamageError
 			if !errors.As(err, &damage) {
 				t.Fatalf("Scan = %d, %v: the valid records after offset %d (revisions %d..) would be cut off; want a *DamageError",
@@ -427,4 +419,15 @@ func TestScanLogV1(t *testing.T) {
 			}
 		})
 	}
+}
+
+// scanAll scans a log and returns every record it reads, with Scan's
+// results.
+func scanAll(data []byte) ([]wal.Record, int, error) {
+	var got []wal.Record
+	valid, err := wal.Scan(data, wal.LogMagic, func(r wal.Record) error {
+		got = append(got, r)
+		return nil
+	})
+	return got, valid, err
 }

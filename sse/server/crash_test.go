@@ -148,18 +148,7 @@ func crashList(c *http.Client, base string) (int64, map[string]crashItem, error)
 		if err != nil {
 			return 0, nil, err
 		}
-		var p struct {
-			Revision int64 `json:"revision"`
-			Items    []struct {
-				Key         string `json:"key"`
-				Value       string `json:"value"`
-				Encoding    string `json:"encoding"`
-				Revision    int64  `json:"revision"`
-				ContentType string `json:"content_type"`
-				Expires     string `json:"expires"`
-			} `json:"items"`
-			Next string `json:"next"`
-		}
+		var p servertest.Page
 		if status != http.StatusOK {
 			return 0, nil, fmt.Errorf("listing: status %d: %s", status, body)
 		}
@@ -183,10 +172,10 @@ func crashList(c *http.Client, base string) (int64, map[string]crashItem, error)
 			}
 			items[it.Key] = crashItem{Value: v, Revision: it.Revision, ContentType: it.ContentType, Expires: it.Expires}
 		}
-		if p.Next == "" {
+		if p.Next == nil {
 			return rev, items, nil
 		}
-		after = p.Next
+		after = *p.Next
 	}
 }
 

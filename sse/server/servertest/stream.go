@@ -147,6 +147,23 @@ type Entry struct {
 	Revision int64
 }
 
+// Page is a page of a listing, GET /kv, as the server answers it.
+type Page struct {
+	Revision int64   `json:"revision"`
+	Items    []Item  `json:"items"`
+	Next     *string `json:"next"` // nil on the last page
+}
+
+// Item is one key of a listing.
+type Item struct {
+	Key         string `json:"key"`
+	Value       string `json:"value"`
+	Encoding    string `json:"encoding"`
+	Revision    int64  `json:"revision"`
+	ContentType string `json:"content_type"`
+	Expires     string `json:"expires"`
+}
+
 // List returns every key starting with prefix on the server at base,
 // following the pages.
 func List(t testing.TB, base, prefix string) map[string]Entry {
@@ -162,15 +179,7 @@ func List(t testing.TB, base, prefix string) map[string]Entry {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var page struct {
-			Items []struct {
-				Key      string `json:"key"`
-				Value    string `json:"value"`
-				Encoding string `json:"encoding"`
-				Revision int64  `json:"revision"`
-			} `json:"items"`
-			Next string `json:"next"`
-		}
+		var page Page
 		err = json.NewDecoder(resp.Body).Decode(&page)
 		resp.Body.Close()
 		if err != nil || resp.StatusCode != http.StatusOK {
@@ -179,10 +188,10 @@ func List(t testing.TB, base, prefix string) map[string]Entry {
 		for _, it := range page.Items {
 			out[it.Key] = Entry{Value: it.Value, Encoding: it.Encoding, Revision: it.Revision}
 		}
-		if page.Next == "" {
+		if page.Next == nil {
 			return out
 		}
-		after = page.Next
+		after = *page.Next
 	}
 }
 
