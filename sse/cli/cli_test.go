@@ -325,6 +325,19 @@ func (w *cliWatch) nextEvent(t testing.TB) cliEvent {
 	}
 }
 
+// expectEvents reads as many objects (heartbeats aside) as want holds,
+// and checks they are want.
+func (w *cliWatch) expectEvents(t testing.TB, what string, want []cliEvent) {
+	t.Helper()
+	var got []cliEvent
+	for range want {
+		got = append(got, w.nextEvent(t))
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("%s (-want +got):\n%s", what, diff)
+	}
+}
+
 func cliStr(s string) *string { return &s }
 
 // cliLines splits output into lines, each ended by a newline.
@@ -1006,13 +1019,7 @@ func TestCLIWatchSnapshot(t *testing.T) {
 					{Event: "put", Key: "config/b/c", Value: cliStr("x y"), Revision: rb},
 					{Event: "sync", Revision: rev},
 				}
-				var got []cliEvent
-				for range want {
-					got = append(got, w.nextEvent(t))
-				}
-				if diff := cmp.Diff(want, got); diff != "" {
-					t.Errorf("watch -snapshot -json, catch-up (-want +got):\n%s", diff)
-				}
+				w.expectEvents(t, "watch -snapshot -json, catch-up", want)
 				rc := cliPut(t, ts.URL, "config/c", []byte("3"))
 				if diff := cmp.Diff(cliEvent{Event: "put", Key: "config/c", Value: cliStr("3"), Revision: rc}, w.nextEvent(t)); diff != "" {
 					t.Errorf("watch -snapshot -json, live (-want +got):\n%s", diff)
@@ -1150,13 +1157,7 @@ func TestCLIWatchReset(t *testing.T) {
 		{Event: "put", Key: "config/c", Value: cliStr("c"), Revision: rc},
 		{Event: "sync", Revision: rc},
 	}
-	var got []cliEvent
-	for range want {
-		got = append(got, w.nextEvent(t))
-	}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("watch -json -since past the history (-want +got):\n%s", diff)
-	}
+	w.expectEvents(t, "watch -json -since past the history", want)
 	w.interrupt(t)
 }
 
