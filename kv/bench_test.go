@@ -115,13 +115,13 @@ func subscribeHostile(b *testing.B, f *Feed, from, n int) {
 }
 
 // hostilePatterns parses n hostile globs from the from'th.
-func hostilePatterns(b *testing.B, from, n int) []Pattern {
-	b.Helper()
+func hostilePatterns(tb testing.TB, from, n int) []Pattern {
+	tb.Helper()
 	patterns := make([]Pattern, n)
 	for i := range patterns {
 		p, err := ParsePattern(hostileGlob(from + i))
 		if err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		patterns[i] = p
 	}
@@ -251,6 +251,13 @@ func fill(b *testing.B, dir string, n int) {
 		b.Fatal(err)
 	}
 	defer s.Close()
+	fillStore(b, s, n)
+}
+
+// fillStore puts the keys bench/00000000 to bench/{n-1}, with 64-byte
+// values, into s from 64 goroutines, so that the committer batches them.
+func fillStore(tb testing.TB, s *Store, n int) {
+	tb.Helper()
 	ctx := context.Background()
 	value := make([]byte, 64)
 	errc := make(chan error, 64)
@@ -267,7 +274,7 @@ func fill(b *testing.B, dir string, n int) {
 	}
 	for range 64 {
 		if err := <-errc; err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 	}
 }
