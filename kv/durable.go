@@ -114,7 +114,7 @@ func (d *durability) load() error {
 		// push out all those that did not make it into the ring, and
 		// every older one.
 		if dropped >= 0 {
-			hist.buf, hist.start, hist.floor = hist.buf[:0], 0, dropped
+			hist.reset(dropped)
 		}
 		for j := range ring {
 			c := changeOf(ring[(ringStart+j)%len(ring)])

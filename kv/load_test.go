@@ -90,7 +90,7 @@ func historyOf(s *Store) ([]histItem, int64) {
 	defer s.feed.mu.Unlock()
 	h := &s.feed.hist
 	var out []histItem
-	for i := range len(h.buf) {
+	for i := range h.n {
 		c := h.at(i)
 		out = append(out, histItem{c.Op, c.Key, string(c.Value), c.Revision, c.PrevRevision})
 	}
