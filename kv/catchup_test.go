@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -150,6 +151,61 @@ func TestResumeDoesNotHoldUpPublish(t *testing.T) {
 	t.Logf("a hostile resume took %v; the longest Publish meanwhile took %v", alone, longest)
 	if slow > 1 {
 		t.Errorf("%d publishes took over %v while %d hostile resumes ran one after another (the longest %v): resuming holds up publishing",
+			slow, alone/4, stallCatchUps, longest)
+	}
+}
+
+// TestSnapshotDoesNotHoldUpWrites takes snapshots with 64 hostile globs,
+// whose common prefix is empty, of a store of 100,000 keys while a client
+// writes.
+func TestSnapshotDoesNotHoldUpWrites(t *testing.T) {
+	const keys = 100_000
+	s, err := Open(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	fillStore(t, s, keys)
+	opts := WatchOptions{Patterns: hostilePatterns(t, 0, 64), Snapshot: true}
+	watch := func() (time.Duration, error) {
+		start := time.Now()
+		sub, err := s.Watch(opts)
+		took := time.Since(start)
+		if err != nil {
+			return 0, err
+		}
+		sub.Cancel()
+		if len(sub.Snapshot) != 0 {
+			return 0, fmt.Errorf("the hostile globs match %d keys, want none", len(sub.Snapshot))
+		}
+		return took, nil
+	}
+	alone, err := watch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	value := make([]byte, 16)
+	w := startWriter(alone/4, func() error {
+		_, err := s.Put(ctx, "live", value, PutOptions{})
+		return err
+	})
+	for range stallCatchUps {
+		if !w.next() {
+			break // the writer failed: stop says why
+		}
+		if _, err := watch(); err != nil {
+			w.stop()
+			t.Fatal(err)
+		}
+	}
+	slow, longest, err := w.stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("a hostile snapshot took %v; the longest Put meanwhile took %v", alone, longest)
+	if slow > 1 {
+		t.Errorf("%d puts took over %v while %d hostile snapshots ran one after another (the longest %v): snapshots hold up the committer",
 			slow, alone/4, stallCatchUps, longest)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 )
 
@@ -443,20 +442,35 @@ type WatchOptions struct {
 // duplicate. It returns ErrClosed once the store is closed, and
 // ErrInvalidRevision for a negative From.
 //
-// A replay is matched against opts.Patterns after Watch lets go of the
-// store's and the feed's locks (see Feed.Subscribe).
+// Watch holds orderMu for reading, which the committer needs to apply
+// every batch, only while it registers the subscription (see
+// Feed.Subscribe) and, for a snapshot, walks the keys that start with the
+// patterns' common prefix (every key, for a pattern that starts with a
+// wildcard) collecting one pointer to each entry. It matches the replay
+// or the snapshot against opts.Patterns after it lets go, while writes
+// are committed and queued: a catch-up that takes long may end the
+// subscription as lagged before it returns.
 func (s *Store) Watch(opts WatchOptions) (*Subscription, error) {
-	// orderMu holds the revision still while the snapshot is read.
+	// orderMu holds the revision still while the entries of the snapshot
+	// are collected: they are the store at sub.Revision. Entries are
+	// never modified once stored (a write replaces the pointer), so they
+	// can be read after.
 	s.orderMu.RLock()
 	sub, span, snapshot, err := s.feed.subscribe(opts)
+	var entries []*Entry
+	var now int64
 	if err == nil && snapshot {
-		sub.Snapshot = s.snapshot(opts.Patterns, opts.Match)
+		now = s.opts.Now().UnixNano()
+		entries = s.order.rangeOf(CommonPrefix(opts.Patterns))
 	}
 	s.orderMu.RUnlock()
 	if err != nil {
 		return nil, err
 	}
 	sub.Replay = span.filter(opts.Match)
+	if snapshot {
+		sub.Snapshot = liveMatching(entries, opts.Match, now)
+	}
 	return sub, nil
 }
 
@@ -533,15 +547,14 @@ func (f *Feed) Floor() int64 {
 	return f.hist.floor
 }
 
-// snapshot returns the live entries matching, in key order. The caller
-// holds orderMu.
-func (s *Store) snapshot(patterns []Pattern, match func(string) bool) []Entry {
-	now := s.opts.Now().UnixNano()
-	prefix := CommonPrefix(patterns)
+// liveMatching returns copies of the entries whose keys match and that
+// have not expired at now (Unix nanoseconds), in the order given: nil when
+// there are none. It needs no lock.
+func liveMatching(entries []*Entry, match func(string) bool, now int64) []Entry {
 	var out []Entry
-	for n := s.order.seek(prefix); n != nil && strings.HasPrefix(n.e.Key, prefix); n = n.next[0] {
-		if match(n.e.Key) && !n.e.expired(now) {
-			out = append(out, *n.e)
+	for _, e := range entries {
+		if !e.expired(now) && match(e.Key) {
+			out = append(out, *e)
 		}
 	}
 	return out

@@ -152,3 +152,33 @@ func (o *ordered) seek(key string) *orderNode {
 	var prev [maxLevel]*orderNode
 	return o.findPrev(key, &prev)
 }
+
+// rangeOf returns the entries whose keys start with prefix, in key order.
+// It reads keys only in the two searches that find the ends of the range,
+// then follows the nodes in between: its cost is those searches and one
+// pointer copied per entry returned.
+func (o *ordered) rangeOf(prefix string) []*Entry {
+	var end *orderNode // nil: the range runs to the last key
+	if after, ok := prefixEnd(prefix); ok {
+		end = o.seek(after)
+	}
+	var out []*Entry
+	if prefix == "" {
+		out = make([]*Entry, 0, o.len)
+	}
+	for n := o.seek(prefix); n != end; n = n.next[0] {
+		out = append(out, n.e)
+	}
+	return out
+}
+
+// prefixEnd returns the least key above every key that starts with
+// prefix; ok is false when there is none (prefix is empty or all 0xff).
+func prefixEnd(prefix string) (end string, ok bool) {
+	for i := len(prefix) - 1; i >= 0; i-- {
+		if prefix[i] != 0xff {
+			return prefix[:i] + string([]byte{prefix[i] + 1}), true
+		}
+	}
+	return "", false
+}

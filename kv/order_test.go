@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // TestOrderedFinger mixes sets of keys in and out of order with removes,
@@ -72,5 +74,38 @@ func checkOrdered(t *testing.T, o *ordered, want map[string]*Entry) {
 		if n := o.seek(k); n == nil || n.e.Key != k {
 			t.Fatalf("seek(%q) missed", k)
 		}
+	}
+}
+
+// TestOrderedRangeOf checks the entries under a prefix, also where the
+// prefix ends in 0xff bytes and the range has no key above it.
+func TestOrderedRangeOf(t *testing.T) {
+	o := newOrdered()
+	for _, k := range []string{"b", "a/2", "\xff\xff", "a", "a\xff\xff", "ab", "a/1", "a\xff", "\xff"} {
+		o.set(&Entry{Key: k})
+	}
+	tests := []struct {
+		prefix string
+		want   []string
+	}{
+		{"", []string{"a", "a/1", "a/2", "ab", "a\xff", "a\xff\xff", "b", "\xff", "\xff\xff"}},
+		{"a", []string{"a", "a/1", "a/2", "ab", "a\xff", "a\xff\xff"}},
+		{"a/", []string{"a/1", "a/2"}},
+		{"a/2", []string{"a/2"}},
+		{"a\xff", []string{"a\xff", "a\xff\xff"}},
+		{"\xff", []string{"\xff", "\xff\xff"}},
+		{"a/3", nil},
+		{"c", nil},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%q", tt.prefix), func(t *testing.T) {
+			var got []string
+			for _, e := range o.rangeOf(tt.prefix) {
+				got = append(got, e.Key)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("rangeOf(%q) (-want +got):\n%s", tt.prefix, diff)
+			}
+		})
 	}
 }
