@@ -433,10 +433,7 @@ func (d *durability) maybeCompact(rev int64) {
 func (d *durability) snapshot(rev int64) error {
 	s := d.s
 	s.orderMu.RLock()
-	entries := make([]*Entry, 0, s.order.len)
-	for n := s.order.head.next[0]; n != nil; n = n.next[0] {
-		entries = append(entries, n.e)
-	}
+	entries := s.order.rangeOf("")
 	s.orderMu.RUnlock()
 	err := wal.WriteSnapshot(d.dir, rev, func(add func(*wal.Record) error) error {
 		for _, e := range entries {

@@ -70,9 +70,9 @@ func TestLoadHistoryAndStats(t *testing.T) {
 			if s.order.len != int(wantKeys) {
 				t.Errorf("order holds %d keys, want %d", s.order.len, wantKeys)
 			}
-			for n := s.order.head.next[0]; n != nil; n = n.next[0] {
-				if n.e.Value == nil {
-					t.Fatalf("%s: nil value after reopen", n.e.Key)
+			for _, e := range s.order.rangeOf("") {
+				if e.Value == nil {
+					t.Fatalf("%s: nil value after reopen", e.Key)
 				}
 			}
 		})

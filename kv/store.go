@@ -259,8 +259,7 @@ func (s *Store) List(_ context.Context, prefix, after string, limit int) (Page, 
 	s.orderMu.RLock()
 	defer s.orderMu.RUnlock()
 	p := Page{Revision: s.rev.Load()}
-	for n := s.order.seek(from); n != nil; n = n.next[0] {
-		e := n.e
+	for e := range s.order.from(from) {
 		if len(e.Key) < len(prefix) || e.Key[:len(prefix)] != prefix {
 			break
 		}
