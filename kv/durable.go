@@ -433,10 +433,10 @@ func (d *durability) maybeCompact(rev int64) {
 func (d *durability) snapshot(rev int64) error {
 	s := d.s
 	s.orderMu.RLock()
-	entries := s.order.rangeOf("")
+	view := s.order.freeze()
 	s.orderMu.RUnlock()
 	err := wal.WriteSnapshot(d.dir, rev, func(add func(*wal.Record) error) error {
-		for _, e := range entries {
+		for e := range view.from("") {
 			r := wal.Record{Op: wal.OpPut, Rev: e.Revision, Key: []byte(e.Key),
 				ContentType: []byte(e.ContentType), Expires: e.Expires, Value: e.Value}
 			if err := add(&r); err != nil {

@@ -3,6 +3,7 @@ package kv
 import (
 	"context"
 	"fmt"
+	"iter"
 	"slices"
 	"sort"
 	"sync"
@@ -444,24 +445,24 @@ type WatchOptions struct {
 //
 // Watch holds orderMu for reading, which the committer needs to apply
 // every batch, only while it registers the subscription (see
-// Feed.Subscribe) and, for a snapshot, walks the keys that start with the
-// patterns' common prefix (every key, for a pattern that starts with a
-// wildcard) collecting one pointer to each entry. It matches the replay
-// or the snapshot against opts.Patterns after it lets go, while writes
-// are committed and queued: a catch-up that takes long may end the
-// subscription as lagged before it returns.
+// Feed.Subscribe) and, for a snapshot, freezes the ordered keys (constant
+// time; the committer's next writes copy the few nodes they change). It
+// reads the snapshot, and matches it and the replay against
+// opts.Patterns, after it lets go, while writes are committed and queued:
+// a catch-up that takes long may end the subscription as lagged before it
+// returns.
 func (s *Store) Watch(opts WatchOptions) (*Subscription, error) {
-	// orderMu holds the revision still while the entries of the snapshot
-	// are collected: they are the store at sub.Revision. Entries are
-	// never modified once stored (a write replaces the pointer), so they
-	// can be read after.
+	// orderMu holds the revision still while the subscription is
+	// registered and the keys are frozen: the view is the store at
+	// sub.Revision. Entries are never modified once stored (a write
+	// replaces the pointer), so they can be read after.
 	s.orderMu.RLock()
 	sub, span, snapshot, err := s.feed.subscribe(opts)
-	var entries []*Entry
+	var view orderView
 	var now int64
 	if err == nil && snapshot {
 		now = s.opts.Now().UnixNano()
-		entries = s.order.rangeOf(CommonPrefix(opts.Patterns))
+		view = s.order.freeze()
 	}
 	s.orderMu.RUnlock()
 	if err != nil {
@@ -469,7 +470,7 @@ func (s *Store) Watch(opts WatchOptions) (*Subscription, error) {
 	}
 	sub.Replay = span.filter(opts.Match)
 	if snapshot {
-		sub.Snapshot = liveMatching(entries, opts.Match, now)
+		sub.Snapshot = liveMatching(view.prefixed(CommonPrefix(opts.Patterns)), opts.Match, now)
 	}
 	return sub, nil
 }
@@ -549,10 +550,10 @@ func (f *Feed) Floor() int64 {
 
 // liveMatching returns copies of the entries whose keys match and that
 // have not expired at now (Unix nanoseconds), in the order given: nil when
-// there are none. It needs no lock.
-func liveMatching(entries []*Entry, match func(string) bool, now int64) []Entry {
+// there are none.
+func liveMatching(entries iter.Seq[*Entry], match func(string) bool, now int64) []Entry {
 	var out []Entry
-	for _, e := range entries {
+	for e := range entries {
 		if !e.expired(now) && match(e.Key) {
 			out = append(out, *e)
 		}

@@ -70,7 +70,7 @@ func TestLoadHistoryAndStats(t *testing.T) {
 			if s.order.len != int(wantKeys) {
 				t.Errorf("order holds %d keys, want %d", s.order.len, wantKeys)
 			}
-			for _, e := range s.order.rangeOf("") {
+			for e := range s.order.from("") {
 				if e.Value == nil {
 					t.Fatalf("%s: nil value after reopen", e.Key)
 				}

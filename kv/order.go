@@ -4,22 +4,32 @@ import (
 	"iter"
 	"slices"
 	"strings"
+	"sync/atomic"
 )
 
 // ordered keeps the live entries sorted by key, for listings and
 // snapshots: a B+tree whose leaves hold the entries, up to maxItems each,
-// in key order, and are linked in that order. Walking many keys copies
-// their pointers leaf by leaf from contiguous arrays, where a list of one
-// node per key waits on memory at every key: taking the pointers of
-// 1,000,000 entries, which watch snapshots and compaction do under
-// orderMu, is a copy of 8 MB (about 25 ms on a small machine, most of it
-// the kernel handing out the new array's pages) where walking a skip list
-// took 130 ms. Setting or removing a key costs a search of a few levels
-// and a shift of at most maxItems pointers. It is not safe for concurrent
-// use; Store guards it with orderMu.
+// in key order. Setting or removing a key costs a search of a few levels
+// and a shift of at most maxItems pointers in a node or two.
+//
+// The tree is copy-on-write, so that a reader can take the whole of it
+// at one revision in constant time (freeze) and read it after letting go
+// of orderMu: a snapshot of a million keys does not hold up the
+// committer, nor does compaction. Each node is stamped with the
+// generation of the tree that made it. freeze marks the tree frozen; the
+// next set or remove then starts a new generation, and from then on
+// copies every node of an older one before changing it (once: the copy
+// is of the new generation), so the nodes a view holds never change. A
+// write after a freeze thus copies the nodes on its path, a few hundred
+// bytes each; writes with no freeze in between copy nothing.
+//
+// It is not safe for concurrent use, but for freeze (see there) and the
+// views it returns; Store guards it with orderMu.
 type ordered struct {
-	root *orderNode // nil when empty
-	len  int
+	root   *orderNode // nil when empty
+	len    int
+	gen    uint64      // the generation of the nodes that may change in place
+	frozen atomic.Bool // set by freeze: nodes of gen must not change any more
 }
 
 const (
@@ -33,22 +43,25 @@ const (
 	minItems = maxItems / 4
 )
 
-// orderNode is a leaf (entries and next; children nil) or an inner node
-// (keys and children). In an inner node every key under children[i]
-// sorts below keys[i], and every key under children[i+1] is keys[i] or
-// above. All leaves are at the same depth; every node but the root holds
-// at least one entry, or two children.
+// orderNode is a leaf (entries; children nil) or an inner node (keys and
+// children). In an inner node every key under children[i] sorts below
+// keys[i], and every key under children[i+1] is keys[i] or above. All
+// leaves are at the same depth; every node but the root holds at least
+// one entry, or two children. A node whose gen is not the tree's never
+// changes.
 type orderNode struct {
-	entries []*Entry   // leaf: in key order
-	next    *orderNode // leaf: the leaf with the next keys; nil for the last
-
+	gen      uint64
+	entries  []*Entry // leaf: in key order
 	keys     []string
 	children []*orderNode
 }
 
 func newOrdered() *ordered { return &ordered{} }
 
-func newLeaf() *orderNode { return &orderNode{entries: make([]*Entry, 0, maxItems+1)} }
+// newLeaf returns an empty leaf of the current generation.
+func (o *ordered) newLeaf() *orderNode {
+	return &orderNode{gen: o.gen, entries: make([]*Entry, 0, maxItems+1)}
+}
 
 func (n *orderNode) leaf() bool { return n.children == nil }
 
@@ -77,18 +90,54 @@ func (n *orderNode) child(key string) int {
 	return i
 }
 
-// set inserts e, or replaces the entry with the same key.
-func (o *ordered) set(e *Entry) {
-	if o.root == nil {
-		o.root = newLeaf()
-	}
-	if sep, right := o.insert(o.root, e); right != nil {
-		o.root = &orderNode{keys: []string{sep}, children: []*orderNode{o.root, right}}
+// thaw starts a new generation if the tree was frozen since the last
+// change. Only set and remove, which hold orderMu for writing, call it.
+func (o *ordered) thaw() {
+	if o.frozen.Load() {
+		o.gen++
+		o.frozen.Store(false)
 	}
 }
 
-// insert sets e under n. When n overflows it splits: it returns the node
-// split off to its right and the least key under that node.
+// mutable returns n, or a copy of it of the current generation when n is
+// of an older one, which a view may hold. The caller puts the result
+// where n was.
+func (o *ordered) mutable(n *orderNode) *orderNode {
+	if n.gen == o.gen {
+		return n
+	}
+	c := &orderNode{gen: o.gen}
+	if n.leaf() {
+		c.entries = append(make([]*Entry, 0, maxItems+1), n.entries...)
+		return c
+	}
+	c.keys = append(make([]string, 0, maxItems), n.keys...)
+	c.children = append(make([]*orderNode, 0, maxItems+1), n.children...)
+	return c
+}
+
+// mutableChild makes n's i'th child mutable and returns it. n is mutable.
+func (o *ordered) mutableChild(n *orderNode, i int) *orderNode {
+	c := o.mutable(n.children[i])
+	n.children[i] = c
+	return c
+}
+
+// set inserts e, or replaces the entry with the same key.
+func (o *ordered) set(e *Entry) {
+	o.thaw()
+	if o.root == nil {
+		o.root = o.newLeaf()
+	}
+	o.root = o.mutable(o.root)
+	if sep, right := o.insert(o.root, e); right != nil {
+		o.root = &orderNode{gen: o.gen, keys: []string{sep}, children: []*orderNode{o.root, right}}
+	}
+}
+
+// insert sets e under n, which is mutable. When n overflows it splits:
+// it returns the node split off to its right and the least key under
+// that node.
 func (o *ordered) insert(n *orderNode, e *Entry) (string, *orderNode) {
 	if n.leaf() {
 		i, found := searchEntries(n.entries, e.Key)
@@ -105,16 +154,14 @@ func (o *ordered) insert(n *orderNode, e *Entry) (string, *orderNode) {
 		if i == len(n.entries)-1 {
 			at = maxItems // keys come in ascending: leave this leaf full
 		}
-		right := newLeaf()
+		right := o.newLeaf()
 		right.entries = append(right.entries, n.entries[at:]...)
-		right.next = n.next
 		clear(n.entries[at:])
 		n.entries = n.entries[:at]
-		n.next = right
 		return right.entries[0].Key, right
 	}
 	i := n.child(e.Key)
-	sep, split := o.insert(n.children[i], e)
+	sep, split := o.insert(o.mutableChild(n, i), e)
 	if split == nil {
 		return "", nil
 	}
@@ -128,7 +175,9 @@ func (o *ordered) insert(n *orderNode, e *Entry) (string, *orderNode) {
 		at = maxItems - 1 // ascending, as for a leaf; the new node gets two children
 	}
 	up := n.keys[at-1]
-	right := &orderNode{keys: slices.Clone(n.keys[at:]), children: slices.Clone(n.children[at:])}
+	right := &orderNode{gen: o.gen,
+		keys:     append(make([]string, 0, maxItems), n.keys[at:]...),
+		children: append(make([]*orderNode, 0, maxItems+1), n.children[at:]...)}
 	clear(n.keys[at-1:])
 	n.keys = n.keys[:at-1]
 	clear(n.children[at:])
@@ -138,9 +187,12 @@ func (o *ordered) insert(n *orderNode, e *Entry) (string, *orderNode) {
 
 // remove deletes key if present.
 func (o *ordered) remove(key string) {
-	if o.root == nil || !o.delete(o.root, key) {
-		return
+	if n, i := o.find(key); n == nil || i == len(n.entries) || n.entries[i].Key != key {
+		return // copy nothing for a key that is not there
 	}
+	o.thaw()
+	o.root = o.mutable(o.root)
+	o.delete(o.root, key)
 	o.len--
 	for !o.root.leaf() && len(o.root.children) == 1 {
 		o.root = o.root.children[0]
@@ -150,34 +202,31 @@ func (o *ordered) remove(key string) {
 	}
 }
 
-// delete removes key from under n, and reports whether it was there.
-func (o *ordered) delete(n *orderNode, key string) bool {
+// delete removes key, which is there, from under n, which is mutable.
+func (o *ordered) delete(n *orderNode, key string) {
 	if n.leaf() {
-		i, found := searchEntries(n.entries, key)
-		if found {
-			n.entries = slices.Delete(n.entries, i, i+1)
-		}
-		return found
+		i, _ := searchEntries(n.entries, key)
+		n.entries = slices.Delete(n.entries, i, i+1)
+		return
 	}
 	i := n.child(key)
-	if !o.delete(n.children[i], key) {
-		return false
+	c := o.mutableChild(n, i)
+	o.delete(c, key)
+	if c.size() < minItems && len(n.children) > 1 {
+		o.rebalance(n, i)
 	}
-	if n.children[i].size() < minItems && len(n.children) > 1 {
-		n.rebalance(i)
-	}
-	return true
 }
 
-// rebalance merges children[i] with a sibling when both fit in one node,
-// and otherwise shares their items evenly between them.
-func (n *orderNode) rebalance(i int) {
+// rebalance merges n's i'th child with a sibling when both fit in one
+// node, and otherwise shares their items evenly between them. n and its
+// i'th child are mutable.
+func (o *ordered) rebalance(n *orderNode, i int) {
 	j := max(i-1, 0) // children[j] and children[j+1] are the pair
-	l, r := n.children[j], n.children[j+1]
+	l := o.mutableChild(n, j)
+	r := n.children[j+1]
 	if l.size()+r.size() <= maxItems {
 		if l.leaf() {
 			l.entries = append(l.entries, r.entries...)
-			l.next = r.next
 		} else {
 			l.keys = append(append(l.keys, n.keys[j]), r.keys...)
 			l.children = append(l.children, r.children...)
@@ -186,6 +235,7 @@ func (n *orderNode) rebalance(i int) {
 		n.children = slices.Delete(n.children, j+1, j+2)
 		return
 	}
+	r = o.mutableChild(n, j+1)
 	if l.leaf() {
 		all := slices.Concat(l.entries, r.entries)
 		h := len(all) / 2
@@ -199,9 +249,13 @@ func (n *orderNode) rebalance(i int) {
 	keys := slices.Concat(l.keys, []string{n.keys[j]}, r.keys)
 	children := slices.Concat(l.children, r.children)
 	h := len(children) / 2
-	l.keys, l.children = slices.Clone(keys[:h-1]), slices.Clone(children[:h])
+	clear(l.keys)
+	clear(l.children)
+	clear(r.keys)
+	clear(r.children)
+	l.keys, l.children = append(l.keys[:0], keys[:h-1]...), append(l.children[:0], children[:h]...)
 	n.keys[j] = keys[h-1]
-	r.keys, r.children = slices.Clone(keys[h:]), slices.Clone(children[h:])
+	r.keys, r.children = append(r.keys[:0], keys[h:]...), append(r.children[:0], children[h:]...)
 }
 
 // find returns the leaf where key is or would be, and the index there of
@@ -219,48 +273,66 @@ func (o *ordered) find(key string) (*orderNode, int) {
 	return n, i
 }
 
-// from returns the entries whose keys are key or above, in key order.
+// from returns the entries whose keys are key or above, in key order. The
+// caller holds orderMu throughout.
 func (o *ordered) from(key string) iter.Seq[*Entry] {
+	return orderView{o.root}.from(key)
+}
+
+// freeze returns the tree as it is, to read after letting go of orderMu:
+// it stays as it is whatever is set or removed afterwards. It costs
+// nothing but the copies that the next writes then make. The caller holds
+// orderMu, for reading or writing; concurrent freezes are safe.
+func (o *ordered) freeze() orderView {
+	o.frozen.Store(true)
+	return orderView{o.root}
+}
+
+// orderView is the ordered entries as they were when freeze took it. It
+// needs no lock.
+type orderView struct {
+	root *orderNode
+}
+
+// from returns the entries whose keys are key or above, in key order.
+func (v orderView) from(key string) iter.Seq[*Entry] {
 	return func(yield func(*Entry) bool) {
-		for n, i := o.find(key); n != nil; n, i = n.next, 0 {
-			for _, e := range n.entries[i:] {
-				if !yield(e) {
-					return
-				}
+		if v.root != nil {
+			ascend(v.root, key, yield)
+		}
+	}
+}
+
+// prefixed returns the entries whose keys start with prefix, in key
+// order.
+func (v orderView) prefixed(prefix string) iter.Seq[*Entry] {
+	return func(yield func(*Entry) bool) {
+		for e := range v.from(prefix) {
+			if !strings.HasPrefix(e.Key, prefix) || !yield(e) {
+				return
 			}
 		}
 	}
 }
 
-// rangeOf returns the entries whose keys start with prefix, in key order.
-// It reads keys only in the two searches that find the ends of the range,
-// and copies the pointers in between a leaf at a time.
-func (o *ordered) rangeOf(prefix string) []*Entry {
-	var end *orderNode // nil: the range runs to the last key
-	endAt := 0
-	if after, ok := prefixEnd(prefix); ok {
-		end, endAt = o.find(after)
-	}
-	var out []*Entry
-	if prefix == "" {
-		out = make([]*Entry, 0, o.len)
-	}
-	for n, i := o.find(prefix); n != nil; n, i = n.next, 0 {
-		if n == end {
-			return append(out, n.entries[i:endAt]...)
+// ascend calls yield with each entry under n whose key is key or above,
+// in key order, until yield returns false; it reports whether it went to
+// the end.
+func ascend(n *orderNode, key string, yield func(*Entry) bool) bool {
+	if n.leaf() {
+		i, _ := searchEntries(n.entries, key)
+		for _, e := range n.entries[i:] {
+			if !yield(e) {
+				return false
+			}
 		}
-		out = append(out, n.entries[i:]...)
+		return true
 	}
-	return out
-}
-
-// prefixEnd returns the least key above every key that starts with
-// prefix; ok is false when there is none (prefix is empty or all 0xff).
-func prefixEnd(prefix string) (end string, ok bool) {
-	for i := len(prefix) - 1; i >= 0; i-- {
-		if prefix[i] != 0xff {
-			return prefix[:i] + string([]byte{prefix[i] + 1}), true
+	for i := n.child(key); i < len(n.children); i++ {
+		if !ascend(n.children[i], key, yield) {
+			return false
 		}
+		key = "" // every key after the first child is above it
 	}
-	return "", false
+	return true
 }

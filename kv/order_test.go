@@ -5,6 +5,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -37,7 +38,7 @@ func TestOrdered(t *testing.T) {
 		e := &Entry{Key: key, Revision: int64(step)}
 		o.set(e)
 		want[key] = e
-		if step%997 == 0 {
+		if step%4999 == 0 {
 			checkOrdered(t, o, want)
 		}
 	}
@@ -47,7 +48,7 @@ func TestOrdered(t *testing.T) {
 	for i, k := range keys {
 		o.remove(k)
 		delete(want, k)
-		if i%499 == 0 {
+		if i%1999 == 0 {
 			checkOrdered(t, o, want)
 		}
 	}
@@ -63,60 +64,42 @@ func TestOrdered(t *testing.T) {
 func TestOrderedAscending(t *testing.T) {
 	o := newOrdered()
 	want := map[string]*Entry{}
-	const n = 20000
+	const n = 10000
 	for i := range n {
 		e := &Entry{Key: fmt.Sprintf("k%06d", i)}
 		o.set(e)
 		want[e.Key] = e
 	}
-	checkOrdered(t, o, want)
-	leaves := 0
-	for n := o.root; n != nil; n = n.children[0] {
-		if n.leaf() {
-			for ; n != nil; n = n.next {
-				leaves++
-			}
-			break
-		}
-	}
-	if most := (n + maxItems - 1) / maxItems; leaves > most {
-		t.Errorf("%d keys loaded in order fill %d leaves, want %d", n, leaves, most)
+	if leaves := checkOrdered(t, o, want); leaves > (n+maxItems-1)/maxItems {
+		t.Errorf("%d keys loaded in order fill %d leaves, want %d", n, leaves, (n+maxItems-1)/maxItems)
 	}
 	for i := range n {
 		key := fmt.Sprintf("k%06d", i)
 		o.remove(key)
 		delete(want, key)
-		if i%997 == 0 {
+		if i%2503 == 0 {
 			checkOrdered(t, o, want)
 		}
 	}
 	checkOrdered(t, o, want)
 }
 
-// checkOrdered checks the tree's shape and that it holds exactly want.
-func checkOrdered(t *testing.T, o *ordered, want map[string]*Entry) {
+// checkOrdered checks the tree's shape and that it holds exactly want,
+// and returns how many leaves it has.
+func checkOrdered(t *testing.T, o *ordered, want map[string]*Entry) (leaves int) {
 	t.Helper()
 	keys := slices.Sorted(maps.Keys(want))
 	if o.len != len(keys) {
 		t.Fatalf("len = %d, want %d", o.len, len(keys))
 	}
-	var leaves []*orderNode
 	if o.root != nil {
 		depth := -1
 		if err := checkNode(o.root, true, "", "", 0, &depth, &leaves); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for i, l := range leaves {
-		if i > 0 && leaves[i-1].next != l {
-			t.Fatalf("leaf %d is not linked after leaf %d", i, i-1)
-		}
-	}
-	if len(leaves) > 0 && leaves[len(leaves)-1].next != nil {
-		t.Fatal("the last leaf links to another")
-	}
 	var got []string
-	for _, e := range o.rangeOf("") {
+	for e := range o.from("") {
 		if want[e.Key] != e {
 			t.Fatalf("entry %q is not the one set last", e.Key)
 		}
@@ -133,12 +116,13 @@ func checkOrdered(t *testing.T, o *ordered, want map[string]*Entry) {
 			break
 		}
 	}
+	return leaves
 }
 
 // checkNode checks the node n, whose keys must lie in [lo, hi) ("" for no
-// bound), and every node under it, at depth; it appends its leaves to
-// leaves and checks they are all at the same depth.
-func checkNode(n *orderNode, root bool, lo, hi string, depth int, leafDepth *int, leaves *[]*orderNode) error {
+// bound), and every node under it, at depth; it counts its leaves and
+// checks they are all at the same depth.
+func checkNode(n *orderNode, root bool, lo, hi string, depth int, leafDepth, leaves *int) error {
 	in := func(k string) bool { return k >= lo && (hi == "" || k < hi) }
 	if n.leaf() {
 		if *leafDepth == -1 {
@@ -155,7 +139,7 @@ func checkNode(n *orderNode, root bool, lo, hi string, depth int, leafDepth *int
 				return fmt.Errorf("leaf key %q out of order or out of [%q, %q)", e.Key, lo, hi)
 			}
 		}
-		*leaves = append(*leaves, n)
+		*leaves++
 		return nil
 	}
 	if len(n.children) > maxItems || len(n.children) < 2 || len(n.keys) != len(n.children)-1 {
@@ -179,9 +163,9 @@ func checkNode(n *orderNode, root bool, lo, hi string, depth int, leafDepth *int
 	return nil
 }
 
-// TestOrderedRangeOf checks the entries under a prefix, also where the
+// TestOrderedPrefixed checks the entries under a prefix, also where the
 // prefix ends in 0xff bytes and the range has no key above it.
-func TestOrderedRangeOf(t *testing.T) {
+func TestOrderedPrefixed(t *testing.T) {
 	o := newOrdered()
 	for _, k := range []string{"b", "a/2", "\xff\xff", "a", "a\xff\xff", "ab", "a/1", "a\xff", "\xff"} {
 		o.set(&Entry{Key: k})
@@ -202,12 +186,123 @@ func TestOrderedRangeOf(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%q", tt.prefix), func(t *testing.T) {
 			var got []string
-			for _, e := range o.rangeOf(tt.prefix) {
+			for e := range o.freeze().prefixed(tt.prefix) {
 				got = append(got, e.Key)
 			}
 			if diff := cmp.Diff(tt.want, got); diff != "" {
-				t.Errorf("rangeOf(%q) (-want +got):\n%s", tt.prefix, diff)
+				t.Errorf("prefixed(%q) (-want +got):\n%s", tt.prefix, diff)
 			}
 		})
+	}
+}
+
+// TestOrderedFrozen freezes the tree again and again while keys are set
+// and removed, and checks that every view still holds what the tree held
+// when it was taken, and that the tree copies nodes only after a freeze.
+func TestOrderedFrozen(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	o := newOrdered()
+	want := map[string]*Entry{}
+	type frozen struct {
+		view orderView
+		keys []string
+		vals []*Entry
+	}
+	var views []frozen
+	for step := range 30000 {
+		key := fmt.Sprintf("k%05d", rng.IntN(5000))
+		if rng.IntN(3) == 0 {
+			o.remove(key)
+			delete(want, key)
+		} else {
+			e := &Entry{Key: key, Revision: int64(step)}
+			o.set(e)
+			want[key] = e
+		}
+		if step%1000 == 0 {
+			f := frozen{view: o.freeze()}
+			for _, k := range slices.Sorted(maps.Keys(want)) {
+				f.keys = append(f.keys, k)
+				f.vals = append(f.vals, want[k])
+			}
+			views = append(views, f)
+		}
+	}
+	checkOrdered(t, o, want)
+	for i, f := range views {
+		var keys []string
+		var vals []*Entry
+		for e := range f.view.from("") {
+			keys, vals = append(keys, e.Key), append(vals, e)
+		}
+		if diff := cmp.Diff(f.keys, keys); diff != "" {
+			t.Fatalf("view %d keys (-then +now):\n%s", i, diff)
+		}
+		for j := range vals {
+			if vals[j] != f.vals[j] {
+				t.Fatalf("view %d: %q holds another entry now", i, keys[j])
+			}
+		}
+	}
+
+	// With no freeze, writes change the nodes in place.
+	gen := o.gen
+	root := o.root
+	for i := range 100 {
+		o.set(&Entry{Key: fmt.Sprintf("k%05d", i)})
+	}
+	if o.gen != gen || o.root != root {
+		t.Errorf("writes without a freeze started generation %d (was %d) or a new root", o.gen, gen)
+	}
+}
+
+// TestOrderedViewWhileWriting reads views in another goroutine while the
+// tree changes, for the race detector: a view's nodes are never written.
+func TestOrderedViewWhileWriting(t *testing.T) {
+	o := newOrdered()
+	var mu sync.RWMutex // as Store.orderMu
+	for i := range 5000 {
+		o.set(&Entry{Key: fmt.Sprintf("k%05d", i)})
+	}
+	errc := make(chan error, 1)
+	go func() {
+		for range 200 {
+			mu.RLock()
+			v := o.freeze()
+			mu.RUnlock()
+			last, n := "", 0
+			for e := range v.from("") {
+				if e.Key <= last {
+					errc <- fmt.Errorf("%q after %q", e.Key, last)
+					return
+				}
+				last = e.Key
+				n++
+			}
+			if n == 0 {
+				errc <- fmt.Errorf("an empty view")
+				return
+			}
+		}
+		errc <- nil
+	}()
+	rng := rand.New(rand.NewPCG(11, 12))
+	for {
+		select {
+		case err := <-errc:
+			if err != nil {
+				t.Fatal(err)
+			}
+			return
+		default:
+		}
+		key := fmt.Sprintf("k%05d", rng.IntN(10000))
+		mu.Lock()
+		if rng.IntN(2) == 0 {
+			o.remove(key)
+		} else {
+			o.set(&Entry{Key: key})
+		}
+		mu.Unlock()
 	}
 }
