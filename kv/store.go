@@ -122,7 +122,9 @@ type Store struct {
 	// Lock order: orderMu, then a shard's mu, then feed.mu.
 	shards []shard
 
-	orderMu sync.RWMutex // guards order and the moment rev moves
+	// orderMu guards order (but not the views that order.freeze hands
+	// out, which need no lock) and the moment rev moves.
+	orderMu sync.RWMutex
 	order   *ordered
 	rev     atomic.Int64 // the revision of the last applied write
 
