@@ -2,8 +2,12 @@ package kv
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
+	"time"
 )
 
 // BenchmarkPublish measures the hook every committed change passes
@@ -115,13 +119,13 @@ func subscribeHostile(b *testing.B, f *Feed, from, n int) {
 }
 
 // hostilePatterns parses n hostile globs from the from'th.
-func hostilePatterns(b *testing.B, from, n int) []Pattern {
-	b.Helper()
+func hostilePatterns(tb testing.TB, from, n int) []Pattern {
+	tb.Helper()
 	patterns := make([]Pattern, n)
 	for i := range patterns {
 		p, err := ParsePattern(hostileGlob(from + i))
 		if err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		patterns[i] = p
 	}
@@ -251,6 +255,13 @@ func fill(b *testing.B, dir string, n int) {
 		b.Fatal(err)
 	}
 	defer s.Close()
+	fillStore(b, s, n)
+}
+
+// fillStore puts the keys bench/00000000 to bench/{n-1}, with 64-byte
+// values, into s from 64 goroutines, so that the committer batches them.
+func fillStore(tb testing.TB, s *Store, n int) {
+	tb.Helper()
 	ctx := context.Background()
 	value := make([]byte, 64)
 	errc := make(chan error, 64)
@@ -267,7 +278,281 @@ func fill(b *testing.B, dir string, n int) {
 	}
 	for range 64 {
 		if err := <-errc; err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkResume resumes ordinary watches from a full history of
+// 100,000 changes over 5,000 keys: one key from the oldest change kept,
+// every key for the last 100 changes, and every key from the oldest.
+func BenchmarkResume(b *testing.B) {
+	const kept = 100_000
+	f := NewFeed(kept, 1024, 0)
+	rev := fillHistory(f, kept)
+	for _, bc := range []struct {
+		name, pattern string
+		from          int64
+	}{
+		{"key/all", "k/000123", 0},
+		{"prefix/last=100", "k/**", rev - 100},
+		{"prefix/all", "k/**", 0},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			opts := WatchOptions{Patterns: parsePatterns(b, bc.pattern), Resume: true, From: bc.from}
+			b.ReportAllocs()
+			for b.Loop() {
+				sub, _, err := f.Subscribe(opts)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if sub.Reset != "" {
+					b.Fatalf("reset %q", sub.Reset)
+				}
+				sub.Cancel()
+			}
+		})
+	}
+}
+
+// BenchmarkResumeHostileGlobs resumes with 64 hostile globs (see
+// hostileGlob) from the oldest change of a full history of 100,000
+// changes, none of which they match.
+func BenchmarkResumeHostileGlobs(b *testing.B) {
+	const kept = 100_000
+	f := NewFeed(kept, 1024, 0)
+	fillHistory(f, kept)
+	opts := WatchOptions{Patterns: hostilePatterns(b, 0, 64), Resume: true}
+	b.ReportAllocs()
+	for b.Loop() {
+		sub, _, err := f.Subscribe(opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sub.Cancel()
+	}
+}
+
+// BenchmarkSnapshot takes snapshots of a store of 1,000,000 keys: of 10
+// keys and of 10,000 under a prefix, of every key, and with 64 hostile
+// globs, which match no key but whose common prefix is empty.
+func BenchmarkSnapshot(b *testing.B) {
+	s, err := Open(Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	fillStore(b, s, 1_000_000)
+	for _, bc := range []struct {
+		name     string
+		patterns []Pattern
+		keys     int
+	}{
+		{"keys=10", parsePatterns(b, "bench/0000012*"), 10},
+		{"keys=10000", parsePatterns(b, "bench/0001*"), 10_000},
+		{"keys=all", parsePatterns(b, "**"), 1_000_000},
+		{"hostile", hostilePatterns(b, 0, 64), 0},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			opts := WatchOptions{Patterns: bc.patterns, Snapshot: true}
+			b.ReportAllocs()
+			for b.Loop() {
+				sub, err := s.Watch(opts)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(sub.Snapshot) != bc.keys {
+					b.Fatalf("%d keys in the snapshot, want %d", len(sub.Snapshot), bc.keys)
+				}
+				sub.Cancel()
+			}
+		})
+	}
+}
+
+// BenchmarkPublishDuringHostileResumes resumes, in n goroutines at once,
+// with 64 hostile globs from near the oldest change of a full history of
+// 100,000 changes, while the benchmark's goroutine publishes a change
+// every 50 µs. Besides the time the resumes take, it reports how many
+// changes were published meanwhile, and the 99th percentile and the
+// longest time a Publish took: how long resumes hold up the committer.
+func BenchmarkPublishDuringHostileResumes(b *testing.B) {
+	for _, n := range []int{1, 8} {
+		b.Run(fmt.Sprintf("resumers=%d", n), func(b *testing.B) {
+			const kept = 100_000
+			f := NewFeed(kept, 1024, 0)
+			rev := fillHistory(f, kept)
+			opts := WatchOptions{Patterns: hostilePatterns(b, 0, 64), Resume: true}
+			resume := func() error {
+				o := opts
+				o.From = f.Floor() + kept/5 // the floor moves as changes are published
+				sub, _, err := f.Subscribe(o)
+				if err != nil {
+					return err
+				}
+				sub.Cancel()
+				if sub.Reset != "" {
+					return fmt.Errorf("resume from %d: reset %q", o.From, sub.Reset)
+				}
+				return nil
+			}
+			value := make([]byte, 64)
+			changes := []Change{{Op: OpPut, Key: "config/app/feature", Value: value}}
+			catchUpStalls(b, n, resume, func() error {
+				rev++
+				changes[0].Revision = rev
+				f.Publish(changes, rev)
+				return nil
+			})
+		})
+	}
+}
+
+// BenchmarkPutDuringHostileSnapshots takes, in n goroutines at once,
+// snapshots with 64 hostile globs (whose common prefix is empty) of a
+// store of 1,000,000 keys, while the benchmark's goroutine puts a key
+// every 50 µs. Besides the time the snapshots take, it reports how many
+// puts ended meanwhile, and the 99th percentile and the longest time a
+// Put took: how long snapshots hold up the committer.
+func BenchmarkPutDuringHostileSnapshots(b *testing.B) {
+	s, err := Open(Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	fillStore(b, s, 1_000_000)
+	for _, n := range []int{1, 4} {
+		b.Run(fmt.Sprintf("watchers=%d", n), func(b *testing.B) {
+			opts := WatchOptions{Patterns: hostilePatterns(b, 0, 64), Snapshot: true}
+			watch := func() error {
+				sub, err := s.Watch(opts)
+				if err == nil {
+					sub.Cancel()
+				}
+				return err
+			}
+			ctx := context.Background()
+			value := make([]byte, 64)
+			i := 0
+			catchUpStalls(b, n, watch, func() error {
+				i++
+				_, err := s.Put(ctx, fmt.Sprintf("bench/%08d", i%1_000_000), value, PutOptions{})
+				return err
+			})
+		})
+	}
+}
+
+// catchUpStalls runs catchUp in n goroutines at once, for each iteration
+// of b.Loop, while write runs every 50 µs on the benchmark's goroutine,
+// and reports how many writes ended per iteration, and the 99th
+// percentile and the longest of their durations.
+func catchUpStalls(b *testing.B, n int, catchUp, write func() error) {
+	var took []time.Duration
+	tick := time.NewTicker(50 * time.Microsecond)
+	defer tick.Stop()
+	for b.Loop() {
+		errc := make(chan error, n)
+		for range n {
+			go func() { errc <- catchUp() }()
+		}
+		var errs []error
+		for pending := n; pending > 0; {
+			select {
+			case err := <-errc:
+				pending--
+				errs = append(errs, err)
+			case <-tick.C:
+				start := time.Now()
+				if err := write(); err != nil {
+					errs = append(errs, err)
+				}
+				took = append(took, time.Since(start))
+			}
+		}
+		if err := errors.Join(errs...); err != nil {
 			b.Fatal(err)
 		}
 	}
+	b.ReportMetric(float64(len(took))/float64(b.N), "writes/op")
+	reportLatency(b, took)
+}
+
+// BenchmarkPutWhileWatching writes from many goroutines into a store of
+// 100,000 keys while another goroutine takes snapshots of 10 keys, one
+// after another. Each snapshot freezes the ordered keys, so the next
+// batch copies the nodes on its paths: this is what that costs the
+// committer.
+func BenchmarkPutWhileWatching(b *testing.B) {
+	const keys = 100_000
+	s, err := Open(Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	fillStore(b, s, keys)
+	opts := WatchOptions{Patterns: parsePatterns(b, "bench/0000012*"), Snapshot: true}
+	quit := make(chan struct{})
+	errc := make(chan error, 1)
+	snapshots := 0
+	go func() {
+		for {
+			select {
+			case <-quit:
+				errc <- nil
+				return
+			default:
+			}
+			sub, err := s.Watch(opts)
+			if err != nil {
+				errc <- err
+				return
+			}
+			sub.Cancel()
+			snapshots++
+		}
+	}()
+	value := make([]byte, 64)
+	ctx := context.Background()
+	batches := s.Stats().Batches.Load()
+	b.ReportAllocs()
+	b.SetParallelism(32)
+	b.RunParallel(func(pb *testing.PB) {
+		rng := rand.New(rand.NewPCG(rand.Uint64(), 1))
+		for pb.Next() {
+			if _, err := s.Put(ctx, fmt.Sprintf("bench/%08d", rng.IntN(keys)), value, PutOptions{}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	close(quit)
+	if err := <-errc; err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(snapshots)/float64(s.Stats().Batches.Load()-batches), "snapshots/batch")
+}
+
+// reportLatency reports the 99th percentile and the longest of took.
+func reportLatency(b *testing.B, took []time.Duration) {
+	if len(took) == 0 {
+		return
+	}
+	slices.Sort(took)
+	b.ReportMetric(float64(took[len(took)*99/100].Nanoseconds()), "p99-ns")
+	b.ReportMetric(float64(took[len(took)-1].Nanoseconds()), "max-ns")
+}
+
+// parsePatterns parses ordinary patterns.
+func parsePatterns(tb testing.TB, ss ...string) []Pattern {
+	tb.Helper()
+	out := make([]Pattern, len(ss))
+	for i, s := range ss {
+		p, err := ParsePattern(s)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		out[i] = p
+	}
+	return out
 }

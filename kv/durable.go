@@ -114,7 +114,7 @@ func (d *durability) load() error {
 		// push out all those that did not make it into the ring, and
 		// every older one.
 		if dropped >= 0 {
-			hist.buf, hist.start, hist.floor = hist.buf[:0], 0, dropped
+			hist.reset(dropped)
 		}
 		for j := range ring {
 			c := changeOf(ring[(ringStart+j)%len(ring)])
@@ -433,13 +433,10 @@ func (d *durability) maybeCompact(rev int64) {
 func (d *durability) snapshot(rev int64) error {
 	s := d.s
 	s.orderMu.RLock()
-	entries := make([]*Entry, 0, s.order.len)
-	for n := s.order.head.next[0]; n != nil; n = n.next[0] {
-		entries = append(entries, n.e)
-	}
+	view := s.order.freeze()
 	s.orderMu.RUnlock()
 	err := wal.WriteSnapshot(d.dir, rev, func(add func(*wal.Record) error) error {
-		for _, e := range entries {
+		for e := range view.from("") {
 			r := wal.Record{Op: wal.OpPut, Rev: e.Revision, Key: []byte(e.Key),
 				ContentType: []byte(e.ContentType), Expires: e.Expires, Value: e.Value}
 			if err := add(&r); err != nil {

@@ -3,8 +3,9 @@ package kv
 import (
 	"context"
 	"fmt"
+	"iter"
+	"slices"
 	"sort"
-	"strings"
 	"sync"
 )
 
@@ -30,7 +31,7 @@ func NewFeed(keep, subBuffer int, rev int64) *Feed {
 	return &Feed{
 		subBuffer: subBuffer,
 		rev:       rev,
-		hist:      history{buf: make([]*Change, 0, min(keep, 1024)), max: keep, floor: rev},
+		hist:      history{max: keep, floor: rev},
 		idx:       newIndex[*Subscription](),
 		subs:      make(map[*Subscription]struct{}),
 	}
@@ -95,7 +96,8 @@ func shared(c *Change) *Change {
 // from as far back as from are served by the feed: changes must hold
 // every change in (from, to], in order, where to is the feed's floor
 // (Floor). It does nothing when the floor is no longer to. When the
-// history cannot hold them all, it keeps the newest.
+// history cannot hold them all, it keeps the newest. It holds the feed's
+// lock while it copies the history's change pointers into new chunks.
 func (f *Feed) Backfill(changes []Change, from, to int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -103,19 +105,19 @@ func (f *Feed) Backfill(changes []Change, from, to int64) {
 	if h.floor != to || from >= to {
 		return
 	}
-	n := len(h.buf)
-	keep := min(len(changes), h.max-n)
+	keep := min(len(changes), h.max-h.n)
 	if keep < len(changes) {
 		from = changes[len(changes)-keep-1].Revision
 	}
-	buf := make([]*Change, 0, min(h.max, keep+n+1024))
+	// Spans taken before hold the old chunks, which stay as they are.
+	nh := history{max: h.max, floor: from}
 	for i := len(changes) - keep; i < len(changes); i++ {
-		buf = append(buf, shared(&changes[i]))
+		nh.add(shared(&changes[i]))
 	}
-	for i := range n {
-		buf = append(buf, h.at(i))
+	for i := range h.n {
+		nh.add(h.at(i))
 	}
-	h.buf, h.start, h.floor = buf, 0, from
+	*h = nh
 }
 
 // drop removes sub from the index and ends it, once; lagged says it was
@@ -153,39 +155,98 @@ func (f *Feed) Restart(rev int64) {
 	for sub := range f.subs {
 		f.drop(sub, true)
 	}
-	clear(f.hist.buf)
-	f.hist.buf, f.hist.start, f.hist.floor = f.hist.buf[:0], 0, rev
+	f.hist.reset(rev)
 	f.rev = rev
 }
 
-// history keeps the last max changes, oldest first, in a ring.
+// history keeps the last max changes, oldest first, for resumes. Its
+// changes lie in chunks of histChunk slots that are filled in order and
+// never written again: a chunk whose oldest changes fall out of the
+// history stays as it is until its last one has, and is then let go, not
+// reused (so up to histChunk-1 changes that fell out stay in memory). A
+// span of the history, once its chunks are known, can therefore be read
+// without the feed's lock while changes are published: they go into
+// slots after the span, or into new chunks. Taking a span (since) costs a
+// binary search and a copy of its chunk pointers, one per histChunk
+// changes.
+//
+// The feed's mu guards a history; the start-up loader fills the store's
+// before anything else can see it.
 type history struct {
-	buf   []*Change // ring; grows up to max
-	start int       // index of the oldest change once the ring is full
+	histSpan
 	max   int
 	floor int64 // every change with a revision above floor is kept
 }
 
-func (h *history) add(c *Change) {
-	if len(h.buf) < h.max {
-		h.buf = append(h.buf, c)
-		return
-	}
-	h.floor = h.buf[h.start].Revision
-	h.buf[h.start] = c
-	h.start = (h.start + 1) % len(h.buf)
+// histChunk is how many changes a chunk of the history holds.
+const histChunk = 256
+
+type chunk [histChunk]*Change
+
+// histSpan is a run of n changes, oldest first, from slot head of the
+// first chunk on.
+type histSpan struct {
+	chunks []*chunk
+	head   int // < histChunk
+	n      int
 }
 
-func (h *history) at(i int) *Change { return h.buf[(h.start+i)%len(h.buf)] }
+func (s *histSpan) at(i int) *Change {
+	j := s.head + i
+	return s.chunks[j/histChunk][j%histChunk]
+}
 
-// after returns the kept changes with revisions above rev, oldest first,
-// that keep accepts.
-func (h *history) after(rev int64, keep func(*Change) bool) []*Change {
-	n := len(h.buf)
-	i := sort.Search(n, func(i int) bool { return h.at(i).Revision > rev })
+// add appends c, and lets the oldest change go when there are more than
+// max.
+func (h *history) add(c *Change) {
+	j := h.head + h.n
+	if j/histChunk == len(h.chunks) {
+		h.chunks = append(h.chunks, new(chunk))
+	}
+	h.chunks[j/histChunk][j%histChunk] = c
+	h.n++
+	if h.n <= h.max {
+		return
+	}
+	h.floor = h.at(0).Revision
+	h.head++
+	h.n--
+	if h.head == histChunk {
+		h.chunks[0] = nil
+		h.chunks = h.chunks[1:]
+		h.head = 0
+	}
+}
+
+// reset empties the history, which then keeps every change above floor.
+// Chunks that spans still hold are left to them.
+func (h *history) reset(floor int64) {
+	h.histSpan = histSpan{}
+	h.floor = floor
+}
+
+// since returns the span of the kept changes with revisions above rev.
+// The span is the caller's: it stays readable, without the lock, whatever
+// the history does afterwards.
+func (h *history) since(rev int64) histSpan {
+	i := sort.Search(h.n, func(i int) bool { return h.at(i).Revision > rev })
+	if i == h.n {
+		return histSpan{}
+	}
+	j, end := h.head+i, h.head+h.n
+	return histSpan{
+		chunks: slices.Clone(h.chunks[j/histChunk : (end+histChunk-1)/histChunk]),
+		head:   j % histChunk,
+		n:      h.n - i,
+	}
+}
+
+// filter returns the span's changes whose keys match, oldest first: nil
+// when there are none.
+func (s *histSpan) filter(match func(key string) bool) []*Change {
 	var out []*Change
-	for ; i < n; i++ {
-		if c := h.at(i); keep(c) {
+	for i := range s.n {
+		if c := s.at(i); match(c.Key) {
 			out = append(out, c)
 		}
 	}
@@ -381,16 +442,35 @@ type WatchOptions struct {
 // revision, so that catch-up and live changes meet with no gap and no
 // duplicate. It returns ErrClosed once the store is closed, and
 // ErrInvalidRevision for a negative From.
+//
+// Watch holds orderMu for reading, which the committer needs to apply
+// every batch, only while it registers the subscription (see
+// Feed.Subscribe) and, for a snapshot, freezes the ordered keys (constant
+// time; the committer's next writes copy the few nodes they change). It
+// reads the snapshot, and matches it and the replay against
+// opts.Patterns, after it lets go, while writes are committed and queued:
+// a catch-up that takes long may end the subscription as lagged before it
+// returns.
 func (s *Store) Watch(opts WatchOptions) (*Subscription, error) {
-	// orderMu holds the revision still while the snapshot is read.
+	// orderMu holds the revision still while the subscription is
+	// registered and the keys are frozen: the view is the store at
+	// sub.Revision. Entries are never modified once stored (a write
+	// replaces the pointer), so they can be read after.
 	s.orderMu.RLock()
-	defer s.orderMu.RUnlock()
-	sub, snapshot, err := s.feed.Subscribe(opts)
+	sub, span, snapshot, err := s.feed.subscribe(opts)
+	var view orderView
+	var now int64
+	if err == nil && snapshot {
+		now = s.opts.Now().UnixNano()
+		view = s.order.freeze()
+	}
+	s.orderMu.RUnlock()
 	if err != nil {
 		return nil, err
 	}
+	sub.Replay = span.filter(opts.Match)
 	if snapshot {
-		sub.Snapshot = s.snapshot(opts.Patterns, opts.Match)
+		sub.Snapshot = liveMatching(view.prefixed(CommonPrefix(opts.Patterns)), opts.Match, now)
 	}
 	return sub, nil
 }
@@ -414,18 +494,31 @@ func (opts WatchOptions) Match(key string) bool {
 // ErrClosed, ErrInvalidRevision for a negative From.
 //
 // Subscribe holds the feed's lock, which publishing needs, for about the
-// length of opts.Patterns, whatever else is subscribed; when resuming
-// within the history, also for matching opts.Patterns against each
-// change kept since opts.From.
-func (f *Feed) Subscribe(opts WatchOptions) (sub *Subscription, snapshot bool, err error) {
+// length of opts.Patterns, whatever else is subscribed, plus, when
+// resuming, a binary search of the history and a copy of one pointer per
+// 256 changes to replay. It matches those changes against opts.Patterns
+// after it lets go, while changes are published and queued: a replay that
+// takes long may end the subscription as lagged before it returns.
+func (f *Feed) Subscribe(opts WatchOptions) (*Subscription, bool, error) {
+	sub, span, snapshot, err := f.subscribe(opts)
+	if err != nil {
+		return nil, false, err
+	}
+	sub.Replay = span.filter(opts.Match)
+	return sub, snapshot, nil
+}
+
+// subscribe is Subscribe but for the replay: it returns the span of the
+// history to fill sub.Replay from (empty when there is none to give).
+func (f *Feed) subscribe(opts WatchOptions) (sub *Subscription, span histSpan, snapshot bool, err error) {
 	if opts.Resume && opts.From < 0 {
-		return nil, false, fmt.Errorf("kv: watch from %d: %w", opts.From, ErrInvalidRevision)
+		return nil, span, false, fmt.Errorf("kv: watch from %d: %w", opts.From, ErrInvalidRevision)
 	}
 	sub = &Subscription{patterns: opts.Patterns, feed: f}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
-		return nil, false, ErrClosed
+		return nil, span, false, ErrClosed
 	}
 	sub.Revision = f.rev
 	f.subs[sub] = struct{}{}
@@ -441,10 +534,10 @@ func (f *Feed) Subscribe(opts WatchOptions) (sub *Subscription, snapshot bool, e
 			sub.Reset, snapshot = "history", true
 		default:
 			snapshot = false
-			sub.Replay = f.hist.after(opts.From, func(c *Change) bool { return opts.Match(c.Key) })
+			span = f.hist.since(opts.From)
 		}
 	}
-	return sub, snapshot, nil
+	return sub, span, snapshot, nil
 }
 
 // Floor returns the revision after which the feed keeps every change:
@@ -455,15 +548,14 @@ func (f *Feed) Floor() int64 {
 	return f.hist.floor
 }
 
-// snapshot returns the live entries matching, in key order. The caller
-// holds orderMu.
-func (s *Store) snapshot(patterns []Pattern, match func(string) bool) []Entry {
-	now := s.opts.Now().UnixNano()
-	prefix := CommonPrefix(patterns)
+// liveMatching returns copies of the entries whose keys match and that
+// have not expired at now (Unix nanoseconds), in the order given: nil when
+// there are none.
+func liveMatching(entries iter.Seq[*Entry], match func(string) bool, now int64) []Entry {
 	var out []Entry
-	for n := s.order.seek(prefix); n != nil && strings.HasPrefix(n.e.Key, prefix); n = n.next[0] {
-		if match(n.e.Key) && !n.e.expired(now) {
-			out = append(out, *n.e)
+	for e := range entries {
+		if !e.expired(now) && match(e.Key) {
+			out = append(out, *e)
 		}
 	}
 	return out

@@ -70,9 +70,9 @@ func TestLoadHistoryAndStats(t *testing.T) {
 			if s.order.len != int(wantKeys) {
 				t.Errorf("order holds %d keys, want %d", s.order.len, wantKeys)
 			}
-			for n := s.order.head.next[0]; n != nil; n = n.next[0] {
-				if n.e.Value == nil {
-					t.Fatalf("%s: nil value after reopen", n.e.Key)
+			for e := range s.order.from("") {
+				if e.Value == nil {
+					t.Fatalf("%s: nil value after reopen", e.Key)
 				}
 			}
 		})
@@ -90,7 +90,7 @@ func historyOf(s *Store) ([]histItem, int64) {
 	defer s.feed.mu.Unlock()
 	h := &s.feed.hist
 	var out []histItem
-	for i := range len(h.buf) {
+	for i := range h.n {
 		c := h.at(i)
 		out = append(out, histItem{c.Op, c.Key, string(c.Value), c.Revision, c.PrevRevision})
 	}

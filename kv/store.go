@@ -122,7 +122,9 @@ type Store struct {
 	// Lock order: orderMu, then a shard's mu, then feed.mu.
 	shards []shard
 
-	orderMu sync.RWMutex // guards order and the moment rev moves
+	// orderMu guards order (but not the views that order.freeze hands
+	// out, which need no lock) and the moment rev moves.
+	orderMu sync.RWMutex
 	order   *ordered
 	rev     atomic.Int64 // the revision of the last applied write
 
@@ -259,8 +261,7 @@ func (s *Store) List(_ context.Context, prefix, after string, limit int) (Page, 
 	s.orderMu.RLock()
 	defer s.orderMu.RUnlock()
 	p := Page{Revision: s.rev.Load()}
-	for n := s.order.seek(from); n != nil; n = n.next[0] {
-		e := n.e
+	for e := range s.order.from(from) {
 		if len(e.Key) < len(prefix) || e.Key[:len(prefix)] != prefix {
 			break
 		}
