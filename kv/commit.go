@@ -31,32 +31,33 @@ type Change struct {
 	Revision     int64
 	PrevRevision int64 // the key's revision before this change; 0 when it was absent
 
-	memo *memo // encodings shared by every stream that sends this change
+	wire *WireCache // set when the change is published
 }
 
-// memo holds a change's encodings, one per slot.
-type memo [2]atomic.Pointer[[]byte]
+// WireCache is the room a published change keeps for the package that
+// writes changes to clients (sse): what it computes from the change once,
+// its encodings, for every stream that sends it. Every subscription
+// receives the same *Change, so a change is encoded once however many
+// streams send it. kv never reads it; its one user decides what it holds.
+// It is safe for concurrent use.
+type WireCache struct{ v atomic.Value }
 
-// MemoSlots is how many encodings a change can keep.
-const MemoSlots = len(memo{})
+// Load returns what the cache holds, or nil.
+func (w *WireCache) Load() any { return w.v.Load() }
 
-// Encoded returns enc(c), computed once per published change and slot
-// (0 ≤ slot < MemoSlots) and then shared: every subscription receives the
-// same *Change, so a change is encoded once however many streams send it.
-// enc must be a pure function of the change, the same for a slot every
-// time; the result must not be modified. Safe for concurrent use; a
-// change that was never published is encoded at each call.
-func (c *Change) Encoded(slot int, enc func(*Change) []byte) []byte {
-	if c.memo == nil {
-		return enc(c)
+// LoadOrStore stores v unless the cache holds something already, and
+// returns what it holds then. Every value stored must be of one type.
+func (w *WireCache) LoadOrStore(v any) any {
+	if w.v.CompareAndSwap(nil, v) {
+		return v
 	}
-	if b := c.memo[slot].Load(); b != nil {
-		return *b
-	}
-	b := enc(c)
-	c.memo[slot].CompareAndSwap(nil, &b)
-	return *c.memo[slot].Load()
+	return w.v.Load()
 }
+
+// WireCache returns the change's wire cache, or nil for a change that was
+// never published (one built by a caller, or read from the log at
+// start-up).
+func (c *Change) WireCache() *WireCache { return c.wire }
 
 // Event is the change's event name on the wire: "put" or "delete".
 func (c *Change) Event() string {

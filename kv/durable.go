@@ -118,7 +118,7 @@ func (d *durability) load() error {
 		}
 		for j := range ring {
 			c := changeOf(ring[(ringStart+j)%len(ring)])
-			hist.add(&c)
+			hist.add(shared(&c)) // replays after a restart share their encodings too
 		}
 		clear(ring) // let data go
 		lastSeg := i == len(files.Segments)-1

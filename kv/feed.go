@@ -80,15 +80,15 @@ func (f *Feed) Publish(changes []Change, rev int64) {
 	}
 }
 
-// shared copies c for the history and the subscriptions, with room for
-// the encodings they share.
+// shared copies c for the history and the subscriptions, with its wire
+// cache.
 func shared(c *Change) *Change {
 	p := new(struct {
 		c Change
-		m memo
-	}) // one allocation for the change and its encodings
+		w WireCache
+	}) // one allocation for the change and its cache
 	p.c = *c
-	p.c.memo = &p.m
+	p.c.wire = &p.w
 	return &p.c
 }
 

@@ -300,16 +300,40 @@ func (e *encoder) change(c *kv.Change) {
 	if e.sent != nil {
 		e.sent.Add(1)
 	}
-	if e.format == NDJSON {
-		e.buf = append(e.buf, c.Encoded(1, encodeNDJSON)...)
-		return
-	}
-	e.buf = append(e.buf, c.Encoded(0, encodeSSE)...)
+	e.buf = append(e.buf, encoded(c, e.format)...)
 }
 
-func encodeSSE(c *kv.Change) []byte { return AppendChangeEvent(nil, c) }
+// encodings are a published change's bytes on the wire, one per format,
+// made once for every stream that sends the change: they live in the
+// change's kv.WireCache, whose only user is this function.
+type encodings [2]atomic.Pointer[[]byte]
 
-func encodeNDJSON(c *kv.Change) []byte { return append(AppendChange(nil, c, true), '\n') }
+// encoded returns c's bytes in format f: its event (SSE) or its line
+// (NDJSON). For a published change they are made once and shared, and
+// must not be modified.
+func encoded(c *kv.Change, f Format) []byte {
+	cache := c.WireCache()
+	if cache == nil {
+		return encode(c, f)
+	}
+	e, _ := cache.Load().(*encodings)
+	if e == nil {
+		e = cache.LoadOrStore(new(encodings)).(*encodings)
+	}
+	if b := e[f].Load(); b != nil {
+		return *b
+	}
+	b := encode(c, f)
+	e[f].CompareAndSwap(nil, &b)
+	return *e[f].Load()
+}
+
+func encode(c *kv.Change, f Format) []byte {
+	if f == NDJSON {
+		return append(AppendChange(nil, c, true), '\n')
+	}
+	return AppendChangeEvent(nil, c)
+}
 
 // AppendChangeEvent appends the SSE event of a change: "id: <revision>",
 // "event: put" or "delete", and its JSON data on one line. It is the hot
