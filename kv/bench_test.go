@@ -135,11 +135,13 @@ func hostilePatterns(tb testing.TB, from, n int) []Pattern {
 // BenchmarkPut measures a write through the committer with no log, from
 // many goroutines at once.
 func BenchmarkPut(b *testing.B) {
-	s, err := Open(Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := memStore(b)
+	putParallel(b, s)
+}
+
+// putParallel puts 64-byte values to 10,000 keys from 32 goroutines a
+// CPU, b.N puts in all.
+func putParallel(b *testing.B, s *Store) {
 	value := make([]byte, 64)
 	ctx := context.Background()
 	b.ReportAllocs()
@@ -174,20 +176,7 @@ func BenchmarkPutLog(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer s.Close()
-			value := make([]byte, 64)
-			ctx := context.Background()
-			b.ReportAllocs()
-			b.SetParallelism(32)
-			b.RunParallel(func(pb *testing.PB) {
-				i := 0
-				for pb.Next() {
-					i++
-					if _, err := s.Put(ctx, fmt.Sprintf("bench/%d", i%10_000), value, PutOptions{}); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
+			putParallel(b, s)
 			st := s.Stats()
 			b.ReportMetric(float64(st.LogBytes.Load())/float64(st.Writes.Load()), "log-B/write")
 			b.ReportMetric(float64(st.Writes.Load())/float64(st.Batches.Load()), "writes/batch")
@@ -197,11 +186,7 @@ func BenchmarkPutLog(b *testing.B) {
 
 // BenchmarkGet measures reads, which take only their shard's read lock.
 func BenchmarkGet(b *testing.B) {
-	s, err := Open(Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := memStore(b)
 	ctx := context.Background()
 	keys := make([]string, 10_000)
 	for i := range keys {
@@ -337,11 +322,7 @@ func BenchmarkResumeHostileGlobs(b *testing.B) {
 // keys and of 10,000 under a prefix, of every key, and with 64 hostile
 // globs, which match no key but whose common prefix is empty.
 func BenchmarkSnapshot(b *testing.B) {
-	s, err := Open(Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := memStore(b)
 	fillStore(b, s, 1_000_000)
 	for _, bc := range []struct {
 		name     string
@@ -415,11 +396,7 @@ func BenchmarkPublishDuringHostileResumes(b *testing.B) {
 // puts ended meanwhile, and the 99th percentile and the longest time a
 // Put took: how long snapshots hold up the committer.
 func BenchmarkPutDuringHostileSnapshots(b *testing.B) {
-	s, err := Open(Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := memStore(b)
 	fillStore(b, s, 1_000_000)
 	for _, n := range []int{1, 4} {
 		b.Run(fmt.Sprintf("watchers=%d", n), func(b *testing.B) {
@@ -485,11 +462,7 @@ func catchUpStalls(b *testing.B, n int, catchUp, write func() error) {
 // committer.
 func BenchmarkPutWhileWatching(b *testing.B) {
 	const keys = 100_000
-	s, err := Open(Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := memStore(b)
 	fillStore(b, s, keys)
 	opts := WatchOptions{Patterns: parsePatterns(b, "bench/0000012*"), Snapshot: true}
 	quit := make(chan struct{})
@@ -555,4 +528,15 @@ func parsePatterns(tb testing.TB, ss ...string) []Pattern {
 		out[i] = p
 	}
 	return out
+}
+
+// memStore opens a store that keeps nothing on disk, closed when tb ends.
+func memStore(tb testing.TB) *Store {
+	tb.Helper()
+	s, err := Open(Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
 }

@@ -160,11 +160,7 @@ func TestResumeDoesNotHoldUpPublish(t *testing.T) {
 // writes.
 func TestSnapshotDoesNotHoldUpWrites(t *testing.T) {
 	const keys = 100_000
-	s, err := Open(Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := memStore(t)
 	fillStore(t, s, keys)
 	opts := WatchOptions{Patterns: hostilePatterns(t, 0, 64), Snapshot: true}
 	watch := func() (time.Duration, error) {

@@ -526,6 +526,29 @@ func (h *logRecords) errorsWith(keys ...string) []map[string]slog.Value {
 	return out
 }
 
+// runUntilRefused runs 50 writers of 10 puts each on a store in dir whose
+// log fails once as fs says and cannot be cut back, checks that the store
+// then refused every write, closes it and returns what the writers saw.
+func runUntilRefused(t *testing.T, dir string, fs *faults, logger *slog.Logger) outcome {
+	t.Helper()
+	s, err := Open(Options{Dir: dir, wrapLog: fs.wrap, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	out, err := load{writers: 50, writes: 10, tag: "run", wantErr: "the log failed", hide: dir}.run(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fs.hit() != 1 || out.ackedAfter != 0 || s.Err() == nil {
+		t.Errorf("failures %d, writes acknowledged after a refusal %d, Err %v; want 1, 0 and an error", fs.hit(), out.ackedAfter, s.Err())
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // TestLogCutFails: when the log fails and cutting the failed batch off
 // fails too, the store refuses every later write. After a failed write, a
 // restart still finds nothing of the batch: its commit marker, the last
@@ -536,23 +559,8 @@ func (h *logRecords) errorsWith(keys ...string) []map[string]slog.Value {
 func TestLogCutFails(t *testing.T) {
 	t.Run("write", func(t *testing.T) {
 		dir := t.TempDir()
-		fs := &faults{kind: faultWrite, at: []int{3}, cutFails: true}
-		s, err := Open(Options{Dir: dir, wrapLog: fs.wrap})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		out, err := load{writers: 50, writes: 10, tag: "run", wantErr: "the log failed", hide: dir}.run(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fs.hit() != 1 || out.ackedAfter != 0 || s.Err() == nil {
-			t.Errorf("failed writes %d, writes acknowledged after a refusal %d, Err %v; want 1, 0 and an error", fs.hit(), out.ackedAfter, s.Err())
-		}
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
-		s, err = Open(Options{Dir: dir})
+		out := runUntilRefused(t, dir, &faults{kind: faultWrite, at: []int{3}, cutFails: true}, nil)
+		s, err := Open(Options{Dir: dir})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -564,23 +572,8 @@ func TestLogCutFails(t *testing.T) {
 
 	t.Run("sync", func(t *testing.T) {
 		dir := t.TempDir()
-		fs := &faults{kind: faultSync, at: []int{3}, cutFails: true}
 		logs := &logRecords{}
-		s, err := Open(Options{Dir: dir, wrapLog: fs.wrap, Logger: slog.New(logs)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		out, err := load{writers: 50, writes: 10, tag: "run", wantErr: "the log failed", hide: dir}.run(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fs.hit() != 1 || out.ackedAfter != 0 || s.Err() == nil {
-			t.Errorf("failed fsyncs %d, writes acknowledged after a refusal %d, Err %v; want 1, 0 and an error", fs.hit(), out.ackedAfter, s.Err())
-		}
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
+		out := runUntilRefused(t, dir, &faults{kind: faultSync, at: []int{3}, cutFails: true}, slog.New(logs))
 		lines := logs.errorsWith("file", "offset", "first", "last")
 		if len(lines) != 1 {
 			t.Fatalf("%d error lines name the file, offset and revisions that a restart may replay, want 1", len(lines))
@@ -595,7 +588,7 @@ func TestLogCutFails(t *testing.T) {
 			t.Errorf("the error line names revisions %d..%d; want from %d, after the last acknowledged", first, last, acked+1)
 		}
 
-		s, err = Open(Options{Dir: dir})
+		s, err := Open(Options{Dir: dir})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -390,18 +390,24 @@ func TestListLimitZero(t *testing.T) {
 	}
 }
 
-func TestTTL(t *testing.T) {
-	ctx := context.Background()
-	// The clock runs ahead of real time, so the committer's timer (set
-	// with time.Until) never fires during the test: the expiry is
-	// committed only when the next write comes, and the test sees the
-	// state in between.
+// ttlStore opens a store on a clock that runs ahead of real time, so the
+// committer's timer (set with time.Until) never fires during the test: an
+// expiry is committed only when the next write comes, and the test sees
+// the state in between. sub watches every key.
+func ttlStore(t *testing.T) (*kv.Store, *clock, *kv.Subscription) {
+	t.Helper()
 	clk := newClock(time.Now().Add(24 * time.Hour))
 	s := open(t, kv.Options{Now: clk.Now})
 	sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**")})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s, clk, sub
+}
+
+func TestTTL(t *testing.T) {
+	ctx := context.Background()
+	s, clk, sub := ttlStore(t)
 
 	r, err := s.Put(ctx, "session/1", []byte("x"), kv.PutOptions{TTL: time.Minute})
 	if err != nil {
@@ -459,12 +465,7 @@ func TestTTL(t *testing.T) {
 
 func TestTTLPutOnExpiredKey(t *testing.T) {
 	ctx := context.Background()
-	clk := newClock(time.Now().Add(24 * time.Hour))
-	s := open(t, kv.Options{Now: clk.Now})
-	sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, clk, sub := ttlStore(t)
 	if _, err := s.Put(ctx, "k", []byte("old"), kv.PutOptions{TTL: time.Second}); err != nil {
 		t.Fatal(err)
 	}

@@ -135,6 +135,19 @@ func wantArgs(args []string, lo, hi int, usage string) error {
 	return nil
 }
 
+// send makes a request to u: prepare (when not nil) sets its headers,
+// then do sends it, and returns the response when its status is one of ok.
+func (c *client) send(ctx context.Context, method, u string, body io.Reader, prepare func(*http.Request), ok ...int) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return nil, usageErr("", "%v", err)
+	}
+	if prepare != nil {
+		prepare(req)
+	}
+	return c.do(req, ok...)
+}
+
 func (c *client) ifRev(req *http.Request) {
 	if c.cfg.ifRev > 0 {
 		req.Header.Set("If-Match", `"`+strconv.FormatInt(c.cfg.ifRev, 10)+`"`)
@@ -145,11 +158,7 @@ func cmdGet(ctx context.Context, c *client, args []string, _ io.Reader, stdout, 
 	if err := wantArgs(args, 1, 1, "get KEY"); err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.keyURL(args[0]), nil)
-	if err != nil {
-		return usageErr("", "%v", err)
-	}
-	resp, err := c.do(req, http.StatusOK)
+	resp, err := c.send(ctx, http.MethodGet, c.keyURL(args[0]), nil, nil, http.StatusOK)
 	if err != nil {
 		return err
 	}
@@ -176,12 +185,7 @@ func cmdPut(ctx context.Context, c *client, args []string, stdin io.Reader, stdo
 	if c.cfg.ttl != "" {
 		u += "?ttl=" + url.QueryEscape(c.cfg.ttl)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, bytes.NewReader(value))
-	if err != nil {
-		return usageErr("", "%v", err)
-	}
-	c.ifRev(req)
-	resp, err := c.do(req, http.StatusOK, http.StatusCreated)
+	resp, err := c.send(ctx, http.MethodPut, u, bytes.NewReader(value), c.ifRev, http.StatusOK, http.StatusCreated)
 	if err != nil {
 		return err
 	}
@@ -194,12 +198,7 @@ func cmdDel(ctx context.Context, c *client, args []string, _ io.Reader, _, _ io.
 	if err := wantArgs(args, 1, 1, "del KEY"); err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, c.keyURL(args[0]), nil)
-	if err != nil {
-		return usageErr("", "%v", err)
-	}
-	c.ifRev(req)
-	resp, err := c.do(req, http.StatusNoContent)
+	resp, err := c.send(ctx, http.MethodDelete, c.keyURL(args[0]), nil, c.ifRev, http.StatusNoContent)
 	if err != nil {
 		return err
 	}
@@ -217,11 +216,7 @@ func cmdLs(ctx context.Context, c *client, args []string, _ io.Reader, stdout, _
 	}
 	w := bufio.NewWriter(stdout)
 	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/kv?"+q.Encode(), nil)
-		if err != nil {
-			return usageErr("", "%v", err)
-		}
-		resp, err := c.do(req, http.StatusOK)
+		resp, err := c.send(ctx, http.MethodGet, c.base+"/kv?"+q.Encode(), nil, nil, http.StatusOK)
 		if err != nil {
 			return err
 		}
@@ -297,14 +292,12 @@ func cmdWatch(ctx context.Context, c *client, args []string, _ io.Reader, stdout
 
 // watchOnce follows one connection. It reports whether it got a stream.
 func (c *client) watchOnce(ctx context.Context, q url.Values, last *int64, w *bufio.Writer, stderr io.Writer) (bool, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/watch?"+q.Encode(), nil)
-	if err != nil {
-		return false, usageErr("", "%v", err)
+	resume := func(req *http.Request) {
+		if *last >= 0 {
+			req.Header.Set("Last-Event-ID", strconv.FormatInt(*last, 10))
+		}
 	}
-	if *last >= 0 {
-		req.Header.Set("Last-Event-ID", strconv.FormatInt(*last, 10))
-	}
-	resp, err := c.do(req, http.StatusOK)
+	resp, err := c.send(ctx, http.MethodGet, c.base+"/watch?"+q.Encode(), nil, resume, http.StatusOK)
 	if err != nil {
 		return false, err
 	}

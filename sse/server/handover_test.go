@@ -89,15 +89,7 @@ func hoStart(t *testing.T, args ...string) *hoServer {
 // handlers counts the goroutines running the watch handler.
 func (s *hoServer) handlers(t *testing.T) int {
 	t.Helper()
-	resp, err := http.Get(s.metrics + "/debug/pprof/goroutine?debug=1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, b := servertest.Send(t, "GET", s.metrics+"/debug/pprof/goroutine?debug=1", nil)
 	// debug=1 groups identical stacks: "N @ 0x..." then the frames.
 	n := 0
 	for _, group := range strings.Split(string(b), "\n\n") {
