@@ -8,8 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"kvsse/sse"
-	"kvsse/sse/bench/hub"
 	"net"
 	"net/http"
 	"os"
@@ -19,6 +17,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"kvsse/sse"
+	"kvsse/sse/bench/hub"
 )
 
 // runBaseline runs "kvsse bench -baseline": the load of cfg against a

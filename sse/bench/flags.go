@@ -5,10 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"kvsse/kv"
 	"net/url"
 	"strings"
 	"time"
+
+	"kvsse/kv"
 )
 
 // config holds the flags of "kvsse bench".

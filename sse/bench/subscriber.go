@@ -6,14 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"kvsse/kv"
-	"kvsse/sse"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"kvsse/kv"
+	"kvsse/sse"
 )
 
 // newSubscribers builds the subscribers, each with its pattern and the

@@ -5,8 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"kvsse/sse/server"
 	"strings"
+
+	"kvsse/sse/server"
 )
 
 // config is every flag of the server and the client.

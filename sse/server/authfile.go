@@ -9,11 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"kvsse/kv"
 	"os"
 	"slices"
 	"strings"
 	"unicode/utf8"
+
+	"kvsse/kv"
 )
 
 // grant is one token of the auth file: its name, the SHA-256 of the token

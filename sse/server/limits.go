@@ -3,7 +3,6 @@ package server
 import (
 	"errors"
 	"fmt"
-	"kvsse/kv"
 	"math"
 	"net"
 	"net/http"
@@ -11,6 +10,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"kvsse/kv"
 )
 
 // Errors of the per-address limits.

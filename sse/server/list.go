@@ -1,13 +1,14 @@
 package server
 
 import (
-	"kvsse/kv"
-	"kvsse/sse"
 	"net/http"
 	"sort"
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"kvsse/kv"
+	"kvsse/sse"
 )
 
 const (

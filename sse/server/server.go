@@ -84,8 +84,11 @@ func loadTLS(cfg *Config) (*tls.Config, error) {
 
 // Serve runs the server until ctx ends, then shuts down gracefully: it
 // stops accepting, ends every stream, lets in-flight requests finish,
-// and syncs and closes the log. It prints the banner line (sse.Banner)
-// to stdout once it listens, and logs to stderr.
+// and syncs and closes the log. It listens first, answering 503 while
+// the store opens, and prints the banner line (sse.Banner) to stdout
+// once the store is open: a data directory it cannot open fails before
+// the banner. It logs to stderr. A setting out of range is a
+// *ConfigError.
 func Serve(ctx context.Context, cfg *Config, stdout, stderr io.Writer) error {
 	cfg = normalize(cfg)
 	logw := newLogWriter(stderr, 5*time.Millisecond) // a line is written at most 5 ms late
