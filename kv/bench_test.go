@@ -94,14 +94,7 @@ func BenchmarkSubscribeHostileGlobs(b *testing.B) {
 			f := NewFeed(1000, 1024, 0)
 			subscribeHostile(b, f, 0, n)
 			opts := WatchOptions{Patterns: hostilePatterns(b, n, 64)}
-			b.ReportAllocs()
-			for b.Loop() {
-				sub, _, err := f.Subscribe(opts)
-				if err != nil {
-					b.Fatal(err)
-				}
-				sub.Cancel()
-			}
+			subscribeLoop(b, f, opts)
 		})
 	}
 }
@@ -308,6 +301,11 @@ func BenchmarkResumeHostileGlobs(b *testing.B) {
 	f := NewFeed(kept, 1024, 0)
 	fillHistory(f, kept)
 	opts := WatchOptions{Patterns: hostilePatterns(b, 0, 64), Resume: true}
+	subscribeLoop(b, f, opts)
+}
+
+// subscribeLoop subscribes to f with opts and cancels, b.N times.
+func subscribeLoop(b *testing.B, f *Feed, opts WatchOptions) {
 	b.ReportAllocs()
 	for b.Loop() {
 		sub, _, err := f.Subscribe(opts)

@@ -321,18 +321,7 @@ func TestLogWriteFails(t *testing.T) {
 			} else {
 				out.acked = append(out.acked, w)
 			}
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
-
-			s, err = Open(Options{Dir: dir})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			if n := len(checkStore(t, s, out.acked, out.refused)); n > 0 {
-				t.Errorf("%d refused puts are in the store after the restart", n)
-			}
+			s = reopen(t, s, dir, out)
 			t.Logf("%d writes acknowledged, %d refused", len(out.acked), out.refusals)
 		})
 	}
@@ -368,18 +357,7 @@ func TestLogSyncFails(t *testing.T) {
 			if _, err := putOne(s, "after", "the failure"); !errors.Is(err, ErrUnavailable) {
 				t.Errorf("a write after a failed fsync: %v, want ErrUnavailable", err)
 			}
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
-
-			s, err = Open(Options{Dir: dir})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			if n := len(checkStore(t, s, out.acked, out.refused)); n > 0 {
-				t.Errorf("%d refused puts are in the store after the restart", n)
-			}
+			s = reopen(t, s, dir, out)
 			w, err := putOne(s, "after", "the restart")
 			if err != nil {
 				t.Fatalf("a write after the restart: %v", err)
@@ -524,6 +502,25 @@ func (h *logRecords) errorsWith(keys ...string) []map[string]slog.Value {
 		}
 	}
 	return out
+}
+
+// reopen closes s, opens the store in dir again, closed when t ends, and
+// checks that it holds none of the refused puts of out and every
+// acknowledged one.
+func reopen(t *testing.T, s *Store, dir string, out outcome) *Store {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if n := len(checkStore(t, s, out.acked, out.refused)); n > 0 {
+		t.Errorf("%d refused puts are in the store after the restart", n)
+	}
+	return s
 }
 
 // runUntilRefused runs 50 writers of 10 puts each on a store in dir whose
