@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -43,15 +44,29 @@ Exit status: 0, 1 when the key does not exist, 2 on any other error.
 VALUE is absent, and prints the revision the write took.
 Exit status: 0, 2 on an error (a failed -if-rev among them).
 `, flags: []string{"ttl", "if-rev"}, run: cmdPut},
-		{name: "del", args: "KEY", short: "delete a key",
-			long: `Deletes KEY.
-Exit status: 0, 1 when the key does not exist, 2 on any other error.
-`, flags: []string{"if-rev"}, run: cmdDel},
+		{name: "del", args: "KEY | -prefix PREFIX", short: "delete a key, or every key starting with PREFIX",
+			long: `Deletes KEY. With -prefix, deletes every key that starts with PREFIX
+(not empty) as one write, and prints its revision.
+Exit status: 0, 1 when KEY does not exist, 2 on any other error.
+`, flags: []string{"if-rev", "prefix"}, run: cmdDel},
 		{name: "ls", args: "[PREFIX]", short: "list keys",
 			long: `Prints the keys that start with PREFIX (every key without one), one a
 line, in byte order.
 Exit status: 0, 2 on an error.
 `, run: cmdLs},
+		{name: "txn", args: "[FILE]", short: "run a transaction: conditions and changes as one write",
+			long: `Sends the transaction in FILE (standard input when absent) to the server:
+a JSON object like
+
+  {"if":   [{"key": "cfg/version", "revision": 41}],
+   "then": [{"put": "cfg/a", "value": "on"}, {"delete": "cfg/old"},
+            {"delete_prefix": "cfg/tmp/"}]}
+
+When every condition holds, all the changes happen as one write, and the
+revision it took is printed.
+Exit status: 0, 1 when a condition did not hold (nothing changed; the
+keys and their revisions are on stderr), 2 on any other error.
+`, run: cmdTxn},
 		{name: "watch", args: "PATTERN...", short: "print changes as they happen",
 			long: `Prints the changes of the keys matching any PATTERN as they happen, one
 a line:
@@ -195,7 +210,19 @@ func cmdPut(ctx context.Context, c *client, args []string, stdin io.Reader, stdo
 	return nil
 }
 
-func cmdDel(ctx context.Context, c *client, args []string, _ io.Reader, _, _ io.Writer) error {
+func cmdDel(ctx context.Context, c *client, args []string, _ io.Reader, stdout, _ io.Writer) error {
+	if c.cfg.prefix != "" {
+		if err := wantArgs(args, 0, 0, "del -prefix PREFIX"); err != nil {
+			return err
+		}
+		resp, err := c.send(ctx, http.MethodDelete, c.base+"/kv?"+url.Values{"prefix": {c.cfg.prefix}}.Encode(), nil, nil, http.StatusOK)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		fmt.Fprintln(stdout, resp.Header.Get("Kvsse-Revision"))
+		return nil
+	}
 	if err := wantArgs(args, 1, 1, "del KEY"); err != nil {
 		return err
 	}
@@ -204,6 +231,38 @@ func cmdDel(ctx context.Context, c *client, args []string, _ io.Reader, _, _ io.
 		return err
 	}
 	resp.Body.Close()
+	return nil
+}
+
+func cmdTxn(ctx context.Context, c *client, args []string, stdin io.Reader, stdout, _ io.Writer) error {
+	if err := wantArgs(args, 0, 1, "txn [FILE]"); err != nil {
+		return err
+	}
+	body := stdin
+	if len(args) == 1 {
+		f, err := os.Open(args[0])
+		if err != nil {
+			return fmt.Errorf("txn: %w", err)
+		}
+		defer f.Close()
+		body = f
+	}
+	txn, err := io.ReadAll(body)
+	if err != nil {
+		return fmt.Errorf("txn: read: %w", err)
+	}
+	resp, err := c.send(ctx, http.MethodPost, c.base+"/txn", bytes.NewReader(txn), func(req *http.Request) {
+		req.Header.Set("Content-Type", "application/json")
+	}, http.StatusOK)
+	var se *statusError
+	if errors.As(err, &se) && se.status == http.StatusPreconditionFailed {
+		return &exitError{code: 1, err: err}
+	}
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	fmt.Fprintln(stdout, resp.Header.Get("Kvsse-Revision"))
 	return nil
 }
 

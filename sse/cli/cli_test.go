@@ -1205,3 +1205,60 @@ func TestCLINoServer(t *testing.T) {
 		}
 	}
 }
+
+// TestCLITxn: kvsse txn sends a transaction from a file or stdin and
+// prints its revision; a failed condition exits 1 with the keys and their
+// revisions on stderr, and changes nothing.
+func TestCLITxn(t *testing.T) {
+	t.Parallel()
+	ts := servertest.Start(t)
+	ra := cliPut(t, ts.URL, "t/a", []byte("1"))
+	file := filepath.Join(t.TempDir(), "txn.json")
+	body := fmt.Sprintf(`{"if": [{"key": "t/a", "revision": %d}], "then": [{"put": "t/a", "value": "2"}, {"put": "t/b", "value": "3"}]}`, ra)
+	if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := cliRun(t, nil, nil, "-server", ts.URL, "txn", file)
+	rev, err := strconv.ParseInt(strings.TrimSpace(string(r.stdout)), 10, 64)
+	if r.code != 0 || err != nil || rev <= ra {
+		t.Fatalf("txn FILE: exit %d, stdout %q, stderr %q; want 0 and a revision after %d", r.code, r.stdout, r.stderr, ra)
+	}
+	if got := servertest.List(t, ts.URL, "t/"); got["t/a"].Revision != rev || got["t/b"].Revision != rev {
+		t.Errorf("keys after the txn: %+v, want both at %d", got, rev)
+	}
+
+	// From stdin, with a condition that no longer holds.
+	r = cliRun(t, nil, []byte(body), "-server", ts.URL, "txn")
+	if r.code != 1 || len(r.stdout) != 0 || !strings.Contains(r.stderr, "t/a") || !strings.Contains(r.stderr, strconv.FormatInt(rev, 10)) {
+		t.Errorf("txn with a stale condition: exit %d, stdout %q, stderr %q; want 1 naming t/a at %d", r.code, r.stdout, r.stderr, rev)
+	}
+	if got := servertest.List(t, ts.URL, "t/"); got["t/a"].Revision != rev {
+		t.Errorf("a failed txn changed t/a: %+v", got)
+	}
+
+	r = cliRun(t, nil, []byte(`{"then": [`), "-server", ts.URL, "txn")
+	if r.code != 2 || !strings.Contains(r.stderr, "400") {
+		t.Errorf("txn with a bad body: exit %d, stderr %q; want 2 and the server's 400", r.code, r.stderr)
+	}
+}
+
+// TestCLIDelPrefix: kvsse del -prefix deletes every key starting with the
+// prefix as one write and prints its revision.
+func TestCLIDelPrefix(t *testing.T) {
+	t.Parallel()
+	ts := servertest.Start(t)
+	cliPut(t, ts.URL, "job/1", []byte("x"))
+	last := cliPut(t, ts.URL, "job/2/y", []byte("x"))
+	cliPut(t, ts.URL, "jobs", []byte("stays"))
+	r := cliRun(t, nil, nil, "-server", ts.URL, "del", "-prefix", "job/")
+	rev, err := strconv.ParseInt(strings.TrimSpace(string(r.stdout)), 10, 64)
+	if r.code != 0 || err != nil || rev != last+1 {
+		t.Fatalf("del -prefix job/: exit %d, stdout %q, stderr %q; want 0 and revision %d", r.code, r.stdout, r.stderr, last+1)
+	}
+	if got := servertest.List(t, ts.URL, "job"); len(got) != 1 || got["jobs"].Value != "stays" {
+		t.Errorf("keys after del -prefix: %v", got)
+	}
+	if r := cliRun(t, nil, nil, "-server", ts.URL, "del", "-prefix", "job/", "extra"); r.code != 2 {
+		t.Errorf("del -prefix with a key too: exit %d, want 2", r.code)
+	}
+}

@@ -22,10 +22,11 @@ type config struct {
 	json     bool
 	snapshot bool
 	since    int64
+	prefix   string
 }
 
 // clientFlags are the flags of the client commands.
-var clientFlags = map[string]bool{"server": true, "token": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true}
+var clientFlags = map[string]bool{"server": true, "token": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true, "prefix": true}
 
 // rawArgs are the commands that parse their own flags.
 var rawArgs = map[string]bool{"bench": true, "hub": true}
@@ -65,6 +66,7 @@ func parseFlags(args []string, getenv func(string) string) (*config, []string, *
 	fs.Int64Var(&c.ifRev, "if-rev", 0, "only if the key is at this `revision` (compare-and-set)")
 	fs.BoolVar(&c.json, "json", false, "print the server's NDJSON objects, one a line")
 	fs.BoolVar(&c.snapshot, "snapshot", false, "print the matching keys first")
+	fs.StringVar(&c.prefix, "prefix", "", "del: delete every key that starts with this `prefix`, as one write")
 	fs.Int64Var(&c.since, "since", -1, "replay the changes after this `revision` first (-1: none)")
 
 	var rest []string

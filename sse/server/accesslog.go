@@ -39,6 +39,7 @@ type access struct {
 	status        int
 	stream        bool
 	bytes         int64
+	ops           int // the changes a transaction asked for; 0: not a transaction
 }
 
 func (rec *recorder) entry() access {
@@ -52,7 +53,7 @@ func (rec *recorder) entry() access {
 		status = http.StatusOK // the handler wrote nothing
 	}
 	return access{a: rec.a, start: rec.start, method: r.Method, route: route, remote: r.RemoteAddr,
-		status: status, stream: rec.stream, bytes: rec.bytes}
+		status: status, stream: rec.stream, bytes: rec.bytes, ops: rec.ops}
 }
 
 // log counts the request and logs its line, with bytes more body bytes
@@ -65,13 +66,33 @@ func (e *access) log(bytes int64) {
 
 // attrs are the access line's attributes after the message.
 func (e *access) attrs(d time.Duration, bytes int64) []slog.Attr {
-	return []slog.Attr{
+	attrs := []slog.Attr{
 		slog.String("method", e.method),
 		slog.String("route", e.route),
 		slog.Int("status", e.status),
 		slog.Duration("duration", d),
 		slog.Int64("bytes", bytes),
-		slog.String("remote", e.remote),
+	}
+	if e.ops > 0 {
+		attrs = append(attrs, slog.Int("ops", e.ops))
+	}
+	return append(attrs, slog.String("remote", e.remote))
+}
+
+// noteOps tells observe how many changes the transaction of w's request
+// asked for, for its access line. On a ResponseWriter that observe did
+// not make it does nothing.
+func noteOps(w http.ResponseWriter, n int) {
+	for {
+		switch v := w.(type) {
+		case *recorder:
+			v.ops = n
+			return
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = v.Unwrap()
+		default:
+			return
+		}
 	}
 }
 
@@ -104,6 +125,7 @@ type recorder struct {
 	stream     bool  // the response is text/event-stream or application/x-ndjson
 	bytes      int64 // body bytes written
 	handedOver bool  // the response goes on after the handler (handOver)
+	ops        int   // set by noteOps
 
 	a     *api // what observe needs to log the request
 	mux   *http.ServeMux

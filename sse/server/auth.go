@@ -158,7 +158,7 @@ func (az *authz) track(r *http.Request, patterns []kv.Pattern) (revoked context.
 	if az == nil {
 		return nil, func() {}, nil
 	}
-	g, _ := r.Context().Value(grantKey{}).(*grant)
+	g := grantOf(r)
 	if g == nil {
 		return nil, nil, fmt.Errorf("%w: no token", errUnauthorized)
 	}
@@ -181,6 +181,13 @@ func (az *authz) track(r *http.Request, patterns []kv.Pattern) (revoked context.
 
 // grantKey is the context key of the *grant of an authenticated request.
 type grantKey struct{}
+
+// grantOf is the grant of r's token, which the guard found; nil when
+// access control is off.
+func grantOf(r *http.Request) *grant {
+	g, _ := r.Context().Value(grantKey{}).(*grant)
+	return g
+}
 
 // guard checks the token of every request before next sees it: it
 // finds the request's route in the table, and what the route needs (see

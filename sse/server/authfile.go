@@ -34,6 +34,19 @@ func matchesAny(ps []kv.Pattern, key string) bool {
 func (g *grant) mayRead(key string) bool  { return matchesAny(g.read, key) }
 func (g *grant) mayWrite(key string) bool { return matchesAny(g.write, key) }
 
+// mayWritePrefix reports whether g may write every key that starts with
+// prefix: one of its write patterns is "**", or "Q/**" with Q a literal
+// (no "*") and prefix starting with "Q/".
+func (g *grant) mayWritePrefix(prefix string) bool {
+	for _, p := range g.write {
+		q, ok := strings.CutSuffix(p.String(), "**")
+		if ok && !strings.Contains(q, "*") && strings.HasPrefix(prefix, q) {
+			return true
+		}
+	}
+	return false
+}
+
 // mayWatch reports whether every key q matches lies inside g's read
 // patterns: some read pattern contains q.
 func (g *grant) mayWatch(q kv.Pattern) bool {

@@ -62,7 +62,7 @@ func openBackend(ctx context.Context, cfg *Config, opts kv.Options, logger *slog
 		if err != nil {
 			return nil, err
 		}
-		eo := etcd.Options{Endpoints: endpoints, Prefix: cfg.EtcdPrefix, History: cfg.History, SubBuffer: cfg.SubBuffer, Logger: logger}
+		eo := etcd.Options{Endpoints: endpoints, Prefix: cfg.EtcdPrefix, History: cfg.History, SubBuffer: cfg.SubBuffer, Logger: logger, MaxTxnOps: cfg.MaxTxnOps}
 		announce()
 		for attempt := 0; ; attempt++ {
 			s, err := etcd.Open(ctx, eo)

@@ -3,6 +3,7 @@ package server
 import (
 	"flag"
 	"fmt"
+	"kvsse/kv"
 	"time"
 )
 
@@ -42,6 +43,8 @@ type Config struct {
 	MaxPatterns         int
 	MaxPatternBytes     int
 	MaxGlobsPerIP       int
+	MaxTxnOps           int
+	MaxTxnBytes         int64
 	WriteRate           float64
 	WriteBurst          int
 
@@ -79,6 +82,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxPatterns, "max-patterns", 64, "patterns allowed in one stream")
 	fs.IntVar(&c.MaxPatternBytes, "max-pattern-bytes", 16<<10, "`bytes` of patterns allowed in one stream, all together; 0: no limit")
 	fs.IntVar(&c.MaxGlobsPerIP, "max-globs-per-ip", 1024, "distinct glob segments (like user-*) the open streams of one client address may\nhold, all together; 0: no limit")
+	fs.IntVar(&c.MaxTxnOps, "max-txn-ops", kv.DefaultMaxTxnOps, "changes allowed in one transaction, the keys a delete_prefix removes included")
+	fs.Int64Var(&c.MaxTxnBytes, "max-txn-bytes", 16<<20, "`bytes` of a transaction's request body")
 	fs.Int64Var(&c.MaxKeys, "max-keys", 10_000_000, "keys the store may hold; 0: no limit")
 	fs.Int64Var(&c.MaxBytes, "max-bytes", 1<<30, "bytes of values the store may hold, all together; 0: no limit")
 	fs.Float64Var(&c.WriteRate, "write-rate", 10_000, "writes (PUT, DELETE) a second allowed from one client address, on average; 0: no limit")
@@ -111,7 +116,7 @@ func FlagTopics() []FlagTopic {
 		{"Network", []string{"addr", "read-header-timeout", "shutdown-timeout", "cors-origins", "metrics-addr"}},
 		{"Data", []string{"backend", "data", "memory", "sync", "compact-bytes"}},
 		{"Streams", []string{"history", "sub-buffer", "heartbeat", "flush-interval"}},
-		{"Limits", []string{"max-value", "max-keys", "max-bytes", "max-subscribers", "max-subscribers-per-ip", "max-patterns", "max-pattern-bytes", "max-globs-per-ip", "write-rate", "write-burst"}},
+		{"Limits", []string{"max-value", "max-keys", "max-bytes", "max-subscribers", "max-subscribers-per-ip", "max-patterns", "max-pattern-bytes", "max-globs-per-ip", "max-txn-ops", "max-txn-bytes", "write-rate", "write-burst"}},
 		{"Access control", []string{"auth"}},
 		{"TLS", []string{"tls-cert", "tls-key"}},
 		{"Logs", []string{"log-format", "log-level"}},

@@ -45,7 +45,9 @@ var errorTable = []struct {
 	{kv.ErrNotFound, http.StatusNotFound, "not_found"},
 	{errNoRoute, http.StatusNotFound, "no_route"},
 	{errMethod, http.StatusMethodNotAllowed, "method_not_allowed"},
+	{kv.ErrInvalidTxn, http.StatusBadRequest, "invalid_transaction"},
 	{kv.ErrPrecondition, http.StatusPreconditionFailed, "precondition_failed"},
+	{kv.ErrTxnTooLarge, http.StatusRequestEntityTooLarge, "too_large"},
 	{errTooLarge, http.StatusRequestEntityTooLarge, "too_large"},
 	{errTooManySubs, http.StatusTooManyRequests, "too_many_subscribers"},
 	{errRateLimited, http.StatusTooManyRequests, "rate_limited"},
@@ -88,6 +90,10 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 	if errors.As(err, &full) {
 		msg += " (" + limitFlag(full.Limit) + ")"
 	}
+	var size *kv.TxnSizeError
+	if errors.As(err, &size) && size.Limit == "MaxTxnOps" {
+		msg += " (-max-txn-ops)"
+	}
 	if status == http.StatusInternalServerError {
 		logger.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
@@ -99,6 +105,20 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 	if errors.As(err, &ce) {
 		b = append(b, `,"revision":`...)
 		b = strconv.AppendInt(b, ce.Revision, 10)
+	}
+	var tf *kv.TxnFailedError
+	if errors.As(err, &tf) {
+		b = append(b, `,"failed":[`...)
+		for i, f := range tf.Failed {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = sse.AppendString(append(b, `{"key":`...), f.Key)
+			b = append(b, `,"revision":`...)
+			b = strconv.AppendInt(b, f.Revision, 10)
+			b = append(b, '}')
+		}
+		b = append(b, ']')
 	}
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")

@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"mime"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"kvsse/kv"
 	"kvsse/sse"
@@ -26,6 +24,8 @@ type store interface {
 	Delete(ctx context.Context, key string, cond kv.Cond) (kv.Result, error)
 	List(ctx context.Context, prefix, after string, limit int) (kv.Page, error)
 	Watch(opts kv.WatchOptions) (*kv.Subscription, error)
+	Txn(ctx context.Context, t kv.Txn) (kv.TxnResult, error)
+	DeletePrefix(ctx context.Context, prefix string) (kv.TxnResult, error)
 	// Revision is the revision of the last change visible to readers.
 	Revision() int64
 	// Err is why the store refuses writes, or nil when it accepts them.
@@ -215,8 +215,8 @@ func (a *api) handlePut(w http.ResponseWriter, r *http.Request) {
 	ctype := r.Header.Get("Content-Type")
 	if ctype == "" {
 		ctype = "application/octet-stream"
-	} else if _, _, err := mime.ParseMediaType(ctype); err != nil || len(ctype) > 256 || !utf8.ValidString(ctype) {
-		writeError(w, r, a.logger, badParam("Content-Type is not a valid media type"))
+	} else if err := checkContentType(ctype); err != nil {
+		writeError(w, r, a.logger, err)
 		return
 	}
 	if r.ContentLength > a.cfg.MaxValue {

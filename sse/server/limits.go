@@ -37,6 +37,8 @@ func checkLimits(cfg *Config) error {
 		return configErr("-write-rate must be 0 (no limit) or a positive number of writes a second")
 	case cfg.WriteRate > 0 && cfg.WriteBurst < 1:
 		return configErr("-write-burst must be at least 1")
+	case cfg.MaxTxnOps <= 0 || cfg.MaxTxnBytes <= 0:
+		return configErr("-max-txn-ops and -max-txn-bytes must be positive")
 	case cfg.ReadHeaderTimeout <= 0:
 		return configErr("-read-header-timeout must be positive")
 	}
@@ -57,10 +59,16 @@ func clientIP(r *http.Request) string {
 // allowWrite reports whether r's client may write now. When it may not,
 // allowWrite has answered 429 with Retry-After, and r must not go on.
 func (a *api) allowWrite(w http.ResponseWriter, r *http.Request) bool {
+	return a.allowWrites(w, r, 1)
+}
+
+// allowWrites is allowWrite for a request of n writes (a transaction's
+// ops), which count as n against -write-rate, at most -write-burst.
+func (a *api) allowWrites(w http.ResponseWriter, r *http.Request, n int) bool {
 	if a.writes == nil {
 		return true
 	}
-	wait, ok := a.writes.allow(clientIP(r))
+	wait, ok := a.writes.allow(clientIP(r), n)
 	if ok {
 		return true
 	}
@@ -101,9 +109,10 @@ func newRateLimiter(rate float64, burst, addrs int, now func() time.Time) *rateL
 		buckets: make(map[string]*bucket), swept: now()}
 }
 
-// allow takes a token from ip's bucket. When there is none it takes
-// nothing and returns how long until there is one.
-func (l *rateLimiter) allow(ip string) (wait time.Duration, ok bool) {
+// allow takes n tokens (at most the burst) from ip's bucket. When there
+// are fewer it takes nothing and returns how long until there are.
+func (l *rateLimiter) allow(ip string, n int) (wait time.Duration, ok bool) {
+	need := min(float64(n), l.burst)
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -115,10 +124,10 @@ func (l *rateLimiter) allow(ip string) (wait time.Duration, ok bool) {
 	}
 	b.tokens = l.refill(b, now)
 	b.last = now
-	if b.tokens < 1 {
-		return time.Duration((1 - b.tokens) / l.rate * float64(time.Second)), false
+	if b.tokens < need {
+		return time.Duration((need - b.tokens) / l.rate * float64(time.Second)), false
 	}
-	b.tokens--
+	b.tokens -= need
 	return 0, true
 }
 

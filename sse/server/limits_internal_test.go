@@ -66,7 +66,7 @@ func TestLimitRateLimiter(t *testing.T) {
 			l := newRateLimiter(tt.rate, tt.burst, tt.max, func() time.Time { return now })
 			for i, c := range tt.calls {
 				now = now.Add(c.advance)
-				wait, ok := l.allow(c.ip)
+				wait, ok := l.allow(c.ip, 1)
 				got := call{c.advance, c.ip, ok, wait, len(l.buckets)}
 				if diff := cmp.Diff(c, got, cmp.AllowUnexported(call{})); diff != "" {
 					t.Errorf("call %d (-want +got):\n%s", i, diff)

@@ -61,7 +61,7 @@ func (a *api) handleList(w http.ResponseWriter, r *http.Request) {
 // read pattern before its first "*". When it reads more than once, the
 // page is not one snapshot: its revision is the last read's.
 func (a *api) list(r *http.Request, prefix, after string, limit int) (kv.Page, error) {
-	g, _ := r.Context().Value(grantKey{}).(*grant)
+	g := grantOf(r)
 	if g == nil || g.readsAll() {
 		return a.store.List(r.Context(), prefix, after, limit)
 	}

@@ -85,6 +85,10 @@ func (l *accessLine) appendLine(b []byte, e *access, end time.Time, d time.Durat
 		b = strconv.AppendInt(b, int64(d), 10)
 		b = append(b, `,"bytes":`...)
 		b = strconv.AppendInt(b, bytes, 10)
+		if e.ops > 0 {
+			b = append(b, `,"ops":`...)
+			b = strconv.AppendInt(b, int64(e.ops), 10)
+		}
 		b = append(b, `,"remote":"`...)
 		b = append(b, e.remote...)
 		return append(b, "\"}\n"...)
@@ -101,6 +105,10 @@ func (l *accessLine) appendLine(b []byte, e *access, end time.Time, d time.Durat
 	b = append(b, d.String()...)
 	b = append(b, " bytes="...)
 	b = strconv.AppendInt(b, bytes, 10)
+	if e.ops > 0 {
+		b = append(b, " ops="...)
+		b = strconv.AppendInt(b, int64(e.ops), 10)
+	}
 	b = append(b, " remote="...)
 	b = append(b, e.remote...)
 	return append(b, '\n')

@@ -68,6 +68,7 @@ func TestAccessLineAsSlog(t *testing.T) {
 		{"route with =", access{method: "GET", route: "a=b", status: 404, remote: "a:1"}, end, time.Microsecond},
 		{"quote", access{method: "GET", route: `"x"`, status: 500, remote: `a"b`}, end, time.Millisecond},
 		{"control and unicode", access{method: "G\tT", route: "é /\x00", status: 400, remote: "ü"}, end, -time.Second},
+		{"transaction", access{method: "POST", route: "POST /txn", status: 200, remote: "127.0.0.1:5000", ops: 12}, end, time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			checkAccessLine(t, &tc.e, tc.end, tc.d, 64)

@@ -32,6 +32,8 @@ type metrics struct {
 	durations map[string]*histogram // by route; streams are in streams
 	streams   *histogram            // how long streams stayed open
 
+	txns        atomic.Int64 // transactions committed (DELETE /kv?prefix= among them)
+	txnChanges  atomic.Int64 // their changes
 	subscribers atomic.Int64 // open streams
 	eventsSent  atomic.Int64 // changes written to streams
 	ends        [len(streamEnds) + 1]atomic.Int64
@@ -85,6 +87,16 @@ func (m *metrics) request(route string, code int, d time.Duration, stream bool) 
 	h.observe(d.Seconds())
 }
 
+// txn counts a transaction committed with its changes; one that changed
+// nothing is not counted.
+func (m *metrics) txn(changes int) {
+	if changes == 0 {
+		return
+	}
+	m.txns.Add(1)
+	m.txnChanges.Add(int64(changes))
+}
+
 // streamOpened and streamEnded bracket every stream, with the reason
 // sse.Stream gave for its end.
 func (m *metrics) streamOpened() { m.subscribers.Add(1) }
@@ -107,6 +119,10 @@ func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e.sample("kvsse_subscribers", "", float64(m.subscribers.Load()))
 	e.family("kvsse_events_sent_total", "counter", "Changes written to streams, replayed and live (snapshot items and control events not counted).")
 	e.sample("kvsse_events_sent_total", "", float64(m.eventsSent.Load()))
+	e.family("kvsse_transactions_total", "counter", "Transactions that changed something (POST /txn, DELETE /kv?prefix=).")
+	e.sample("kvsse_transactions_total", "", float64(m.txns.Load()))
+	e.family("kvsse_transaction_changes_total", "counter", "The changes those transactions made.")
+	e.sample("kvsse_transaction_changes_total", "", float64(m.txnChanges.Load()))
 	e.family("kvsse_stream_ends_total", "counter", `Streams ended, by why: "lag" is a subscriber disconnected because its buffer (-sub-buffer) filled.`)
 	for i := range m.ends {
 		why := "other"

@@ -44,7 +44,8 @@ func routeTable() []route {
 	return []route{
 		{"GET /kv", needToken, (*api).handleList},
 		{"GET /kv/{$}", needToken, (*api).handleList},
-		{"/kv", needToken, allow("GET, HEAD")},
+		{"DELETE /kv", needToken, (*api).handleDeletePrefix},
+		{"/kv", needToken, allow("GET, HEAD, DELETE")},
 		{"GET /kv/{key...}", needRead, (*api).handleGet},
 		{"PUT /kv/{key...}", needWrite, (*api).handlePut},
 		{"DELETE /kv/{key...}", needWrite, (*api).handleDelete},
@@ -53,6 +54,8 @@ func routeTable() []route {
 		{"GET /watch/{pattern...}", needToken, (*api).handleWatch},
 		{"/watch", needToken, allow("GET, HEAD")},
 		{"/watch/{pattern...}", needToken, allow("GET, HEAD")},
+		{"POST /txn", needToken, (*api).handleTxn},
+		{"/txn", needToken, allow("POST")},
 		{"GET /healthz", needNothing, (*api).handleHealth},
 		{"/healthz", needNothing, allow("GET, HEAD")},
 		{"POST /auth/session", needNothing, (*api).handleSessionStart},

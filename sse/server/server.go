@@ -28,6 +28,7 @@ func storeOptions(cfg *Config, logger *slog.Logger) (kv.Options, error) {
 		Logger:       logger,
 		MaxKeys:      cfg.MaxKeys,
 		MaxBytes:     cfg.MaxBytes,
+		MaxTxnOps:    cfg.MaxTxnOps,
 	}
 	switch cfg.Sync {
 	case "always":
