@@ -787,6 +787,39 @@ func TestBrowser(t *testing.T) {
 		p.waitFor(t, "without the row", brRowJS+`('t/lease') === undefined`, brTimeout)
 	})
 
+	t.Run("TransactionAsOneStep", func(t *testing.T) {
+		brPut(t, base, "t/pair/a", "0")
+		brPut(t, base, "t/pair/b", "0")
+		p.waitFor(t, "showing the pair", brRowValue("t/pair/b")+` === '0'`, brTimeout)
+		// After every change of the table, the two keys must agree: a
+		// transaction sets both at once.
+		p.do(t, `(() => {
+			window.__pairs = [];
+			const v = (k) => [...document.querySelectorAll('#rows tr')].find((tr) => tr.dataset.key === k)?.querySelector('td.v').textContent;
+			new MutationObserver(() => window.__pairs.push([v('t/pair/a'), v('t/pair/b')])).observe(document.getElementById('rows'), {subtree: true, childList: true, characterData: true});
+		})()`, nil)
+		for i := 1; i <= 5; i++ {
+			body := fmt.Sprintf(`{"then": [{"put": "t/pair/a", "value": "%d"}, {"put": "t/pair/b", "value": "%d"}]}`, i, i)
+			resp, err := http.Post(base+"/txn", "application/json", strings.NewReader(body))
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("POST /txn: %v %v", err, resp)
+			}
+			resp.Body.Close()
+		}
+		p.waitFor(t, "showing the last transaction", brRowValue("t/pair/a")+` === '5' && `+brRowValue("t/pair/b")+` === '5'`, brTimeout)
+		var pairs [][2]string
+		p.do(t, `window.__pairs`, &pairs)
+		for _, pair := range pairs {
+			if pair[0] != pair[1] {
+				t.Errorf("the table showed half a transaction: t/pair/a %q, t/pair/b %q (all states seen: %q)", pair[0], pair[1], pairs)
+				break
+			}
+		}
+		if len(pairs) == 0 {
+			t.Error("the observer saw no change")
+		}
+	})
+
 	t.Run("ChangedBeforeThePageSaysSo", func(t *testing.T) {
 		o := b.newPage(t)
 		o.navigate(t, base+"/?pattern=t/**")
