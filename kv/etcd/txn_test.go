@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -297,5 +298,113 @@ func TestTxnInvalid(t *testing.T) {
 	}
 	if diff := cmp.Diff(map[string]string{"p/a/b": "1"}, contents(t, s, "")); diff != "" {
 		t.Errorf("keys afterwards (-want +got):\n%s", diff)
+	}
+}
+
+// A transaction may make at most Options.MaxTxnOps changes, counting each
+// key a prefix removes; one over it is refused whole.
+func TestTxnMaxTxnOps(t *testing.T) {
+	url := startEtcd(t)
+	s := openStore(t, url, Options{MaxTxnOps: 3})
+	for _, k := range []string{"p/1", "p/2", "q/1", "q/2", "q/3", "q/4", "q/5"} {
+		put(t, s, k, k)
+	}
+	before := contents(t, s, "")
+	for _, tc := range []struct {
+		name string
+		then []kv.TxnOp
+		ops  int // 0: the transaction is not too large
+	}{
+		{"puts over the limit", []kv.TxnOp{putOp("x", "1"), putOp("y", "1"), delOp("z"), putOp("w", "1")}, 4},
+		{"a prefix counts each key", []kv.TxnOp{putOp("x", "1"), prefixOp("p/"), putOp("y", "1")}, 4},
+		{"a prefix over the limit by itself", []kv.TxnOp{prefixOp("q/")}, 5},
+		{"at the limit", []kv.TxnOp{prefixOp("none/"), putOp("x", "1"), prefixOp("p/")}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := s.Txn(context.Background(), kv.Txn{Then: tc.then})
+			if tc.ops == 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(res.Changes) != 3 {
+					t.Errorf("changes %v, want 3", res.Changes)
+				}
+				return
+			}
+			var se *kv.TxnSizeError
+			if !errors.As(err, &se) || !errors.Is(err, kv.ErrTxnTooLarge) {
+				t.Fatalf("Txn = %v, want a *kv.TxnSizeError matching kv.ErrTxnTooLarge", err)
+			}
+			want := kv.TxnSizeError{Ops: tc.ops, Max: 3, Limit: "MaxTxnOps"}
+			if diff := cmp.Diff(want, *se); diff != "" {
+				t.Errorf("error (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(before, contents(t, s, "")); diff != "" {
+				t.Errorf("keys afterwards (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// etcd's own --max-txn-ops refuses a txn with more compares or changes; the
+// error names it, and nothing changes, not even a lease remains.
+func TestTxnEtcdMaxTxnOps(t *testing.T) {
+	url := startEtcd(t, "--max-txn-ops", "8")
+	s := openStore(t, url, Options{})
+	var keys []string
+	for i := range 9 {
+		keys = append(keys, fmt.Sprintf("p/%d", i))
+		put(t, s, keys[i], "1")
+	}
+	puts := func(n int) []kv.TxnOp {
+		var ops []kv.TxnOp
+		for i := range n {
+			ops = append(ops, kv.TxnOp{Kind: kv.TxnPut, Key: fmt.Sprintf("x/%d", i), TTL: time.Duration(i+1) * time.Minute})
+		}
+		return ops
+	}
+	var conds []kv.Compare
+	for _, k := range keys {
+		conds = append(conds, kv.Compare{Key: k, Cond: kv.IfExists()})
+	}
+	before := contents(t, s, "")
+	for _, tc := range []struct {
+		name string
+		txn  kv.Txn
+	}{
+		{"puts", kv.Txn{Then: puts(9)}},
+		{"the keys of a prefix", kv.Txn{Then: []kv.TxnOp{prefixOp("p/")}}},
+		{"conditions", kv.Txn{If: conds, Then: puts(1)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := s.Txn(context.Background(), tc.txn)
+			var se *kv.TxnSizeError
+			if !errors.As(err, &se) || !errors.Is(err, kv.ErrTxnTooLarge) {
+				t.Fatalf("Txn = %v, want a *kv.TxnSizeError matching kv.ErrTxnTooLarge", err)
+			}
+			want := kv.TxnSizeError{Ops: 9, Max: 128, Limit: "etcd's --max-txn-ops"}
+			if diff := cmp.Diff(want, *se); diff != "" {
+				t.Errorf("error (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(before, contents(t, s, "")); diff != "" {
+				t.Errorf("keys afterwards (-want +got):\n%s", diff)
+			}
+			var leases struct {
+				Leases []struct {
+					ID string `json:"ID"`
+				} `json:"leases"`
+			}
+			etcdRaw(t, url, "/v3/lease/leases", struct{}{}, &leases)
+			if len(leases.Leases) != 0 {
+				t.Errorf("leases left in etcd: %v", leases.Leases)
+			}
+		})
+	}
+	res, err := s.Txn(context.Background(), kv.Txn{Then: puts(8)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Changes) != 8 {
+		t.Errorf("changes %v, want 8", res.Changes)
 	}
 }
