@@ -20,7 +20,7 @@ import (
 //     *kv.TxnSizeError, and nothing is asked of etcd.
 //   - The conditions' keys and the keys under each prefix are read at one
 //     revision. A prefix's key that another op changes too (two ops on
-//     one key) is a *kv.TxnOpError; more changes than MaxTxnOps, counting
+//     one key) is a *kv.TxnOpError naming the later op; more changes than MaxTxnOps, counting
 //     each key a prefix removes, a *kv.TxnSizeError; then conditions that
 //     do not hold a *kv.TxnFailedError listing each, in If order, with
 //     the key's revision there (0: missing or expired).
@@ -77,12 +77,19 @@ func (s *Store) transact(ctx context.Context, t kv.Txn) (kv.TxnResult, error) {
 		return kv.TxnResult{}, err
 	}
 	var st txnState
-	if len(p.reads) > 0 {
+	switch {
+	case len(p.reads) > 0:
 		var r txnResponse
 		if err := s.call(ctx, "/v3/kv/txn", txnRequest{Success: p.reads}, &r); err != nil {
 			return kv.TxnResult{}, etcdTxnError(err, len(p.reads))
 		}
 		if st, err = s.state(p, &r); err != nil {
+			return kv.TxnResult{}, err
+		}
+	case p.ops == 0:
+		// Only prefixes that no key starts with: nothing to do, at
+		// etcd's revision.
+		if st.rev, err = s.currentRevision(ctx); err != nil {
 			return kv.TxnResult{}, err
 		}
 	}

@@ -182,12 +182,14 @@ func TestTxnNothingToChange(t *testing.T) {
 	if diff := cmp.Diff(kv.TxnResult{Revision: before}, res); diff != "" {
 		t.Errorf("result (-want +got):\n%s", diff)
 	}
-	res, err = s.DeletePrefix(context.Background(), "none/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(kv.TxnResult{Revision: before}, res); diff != "" {
-		t.Errorf("DeletePrefix's result (-want +got):\n%s", diff)
+	for _, prefix := range []string{"none/", "a*", "\x00"} {
+		res, err = s.DeletePrefix(context.Background(), prefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(kv.TxnResult{Revision: before}, res); diff != "" {
+			t.Errorf("DeletePrefix(%q)'s result (-want +got):\n%s", prefix, diff)
+		}
 	}
 	if after := etcdRevision(t, s); after != before {
 		t.Errorf("etcd moved from revision %d to %d", before, after)
