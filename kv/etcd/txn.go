@@ -20,10 +20,11 @@ import (
 //     *kv.TxnSizeError, and nothing is asked of etcd.
 //   - The conditions' keys and the keys under each prefix are read at one
 //     revision. A prefix's key that another op changes too (two ops on
-//     one key) is a *kv.TxnOpError naming the later op; more changes than MaxTxnOps, counting
-//     each key a prefix removes, a *kv.TxnSizeError; then conditions that
-//     do not hold a *kv.TxnFailedError listing each, in If order, with
-//     the key's revision there (0: missing or expired).
+//     one key) is a *kv.TxnOpError naming the later op; more changes
+//     than MaxTxnOps, counting each key a prefix removes, a
+//     *kv.TxnSizeError; then conditions that do not hold a
+//     *kv.TxnFailedError listing each, in If order, with the key's
+//     revision there (0: missing or expired).
 //   - The txn compares that each condition's key is still as read and
 //     that no key under a prefix was created or changed since, so that
 //     the conditions are decided, and the keys a prefix removes known,
