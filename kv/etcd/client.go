@@ -176,6 +176,7 @@ type rangeRequest struct {
 	Limit        int64  `json:"limit,string,omitempty"`
 	Revision     int64  `json:"revision,string,omitempty"`
 	Serializable bool   `json:"serializable,omitempty"`
+	KeysOnly     bool   `json:"keys_only,omitempty"`
 	CountOnly    bool   `json:"count_only,omitempty"`
 }
 
@@ -183,6 +184,7 @@ type rangeResponse struct {
 	Header header     `json:"header"`
 	KVs    []keyValue `json:"kvs"`
 	More   bool       `json:"more"`
+	Count  int64      `json:"count,string"` // every key in the range, beyond Limit too
 }
 
 type putRequest struct {
@@ -208,26 +210,33 @@ type deleteResponse struct {
 	PrevKVs []keyValue `json:"prev_kvs"`
 }
 
-// compare is one condition of a txn: the key's mod_revision equals
-// ModRevision (0: the key is absent).
+// compare is one condition of a txn: the mod_revision of Key, or of
+// every key in [Key, RangeEnd) when RangeEnd is set, stands to
+// ModRevision as Result says. A missing key's mod_revision is 0, and a
+// range that holds no key meets any condition.
 type compare struct {
 	Key         []byte `json:"key"`
-	Result      string `json:"result"` // "EQUAL"
+	RangeEnd    []byte `json:"range_end,omitempty"`
+	Result      string `json:"result"` // "EQUAL" or "LESS"
 	Target      string `json:"target"` // "MOD"
 	ModRevision int64  `json:"mod_revision,string"`
 }
 
 type requestOp struct {
+	Range  *rangeRequest  `json:"request_range,omitempty"`
 	Put    *putRequest    `json:"request_put,omitempty"`
 	Delete *deleteRequest `json:"request_delete_range,omitempty"`
 }
 
+// txnRequest carries out Success when every compare holds, else Failure.
 type txnRequest struct {
 	Compare []compare   `json:"compare"`
 	Success []requestOp `json:"success"`
+	Failure []requestOp `json:"failure,omitempty"`
 }
 
 type responseOp struct {
+	Range  *rangeResponse  `json:"response_range"`
 	Put    *putResponse    `json:"response_put"`
 	Delete *deleteResponse `json:"response_delete_range"`
 }
@@ -245,6 +254,10 @@ type leaseGrantRequest struct {
 type leaseGrantResponse struct {
 	ID  int64 `json:"ID,string"`
 	TTL int64 `json:"TTL,string"`
+}
+
+type leaseRevokeRequest struct {
+	ID int64 `json:"ID,string"`
 }
 
 type watchCreate struct {

@@ -47,6 +47,11 @@ type Options struct {
 	Now func() time.Time
 	// Timeout bounds each call to etcd. 0 means 5 s.
 	Timeout time.Duration
+	// MaxTxnOps is the most changes a transaction may make, counting
+	// each key its TxnDeletePrefix ops remove. 0 means
+	// kv.DefaultMaxTxnOps. etcd's own --max-txn-ops (128 by default) may
+	// refuse a smaller one.
+	MaxTxnOps int
 }
 
 // Store is a key-value store in etcd. Its methods are safe for concurrent
@@ -94,6 +99,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = 5 * time.Second
+	}
+	if opts.MaxTxnOps <= 0 {
+		opts.MaxTxnOps = kv.DefaultMaxTxnOps
 	}
 	s := &Store{
 		opts:    opts,
@@ -224,7 +232,7 @@ func (s *Store) Put(ctx context.Context, key string, value []byte, opts kv.PutOp
 	var expires, lease int64
 	if opts.TTL > 0 {
 		expires = s.opts.Now().Add(opts.TTL).UnixNano()
-		secs := int64((opts.TTL + time.Second - 1) / time.Second)
+		secs := leaseSeconds(opts.TTL)
 		var g leaseGrantResponse
 		if err := s.call(ctx, "/v3/lease/grant", leaseGrantRequest{TTL: secs}, &g); err != nil {
 			return kv.Result{}, fmt.Errorf("kv: put %q: lease: %w", key, err)

@@ -78,6 +78,11 @@ func (s *Store) signal() {
 // changes of each answer and the revision they reach, until each returns
 // false (then it returns nil), ctx ends or the watch fails. It returns
 // errCompacted when from is no longer kept.
+//
+// etcd never splits the events of one revision (the changes of a txn, the
+// keys of one lease) over two answers, so each gets all the changes of a
+// revision in one call, and follow publishes them to the feed with one
+// Publish.
 func (s *Store) watchFrom(ctx context.Context, from int64, each func(changes []kv.Change, upTo int64) bool) error {
 	body, err := s.c.watch(ctx, s.prefix, rangeEnd(s.prefix), from)
 	if err != nil {
