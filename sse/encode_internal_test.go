@@ -3,6 +3,8 @@ package sse
 import (
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"kvsse/kv"
 )
 
@@ -29,15 +31,19 @@ func published(tb testing.TB, c kv.Change) *kv.Change {
 
 // BenchmarkEncodeFanout is one change written to 1,000 streams: encoded
 // once and shared (a published change), or encoded for each stream (the
-// same change, never published).
+// same change, never published). The change is the last of its revision
+// on the streams, as a single write's is; "shared-inside" sends it as a
+// change before the last of a transaction.
 func BenchmarkEncodeFanout(b *testing.B) {
 	c := kv.Change{Op: kv.OpPut, Key: "config/app/feature-42", Value: []byte(`{"enabled":true,"rollout":25}`), Revision: 12345, PrevRevision: 12000}
 	for _, bc := range []struct {
 		name   string
 		change func() *kv.Change
+		last   bool
 	}{
-		{"shared", func() *kv.Change { return published(b, c) }},
-		{"each", func() *kv.Change { cc := c; return &cc }},
+		{"shared", func() *kv.Change { return published(b, c) }, true},
+		{"shared-inside", func() *kv.Change { return published(b, c) }, false},
+		{"each", func() *kv.Change { cc := c; return &cc }, true},
 	} {
 		for _, f := range []Format{SSE, NDJSON} {
 			b.Run(bc.name+"/"+[]string{"sse", "ndjson"}[f], func(b *testing.B) {
@@ -47,7 +53,7 @@ func BenchmarkEncodeFanout(b *testing.B) {
 					ch := bc.change()
 					for range 1000 {
 						e.buf = e.buf[:0]
-						e.change(ch)
+						e.change(ch, bc.last)
 					}
 				}
 			})
@@ -55,24 +61,95 @@ func BenchmarkEncodeFanout(b *testing.B) {
 	}
 }
 
-// TestEncodedShared: a published change is encoded once per format for
-// every stream, and each format's bytes are its own.
+// TestEncodedShared: a published change is encoded once per format and
+// variant (the last change of its revision on a stream, or not) for every
+// stream, and the bytes of each format and variant are their own.
 func TestEncodedShared(t *testing.T) {
 	ch := published(t, kv.Change{Op: kv.OpPut, Key: "k", Value: []byte("v"), Revision: 7})
-	var first [2][]byte
+	type variant struct {
+		format Format
+		last   bool
+	}
+	var variants []variant
+	made := map[string]variant{} // the bytes of each variant
 	for _, f := range []Format{SSE, NDJSON} {
-		a, b := encoder{format: f}, encoder{format: f}
-		a.change(ch)
-		b.change(ch)
-		if string(a.buf) != string(b.buf) {
-			t.Fatalf("format %d: two streams got %q and %q", f, a.buf, b.buf)
-		}
-		first[f] = a.buf
-		if allocs := testing.AllocsPerRun(100, func() { a.buf = a.buf[:0]; a.change(ch) }); allocs != 0 {
-			t.Errorf("format %d: %v allocations to send a change already encoded, want 0", f, allocs)
+		for _, last := range []bool{false, true} {
+			v := variant{f, last}
+			variants = append(variants, v)
+			a, b := encoder{format: f}, encoder{format: f}
+			a.change(ch, last)
+			b.change(ch, last)
+			if string(a.buf) != string(b.buf) {
+				t.Fatalf("%+v: two streams got %q and %q", v, a.buf, b.buf)
+			}
+			if other, ok := made[string(a.buf)]; ok {
+				t.Errorf("%+v and %+v share their bytes: %q", other, v, a.buf)
+			}
+			made[string(a.buf)] = v
+			if allocs := testing.AllocsPerRun(100, func() { a.buf = a.buf[:0]; a.change(ch, last) }); allocs != 0 {
+				t.Errorf("%+v: %v allocations to send a change already encoded, want 0", v, allocs)
+			}
 		}
 	}
-	if string(first[SSE]) == string(first[NDJSON]) {
-		t.Errorf("SSE and NDJSON share their bytes: %q", first[SSE])
+	// Making one variant left the others made.
+	e := encoder{}
+	allocs := testing.AllocsPerRun(100, func() {
+		for _, v := range variants {
+			e.format, e.buf = v.format, e.buf[:0]
+			e.change(ch, v.last)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations to send the change in every variant again, want 0", allocs)
+	}
+}
+
+// TestEncoderChanges: in a batch of whole revisions, as Take returns them,
+// only the last change of each revision carries its id (SSE) or
+// "last":true (NDJSON).
+func TestEncoderChanges(t *testing.T) {
+	f := kv.NewFeed(16, 16, 0)
+	for _, rev := range [][]kv.Change{
+		{{Op: kv.OpPut, Key: "a", Value: []byte("1"), Revision: 1}, {Op: kv.OpPut, Key: "b", Value: []byte("2"), Revision: 1}},
+		{{Op: kv.OpDelete, Key: "a", Revision: 2, PrevRevision: 1}},
+		{{Op: kv.OpDelete, Key: "b", Revision: 3, PrevRevision: 1}, {Op: kv.OpPut, Key: "c", Value: []byte("3"), Revision: 3}},
+	} {
+		f.Publish(rev, rev[0].Revision)
+	}
+	p, err := kv.ParsePattern("**")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, _, err := f.Subscribe(kv.WatchOptions{Patterns: []kv.Pattern{p}, Resume: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch := sub.Replay // published changes, whole revisions
+	tests := []struct {
+		format Format
+		want   string
+	}{
+		{SSE, "event: put\ndata: {\"key\":\"a\",\"value\":\"1\",\"revision\":1}\n\n" +
+			"id: 1\nevent: put\ndata: {\"key\":\"b\",\"value\":\"2\",\"revision\":1}\n\n" +
+			"id: 2\nevent: delete\ndata: {\"key\":\"a\",\"revision\":2,\"prev_revision\":1,\"reason\":\"deleted\"}\n\n" +
+			"event: delete\ndata: {\"key\":\"b\",\"revision\":3,\"prev_revision\":1,\"reason\":\"deleted\"}\n\n" +
+			"id: 3\nevent: put\ndata: {\"key\":\"c\",\"value\":\"3\",\"revision\":3}\n\n"},
+		{NDJSON, `{"event":"put","key":"a","value":"1","revision":1}` + "\n" +
+			`{"event":"put","key":"b","value":"2","revision":1,"last":true}` + "\n" +
+			`{"event":"delete","key":"a","revision":2,"prev_revision":1,"reason":"deleted","last":true}` + "\n" +
+			`{"event":"delete","key":"b","revision":3,"prev_revision":1,"reason":"deleted"}` + "\n" +
+			`{"event":"put","key":"c","value":"3","revision":3,"last":true}` + "\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.format.ContentType(), func(t *testing.T) {
+			e := encoder{format: tt.format}
+			e.changes(batch)
+			if diff := cmp.Diff(tt.want, string(e.buf)); diff != "" {
+				t.Errorf("batch (-want +got):\n%s", diff)
+			}
+			if e.last != 3 {
+				t.Errorf("last revision appended %d, want 3", e.last)
+			}
+		})
 	}
 }

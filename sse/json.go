@@ -76,6 +76,21 @@ func AppendChange(b []byte, c *kv.Change, event bool) []byte {
 	return append(b, '}')
 }
 
+// appendChangeLine appends a change's line of an NDJSON stream, without
+// its newline: AppendChange's object with "event", and, when last is set,
+// "last":true as its final field. last says that the change is the last
+// of its revision that the stream sends (a single write's change always
+// is); a line before the last of its revision has no "last" field. The
+// field is always the object's final one, whatever fields come before
+// it, so a reader may look for the suffix `,"last":true}`.
+func appendChangeLine(b []byte, c *kv.Change, last bool) []byte {
+	b = AppendChange(b, c, true)
+	if last {
+		b = append(b[:len(b)-1], `,"last":true}`...)
+	}
+	return b
+}
+
 // appendValue appends `,"value":` and the value as a JSON string when it
 // is valid UTF-8, else in standard base64 with `,"encoding":"base64"`.
 func appendValue(b, v []byte) []byte {

@@ -57,13 +57,14 @@ func TestAppendChange(t *testing.T) {
 
 // FuzzChangeEvent holds AppendChangeEvent, which writes its fields without
 // New, to what a standard parser and a JSON decoder make of it: one
-// message, with the revision as id, the event name, and data that decodes
-// to the same key and value bytes.
+// message, with the revision as id (none when the change is not the last
+// of its revision), the event name, and data that decodes to the same key
+// and value bytes.
 func FuzzChangeEvent(f *testing.F) {
-	f.Add("config/a", []byte("on"), int64(1), false)
-	f.Add("k", []byte("line\r\nbreak\rcr\u2028"), int64(99), true)
-	f.Add("bin", []byte{0xff, 0xfe, '\n'}, int64(7), false)
-	f.Fuzz(func(t *testing.T, key string, value []byte, rev int64, del bool) {
+	f.Add("config/a", []byte("on"), int64(1), false, true)
+	f.Add("k", []byte("line\r\nbreak\rcr\u2028"), int64(99), true, true)
+	f.Add("bin", []byte{0xff, 0xfe, '\n'}, int64(7), false, false)
+	f.Fuzz(func(t *testing.T, key string, value []byte, rev int64, del, last bool) {
 		if !utf8.ValidString(key) || rev <= 0 {
 			t.Skip()
 		}
@@ -71,7 +72,7 @@ func FuzzChangeEvent(f *testing.F) {
 		if del {
 			c = kv.Change{Op: kv.OpDelete, Key: key, Revision: rev}
 		}
-		wire := AppendChangeEvent(nil, &c)
+		wire := AppendChangeEvent(nil, &c, last)
 		if n := bytes.Count(wire, []byte("\n\n")); n != 1 || !bytes.HasSuffix(wire, []byte("\n\n")) {
 			t.Fatalf("event is not one block: %q", wire)
 		}
@@ -83,8 +84,12 @@ func FuzzChangeEvent(f *testing.F) {
 		if err != nil {
 			t.Fatalf("parse %q: %v", wire, err)
 		}
-		if m.ID != strconv.FormatInt(rev, 10) || m.Event != c.Event() {
-			t.Fatalf("id %q event %q, want %d %s", m.ID, m.Event, rev, c.Event())
+		wantID := strconv.FormatInt(rev, 10)
+		if !last {
+			wantID = ""
+		}
+		if m.ID != wantID || m.Event != c.Event() {
+			t.Fatalf("id %q event %q, want %q %s", m.ID, m.Event, wantID, c.Event())
 		}
 		var d decoded
 		if err := json.Unmarshal([]byte(m.Data), &d); err != nil {
@@ -107,6 +112,6 @@ func BenchmarkAppendChangeEvent(b *testing.B) {
 	buf := make([]byte, 0, 512)
 	b.ReportAllocs()
 	for b.Loop() {
-		buf = AppendChangeEvent(buf[:0], &c)
+		buf = AppendChangeEvent(buf[:0], &c, true)
 	}
 }

@@ -43,8 +43,15 @@ type Frame struct {
 	Event []byte
 	// Data is the data, its lines joined by LF; in NDJSON, the whole line.
 	Data []byte
-	// ID is the stream's last event id once this event ended (SSE only).
+	// ID is the stream's last event id once this event ended (SSE only):
+	// the value of the latest "id:" field, which may be an earlier
+	// event's, since the last event id persists from event to event.
 	ID []byte
+	// HasID reports that this event had an "id:" field of its own (one
+	// holding NUL is ignored, as the standard says), which set ID (SSE
+	// only). A kvsse stream sets an id only on the last event of a
+	// revision: an event without one is followed by more of its revision.
+	HasID bool
 	// HasData is false for an event that had an id field but no data: it
 	// dispatches no message but moves the last event id (a kvsse
 	// heartbeat).
@@ -242,11 +249,11 @@ func (r *Reader) line(line []byte) (Frame, bool, error) {
 // carried data or an id. The frame's slices stay valid until the next
 // line is read: the buffers are emptied then.
 func (r *Reader) dispatch() (Frame, bool) {
-	f := Frame{Event: r.typ, ID: r.id, HasData: len(r.data) > 0}
+	f := Frame{Event: r.typ, ID: r.id, HasID: r.idSet, HasData: len(r.data) > 0}
 	if f.HasData {
 		f.Data = r.data[:len(r.data)-1] // every data line ends in LF
 	}
-	ok := f.HasData || r.idSet
+	ok := f.HasData || f.HasID
 	r.data, r.typ, r.idSet = r.data[:0], r.typ[:0], false
 	return f, ok
 }

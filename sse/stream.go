@@ -18,7 +18,9 @@ const (
 	// SSE is text/event-stream.
 	SSE Format = iota
 	// NDJSON is one JSON object a line (application/x-ndjson), each the
-	// event's data object with "event" added.
+	// event's data object with "event" added, and with "last":true, as
+	// its final field, on a change that is the last of its revision on
+	// the stream.
 	NDJSON
 )
 
@@ -82,8 +84,13 @@ type StreamOptions struct {
 // subscription ends (lag or store closed) or opts.Stop is closed, and
 // returns why it ended. First come the headers, the retry line, the
 // catch-up (reset, snapshot, replay), one sync event at sub.Revision, then
-// the live changes. It is the only writer of w and must run in the
-// request's handler goroutine. It does not cancel sub.
+// the live changes. Each change is an event of its own; of the changes of
+// one revision (a transaction) that the stream sends, only the last
+// carries the revision as its id (SSE) or "last":true (NDJSON), so a
+// client cut off in the middle of a revision resumes from before it. It
+// relies on sub's replay and Takes holding whole revisions. It is the
+// only writer of w and must run in the request's handler goroutine. It
+// does not cancel sub.
 func Stream(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts StreamOptions) string {
 	s := newStream(w, sub, opts)
 	defer s.release()
@@ -137,8 +144,8 @@ func (s *stream) catchUp() bool {
 			return false
 		}
 	}
-	for _, c := range sub.Replay {
-		s.enc.change(c)
+	for i, c := range sub.Replay {
+		s.enc.change(c, endsRevision(sub.Replay, i))
 		if len(s.enc.buf) > 64<<10 && !s.flush() {
 			return false
 		}
@@ -294,57 +301,91 @@ func (e *encoder) retry(d time.Duration) {
 	e.buf = Retry(time.Duration(rand.Int64N(int64(d)) + 1)).AppendTo(e.buf)
 }
 
-// change appends a live or replayed change: id, event name, JSON data.
-func (e *encoder) change(c *kv.Change) {
+// change appends a live or replayed change: its event (SSE) or line
+// (NDJSON). last says that c is the last change of its revision that the
+// stream sends: only then does its event carry the id (SSE), or its line
+// "last":true (NDJSON), so that a client resumes from before a revision
+// it did not get whole.
+func (e *encoder) change(c *kv.Change, last bool) {
 	e.last = c.Revision
 	if e.sent != nil {
 		e.sent.Add(1)
 	}
-	e.buf = append(e.buf, encoded(c, e.format)...)
+	e.buf = append(e.buf, encoded(c, e.format, last)...)
 }
 
-// encodings are a published change's bytes on the wire, one per format,
-// made once for every stream that sends the change: they live in the
-// change's kv.WireCache, whose only user is this function.
-type encodings [2]atomic.Pointer[[]byte]
+// changes appends a batch of live changes, in order. It must hold whole
+// revisions, as a Take does: a change is the last of its revision when
+// the next one in the batch is of another revision, or when none follows.
+func (e *encoder) changes(batch []*kv.Change) {
+	for i, c := range batch {
+		e.change(c, endsRevision(batch, i))
+	}
+}
+
+// endsRevision reports whether changes[i] is the last of its revision in
+// changes, which holds whole revisions in order.
+func endsRevision(changes []*kv.Change, i int) bool {
+	return i+1 == len(changes) || changes[i+1].Revision != changes[i].Revision
+}
+
+// encodings are a published change's bytes on the wire, made once for
+// every stream that sends the change: they live in the change's
+// kv.WireCache, whose only user is this function. They are indexed by
+// format, then by whether the change is the last of its revision on the
+// stream (1) or not (0): streams whose patterns match different changes
+// of one revision may need both.
+type encodings [2][2]atomic.Pointer[[]byte]
 
 // encoded returns c's bytes in format f: its event (SSE) or its line
-// (NDJSON). For a published change they are made once and shared, and
-// must not be modified.
-func encoded(c *kv.Change, f Format) []byte {
+// (NDJSON), as the last change of its revision on a stream or not (see
+// encoder.change). For a published change they are made once and shared,
+// and must not be modified.
+func encoded(c *kv.Change, f Format, last bool) []byte {
 	cache := c.WireCache()
 	if cache == nil {
-		return encode(c, f)
+		return encode(c, f, last)
 	}
 	e, _ := cache.Load().(*encodings)
 	if e == nil {
 		e = cache.LoadOrStore(new(encodings)).(*encodings)
 	}
-	if b := e[f].Load(); b != nil {
+	p := &e[f][0]
+	if last {
+		p = &e[f][1]
+	}
+	if b := p.Load(); b != nil {
 		return *b
 	}
-	b := encode(c, f)
-	e[f].CompareAndSwap(nil, &b)
-	return *e[f].Load()
+	b := encode(c, f, last)
+	p.CompareAndSwap(nil, &b)
+	return *p.Load()
 }
 
-func encode(c *kv.Change, f Format) []byte {
+func encode(c *kv.Change, f Format, last bool) []byte {
 	if f == NDJSON {
-		return append(AppendChange(nil, c, true), '\n')
+		return append(appendChangeLine(nil, c, last), '\n')
 	}
-	return AppendChangeEvent(nil, c)
+	return AppendChangeEvent(nil, c, last)
 }
 
-// AppendChangeEvent appends the SSE event of a change: "id: <revision>",
-// "event: put" or "delete", and its JSON data on one line. It is the hot
-// path of every stream, so it writes the fields itself rather than through
-// New: the id is a number, the name a constant, and the JSON escapes every
-// control character, so no raw CR, LF or NUL can reach the wire (a fuzz
-// test holds it to what New and Reader make of the same event).
-func AppendChangeEvent(b []byte, c *kv.Change) []byte {
-	b = append(b, "id: "...)
-	b = strconv.AppendInt(b, c.Revision, 10)
-	b = append(b, "\nevent: "...)
+// AppendChangeEvent appends the SSE event of a change: "id: <revision>"
+// when last is set, "event: put" or "delete", and its JSON data on one
+// line. last says that the change is the last of its revision that the
+// stream sends: the events of a revision before its last carry no id, so
+// that a client's last event id only ever names a revision it got whole.
+// It is the hot path of every stream, so it writes the fields itself
+// rather than through New: the id is a number, the name a constant, and
+// the JSON escapes every control character, so no raw CR, LF or NUL can
+// reach the wire (a fuzz test holds it to what New and Reader make of the
+// same event).
+func AppendChangeEvent(b []byte, c *kv.Change, last bool) []byte {
+	if last {
+		b = append(b, "id: "...)
+		b = strconv.AppendInt(b, c.Revision, 10)
+		b = append(b, '\n')
+	}
+	b = append(b, "event: "...)
 	b = append(b, c.Event()...)
 	b = append(b, "\ndata: "...)
 	b = AppendChange(b, c, false)

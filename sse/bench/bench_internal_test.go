@@ -111,18 +111,37 @@ func TestBenchRealServer(t *testing.T) {
 }
 
 // fakeServer acknowledges PUTs with consecutive revisions and streams them
-// to watchers, resuming after Last-Event-ID, but lets send decide what a
-// stream sends for each revision: a broken server.
+// to watchers, in SSE or NDJSON, resuming after Last-Event-ID, but lets
+// send decide what a stream sends for each revision: a broken server.
+// Each revision is sent as perRev events (a transaction's, from 1 on):
+// only the last carries the id (SSE) or "last":true (NDJSON).
 type fakeServer struct {
 	// send returns the revisions to send for rev, in order, and whether
 	// to end the stream after them. It is called by one stream at a time.
-	send func(rev int64) (revs []int64, hangup bool)
+	send   func(rev int64) (revs []fakeRev, hangup bool)
+	perRev int
 
 	mu   sync.Mutex    // guards rev and wake
 	rev  int64         // the last revision acknowledged
 	wake chan struct{} // closed and replaced at each PUT
 
 	lastEventIDs []string // the Last-Event-ID of each stream; guarded by mu
+}
+
+// fakeRev is a revision as fakeServer sends it: whole, or cut before its
+// last event.
+type fakeRev struct {
+	rev int64
+	cut bool
+}
+
+// whole is the revisions revs, each sent whole.
+func whole(revs ...int64) []fakeRev {
+	out := make([]fakeRev, len(revs))
+	for i, r := range revs {
+		out[i] = fakeRev{rev: r}
+	}
+	return out
 }
 
 func (f *fakeServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -155,16 +174,35 @@ func (f *fakeServer) stream(w http.ResponseWriter, r *http.Request) {
 		n, _ := strconv.ParseInt(id, 10, 64)
 		next = n + 1
 	}
+	ndjson := r.URL.Query().Get("format") == "ndjson"
 	w.Header().Set("Content-Type", "text/event-stream")
 	rc := http.NewResponseController(w)
+	write := func(x fakeRev) {
+		for i := range max(f.perRev, 1) {
+			last := i == max(f.perRev, 1)-1
+			if last && x.cut {
+				return
+			}
+			switch {
+			case ndjson && last:
+				fmt.Fprintf(w, "{\"event\":\"put\",\"key\":\"bench/0\",\"value\":\"x\",\"revision\":%d,\"last\":true}\n", x.rev)
+			case ndjson:
+				fmt.Fprintf(w, "{\"event\":\"put\",\"key\":\"bench/0\",\"value\":\"x\",\"revision\":%d}\n", x.rev)
+			case last:
+				fmt.Fprintf(w, "id: %d\nevent: put\ndata: {\"key\":\"bench/0\",\"value\":\"x\",\"revision\":%d}\n\n", x.rev, x.rev)
+			default:
+				fmt.Fprintf(w, "event: put\ndata: {\"key\":\"bench/0\",\"value\":\"x\",\"revision\":%d}\n\n", x.rev)
+			}
+		}
+	}
 	send := func(from, to int64, live bool) bool {
 		for rev := from; rev <= to; rev++ {
-			revs, hangup := []int64{rev}, false
+			revs, hangup := whole(rev), false
 			if live {
 				revs, hangup = f.send(rev)
 			}
 			for _, x := range revs {
-				fmt.Fprintf(w, "id: %d\nevent: put\ndata: {\"key\":\"bench/0\",\"value\":\"x\",\"revision\":%d}\n\n", x, x)
+				write(x)
 			}
 			if hangup {
 				return false
@@ -173,7 +211,11 @@ func (f *fakeServer) stream(w http.ResponseWriter, r *http.Request) {
 		return true
 	}
 	send(next, cur, false) // the replay
-	fmt.Fprintf(w, "retry: 2000\n\nid: %d\nevent: sync\ndata: {\"revision\":%d}\n\n", cur, cur)
+	if ndjson {
+		fmt.Fprintf(w, "{\"event\":\"sync\",\"revision\":%d}\n", cur)
+	} else {
+		fmt.Fprintf(w, "retry: 2000\n\nid: %d\nevent: sync\ndata: {\"revision\":%d}\n\n", cur, cur)
+	}
 	rc.Flush()
 	next = cur + 1
 	for {
@@ -197,98 +239,157 @@ func (f *fakeServer) stream(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// TestBenchDetectsBrokenStreams runs the bench against broken servers,
+// in both formats, with revisions of one event and of three (a
+// transaction's): a revision counts once, at its last event, and the
+// checks are per revision.
 func TestBenchDetectsBrokenStreams(t *testing.T) {
+	hangupOnce := func(cut bool) func() func(rev int64) ([]fakeRev, bool) {
+		return func() func(rev int64) ([]fakeRev, bool) {
+			var done atomic.Bool
+			return func(rev int64) ([]fakeRev, bool) {
+				if rev == 5 && done.CompareAndSwap(false, true) {
+					return []fakeRev{{rev: 5, cut: cut}}, true
+				}
+				return whole(rev), false
+			}
+		}
+	}
 	tests := []struct {
 		name    string
-		send    func(rev int64) ([]int64, bool)
+		send    func() func(rev int64) ([]fakeRev, bool)
+		multi   bool   // only with several events a revision
 		wantErr string // "" for success
 		want    checks
+		wantIDs []string // the Last-Event-ID of each stream, when checked
 	}{
 		{
 			name: "gap",
-			send: func(rev int64) ([]int64, bool) {
-				if rev == 5 {
-					return nil, false
+			send: func() func(rev int64) ([]fakeRev, bool) {
+				return func(rev int64) ([]fakeRev, bool) {
+					if rev == 5 {
+						return nil, false
+					}
+					return whole(rev), false
 				}
-				return []int64{rev}, false
 			},
 			wantErr: "missed 1 of 10 changes (a gap), the lowest at revision 5",
 			want:    checks{Writes: 10, Events: 9, Expected: 10, Gaps: 1},
 		},
 		{
 			name: "duplicate",
-			send: func(rev int64) ([]int64, bool) {
-				if rev == 5 {
-					return []int64{5, 5}, false
+			send: func() func(rev int64) ([]fakeRev, bool) {
+				return func(rev int64) ([]fakeRev, bool) {
+					if rev == 5 {
+						return whole(5, 5), false
+					}
+					return whole(rev), false
 				}
-				return []int64{rev}, false
 			},
 			wantErr: "1 duplicate changes",
 			want:    checks{Writes: 10, Events: 11, Expected: 10, Duplicates: 1},
 		},
 		{
 			name: "out of order",
-			send: func(rev int64) ([]int64, bool) {
-				switch rev {
-				case 5:
-					return nil, false
-				case 6:
-					return []int64{6, 5}, false
+			send: func() func(rev int64) ([]fakeRev, bool) {
+				return func(rev int64) ([]fakeRev, bool) {
+					switch rev {
+					case 5:
+						return nil, false
+					case 6:
+						return whole(6, 5), false
+					}
+					return whole(rev), false
 				}
-				return []int64{rev}, false
 			},
 			wantErr: "1 changes out of order",
 			want:    checks{Writes: 10, Events: 10, Expected: 10, OutOfOrder: 1},
 		},
 		{
-			name: "hang-up resumed",
-			send: func() func(rev int64) ([]int64, bool) {
-				var done atomic.Bool
-				return func(rev int64) ([]int64, bool) {
-					return []int64{rev}, rev == 5 && done.CompareAndSwap(false, true)
+			name:    "hang-up resumed",
+			send:    hangupOnce(false),
+			want:    checks{Writes: 10, Events: 10, Expected: 10},
+			wantIDs: []string{"", "5"},
+		},
+		{
+			// Cut inside revision 5: the stream resumes from before it
+			// and gets it whole, counted once.
+			name:    "hang-up inside a revision",
+			send:    hangupOnce(true),
+			multi:   true,
+			want:    checks{Writes: 10, Events: 10, Expected: 10},
+			wantIDs: []string{"", "4"},
+		},
+		{
+			// Revision 5's last event never comes: it was not received.
+			name: "revision never ended",
+			send: func() func(rev int64) ([]fakeRev, bool) {
+				return func(rev int64) ([]fakeRev, bool) {
+					return []fakeRev{{rev: rev, cut: rev == 5}}, false
 				}
-			}(),
-			want: checks{Writes: 10, Events: 10, Expected: 10},
+			},
+			multi:   true,
+			wantErr: "missed 1 of 10 changes (a gap), the lowest at revision 5",
+			want:    checks{Writes: 10, Events: 9, Expected: 10, Gaps: 1},
 		},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			f := &fakeServer{send: tc.send, wake: make(chan struct{})}
-			srv := httptest.NewServer(f)
-			defer srv.Close()
-			// The bench's own -server wins over the one it is given (the
-			// program's -server).
-			res, out, err := runBench(t, "http://127.0.0.1:1", "-server", srv.URL, "-writers", "1", "-writes", "10", "-subscribers", "1", "-sync-timeout", "5s")
-			switch {
-			case tc.wantErr == "" && err != nil:
-				t.Fatalf("bench: %v\n%s", err, out)
-			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
-				t.Fatalf("bench returned %v, want an error with %q\n%s", err, tc.wantErr, out)
-			}
-			if diff := cmp.Diff(tc.want, checksOf(res)); diff != "" {
-				t.Errorf("figures (-want +got):\n%s\n%s", diff, out)
-			}
-			if tc.name == "hang-up resumed" {
-				f.mu.Lock()
-				ids := f.lastEventIDs
-				f.mu.Unlock()
-				if diff := cmp.Diff([]string{"", "5"}, ids); diff != "" || res.Reconnects != 1 {
-					t.Errorf("reconnects %d, Last-Event-IDs (-want +got):\n%s", res.Reconnects, diff)
+		for _, format := range []string{"sse", "ndjson"} {
+			for _, perRev := range []int{1, 3} {
+				if tc.multi && perRev == 1 {
+					continue
 				}
+				writes := "single writes"
+				if perRev > 1 {
+					writes = fmt.Sprintf("transactions of %d", perRev)
+				}
+				t.Run(tc.name+"/"+format+"/"+writes, func(t *testing.T) {
+					f := &fakeServer{send: tc.send(), perRev: perRev, wake: make(chan struct{})}
+					srv := httptest.NewServer(f)
+					defer srv.Close()
+					// The bench's own -server wins over the one it is given (the
+					// program's -server).
+					res, out, err := runBench(t, "http://127.0.0.1:1", "-server", srv.URL, "-format", format, "-writers", "1", "-writes", "10", "-subscribers", "1", "-sync-timeout", "5s")
+					switch {
+					case tc.wantErr == "" && err != nil:
+						t.Fatalf("bench: %v\n%s", err, out)
+					case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+						t.Fatalf("bench returned %v, want an error with %q\n%s", err, tc.wantErr, out)
+					}
+					if diff := cmp.Diff(tc.want, checksOf(res)); diff != "" {
+						t.Errorf("figures (-want +got):\n%s\n%s", diff, out)
+					}
+					if tc.wantIDs != nil {
+						f.mu.Lock()
+						ids := f.lastEventIDs
+						f.mu.Unlock()
+						if diff := cmp.Diff(tc.wantIDs, ids); diff != "" || res.Reconnects != 1 {
+							t.Errorf("reconnects %d, Last-Event-IDs (-want +got):\n%s", res.Reconnects, diff)
+						}
+					}
+				})
 			}
-		})
+		}
 	}
 }
 
-// TestBenchParseAllocs holds the stream parser to no allocation per event.
+// TestBenchParseAllocs holds the stream parser to no allocation per event,
+// and to counting each revision once, one in ten of them a transaction of
+// three events.
 func TestBenchParseAllocs(t *testing.T) {
 	var sseStream, ndStream bytes.Buffer
 	sseStream.WriteString("retry: 2000\n\nid: 100\nevent: sync\ndata: {\"revision\":100}\n\n")
 	ndStream.WriteString("{\"event\":\"sync\",\"revision\":100}\n")
 	sent := time.Now().UnixNano()
 	for rev := 101; rev <= 1100; rev++ {
+		if rev%10 == 0 { // a transaction: two more changes before the last
+			for i := range 2 {
+				fmt.Fprintf(&sseStream, "event: put\ndata: {\"key\":\"txn/%d\",\"value\":\"%dxxxxx\",\"revision\":%d}\n\n", i, sent, rev)
+				fmt.Fprintf(&ndStream, "{\"event\":\"put\",\"key\":\"txn/%d\",\"value\":\"%dxxxxx\",\"revision\":%d}\n", i, sent, rev)
+			}
+		}
 		fmt.Fprintf(&sseStream, "id: %d\nevent: put\ndata: {\"key\":\"bench/%d\",\"value\":\"%dxxxxx\",\"revision\":%d}\n\n", rev, rev, sent, rev)
-		fmt.Fprintf(&ndStream, "{\"event\":\"put\",\"key\":\"bench/%d\",\"value\":\"%dxxxxx\",\"revision\":%d}\n", rev, sent, rev)
+		fmt.Fprintf(&ndStream, "{\"event\":\"put\",\"key\":\"bench/%d\",\"value\":\"%dxxxxx\",\"revision\":%d,\"last\":true}\n", rev, sent, rev)
 		if rev%100 == 0 {
 			sseStream.WriteString(": keep-alive\nid: " + strconv.Itoa(rev) + "\n\n")
 			fmt.Fprintf(&ndStream, "{\"event\":\"heartbeat\",\"revision\":%d}\n", rev)

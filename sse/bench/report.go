@@ -63,7 +63,7 @@ type result struct {
 	PutP50       float64 `json:"put_p50_ms"`
 	PutP99       float64 `json:"put_p99_ms"`
 	PutMax       float64 `json:"put_max_ms"`
-	Events       int64   `json:"events"`          // changes delivered, all subscribers together
+	Events       int64   `json:"events"`          // revisions delivered whole (a transaction's changes count once), all subscribers together
 	Expected     int64   `json:"events_expected"` // acknowledged changes matching each one's pattern
 	EventsPerSec float64 `json:"events_per_sec"`  // from the first write to the last event
 	LatencyP50   float64 `json:"latency_p50_ms"`

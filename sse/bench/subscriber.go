@@ -63,17 +63,17 @@ type subscriber struct {
 	ndjson  bool
 	ready   func(error) // reports the first sync or the first failure; nil after
 
-	// last is the highest id received: of a change, a sync or a
-	// heartbeat. It is where the stream resumes; the run reads it to see
-	// whether the subscriber has caught up.
+	// last is the highest id received: of the last change of a revision,
+	// a sync or a heartbeat. It is where the stream resumes; the run reads
+	// it to see whether the subscriber has caught up.
 	last atomic.Int64
 
 	synced     bool     // the first sync arrived
 	base       int64    // the revision of the first sync
 	seen       []uint64 // bit i: revision base+1+i was received
-	events     int64    // changes received (ids above the first sync)
-	dups       int64    // changes received again
-	outOfOrder int64    // changes received after a higher id
+	events     int64    // revisions received above the first sync, each once, at its last event
+	dups       int64    // revisions received again
+	outOfOrder int64    // revisions received after a higher one
 	resets     int64
 	reconnects int64
 	lastErr    error // why the last connection ended
@@ -223,8 +223,15 @@ func (m *readMark) Read(p []byte) (int, error) {
 	return m.r.Read(p)
 }
 
-// frame handles one event of the stream: in SSE the id is the event's,
-// in NDJSON its "revision" field.
+// lastField ends the NDJSON line of a change that is the last of its
+// revision on the stream: kvsse writes "last":true as the final field.
+const lastField = `,"last":true}`
+
+// frame handles one event of the stream. A change counts only at the
+// event that ends its revision, the one with an id of its own (SSE) or
+// "last":true (NDJSON): the changes of a revision before it (a
+// transaction's) are counted with it, and a stream cut before it resumes
+// from before the revision and gets it again whole.
 func (s *subscriber) frame(f sse.Frame, now time.Time) error {
 	if !f.HasData { // a heartbeat: no event fires, the id moves
 		if id, ok := parseRev(f.ID); ok {
@@ -235,14 +242,19 @@ func (s *subscriber) frame(f sse.Frame, now time.Time) error {
 	kind := kindOf(f.Event)
 	if s.ndjson {
 		rev, hasRev := jsonInt(f.Data, `"revision":`)
+		if kind == kindPut || kind == kindDelete {
+			hasRev = hasRev && bytes.HasSuffix(f.Data, []byte(lastField))
+		}
 		return s.event(kind, rev, hasRev, sentTime(f.Data), now)
 	}
 	id, hasID := parseRev(f.ID)
-	return s.event(kind, id, hasID, sentTime(f.Data), now)
+	return s.event(kind, id, hasID && f.HasID, sentTime(f.Data), now)
 }
 
 // event handles a dispatched event of either format. id is its SSE id,
-// or its NDJSON revision.
+// or its NDJSON revision; hasID says that the event carries it as a
+// point to resume from: a change that ends its revision, a sync, a
+// heartbeat.
 func (s *subscriber) event(kind kind, id int64, hasID bool, sent int64, now time.Time) error {
 	switch kind {
 	case kindSync:
@@ -265,7 +277,9 @@ func (s *subscriber) event(kind kind, id int64, hasID bool, sent int64, now time
 		}
 	case kindPut, kindDelete:
 		if !s.synced || !hasID || s.inReset {
-			return nil // a snapshot item: a key's state, not a change
+			// A snapshot item (a key's state, not a change), or a change
+			// before the last of its revision, which counts for them all.
+			return nil
 		}
 		s.change(id, sent, now)
 	}
@@ -282,8 +296,8 @@ func (s *subscriber) advance(id int64) {
 // maxTracked bounds the bitset of received revisions (256 MiB).
 const maxTracked = 1 << 31
 
-// change records a received change: its order, whether it came before,
-// its latency.
+// change records a received revision, at its last event: its order,
+// whether it came before, the latency of that event.
 func (s *subscriber) change(rev, sent int64, now time.Time) {
 	s.events++
 	s.lastEvent = now

@@ -76,10 +76,14 @@ a line:
   <revision> delete <key> expired      (the key's time to live ran out)
 
 A value that is not one line of printable UTF-8 is printed as a JSON
-string, a binary one as base64: and its base64. With -json, each event is
-printed as the server's NDJSON object, sync, reset and heartbeats
-included. A dropped connection is opened again, resuming after the last
-revision seen, so no change is missed or printed twice.
+string, a binary one as base64: and its base64. The changes of one
+revision (a transaction) are printed together, once the last of them
+has come. With -json, each event is printed as it comes, as the
+server's NDJSON object, sync, reset and heartbeats included; the last
+change of a revision carries "last":true. A dropped connection is opened
+again, resuming after the last revision received whole, so no change is
+missed or printed twice (with -json, the objects of a revision cut off
+in the middle come again).
 Exit status: 0 when interrupted, 2 when the server refuses the watch.
 `, flags: []string{"json", "snapshot", "since"}, run: cmdWatch},
 	}
@@ -309,6 +313,7 @@ type watchEvent struct {
 	Encoding string `json:"encoding"`
 	Revision int64  `json:"revision"`
 	Reason   string `json:"reason"`
+	Last     bool   `json:"last"` // a change that ends its revision on the stream
 }
 
 // cmdWatch prints the changes of the keys matching the patterns until ctx
@@ -351,6 +356,13 @@ func cmdWatch(ctx context.Context, c *client, args []string, _ io.Reader, stdout
 }
 
 // watchOnce follows one connection. It reports whether it got a stream.
+// A revision is applied as one step: its changes (a transaction's) are
+// held until the one marked "last" arrives, then printed together, and
+// only then does the resume point move to it. A connection cut in the
+// middle of a revision drops what it held: the next one resumes from
+// before that revision and gets it whole. With -json the objects are
+// printed as they come (they carry "last" themselves), and the resume
+// point moves the same way.
 func (c *client) watchOnce(ctx context.Context, q url.Values, last *int64, w *bufio.Writer, stderr io.Writer) (bool, error) {
 	resume := func(req *http.Request) {
 		if *last >= 0 {
@@ -367,6 +379,7 @@ func (c *client) watchOnce(ctx context.Context, q url.Values, last *int64, w *bu
 	// a snapshot (keys at their own revisions, which are no position in
 	// the stream): only the first move last.
 	replaying, synced := *last >= 0, false
+	var held []watchEvent // the changes of a revision whose last has not come
 	for {
 		f, err := rd.NextFrame()
 		if errors.Is(err, io.EOF) {
@@ -379,11 +392,9 @@ func (c *client) watchOnce(ctx context.Context, q url.Values, last *int64, w *bu
 		if err := json.Unmarshal(f.Data, &ev); err != nil {
 			return true, fmt.Errorf("bad event %q: %w", f.Data, err)
 		}
+		isChange := ev.Event == "put" || ev.Event == "delete"
+		inRevision := isChange && (synced || replaying) // not a snapshot item
 		switch ev.Event {
-		case "put", "delete":
-			if synced || replaying {
-				*last = max(*last, ev.Revision)
-			}
 		case "sync":
 			synced = true
 			*last = max(*last, ev.Revision)
@@ -393,14 +404,26 @@ func (c *client) watchOnce(ctx context.Context, q url.Values, last *int64, w *bu
 			replaying = false
 			fmt.Fprintf(stderr, "kvsse: watch: history reset at revision %d (%s): a snapshot follows\n", ev.Revision, ev.Reason)
 		}
-		if c.cfg.json {
+		switch {
+		case c.cfg.json:
 			w.Write(f.Data)
 			w.WriteByte('\n')
-		} else if ev.Event == "put" || ev.Event == "delete" {
+		case inRevision:
+			if held = append(held, ev); !ev.Last {
+				continue
+			}
+			for i := range held {
+				printEvent(w, &held[i])
+			}
+			held = held[:0]
+		case isChange:
 			printEvent(w, &ev)
 		}
 		if err := w.Flush(); err != nil {
 			return true, err
+		}
+		if inRevision && ev.Last {
+			*last = max(*last, ev.Revision)
 		}
 	}
 	return true, errors.New("stream ended")

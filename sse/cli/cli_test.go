@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -1159,6 +1160,94 @@ func TestCLIWatchReset(t *testing.T) {
 	}
 	w.expectEvents(t, "watch -json -since past the history", want)
 	w.interrupt(t)
+}
+
+// TestCLIWatchTransaction runs watch against a fake server whose first
+// stream is cut in the middle of a revision (a transaction's changes):
+// watch prints nothing of that revision (-json: prints what came), resumes
+// from before it, and prints it once, whole, when the next stream sends
+// it again.
+func TestCLIWatchTransaction(t *testing.T) {
+	t.Parallel()
+	first := []string{
+		`{"event":"sync","revision":10}`,
+		`{"event":"put","key":"k/x","value":"1","revision":11,"last":true}`,
+		`{"event":"put","key":"k/a","value":"A","revision":12}`,
+		`{"event":"put","key":"k/b","value":"B","revision":12}`,
+		// cut here
+	}
+	second := []string{
+		`{"event":"put","key":"k/a","value":"A","revision":12}`,
+		`{"event":"put","key":"k/b","value":"B","revision":12}`,
+		`{"event":"delete","key":"k/c","revision":12,"reason":"deleted","last":true}`,
+		`{"event":"sync","revision":12}`,
+		`{"event":"put","key":"k/d","value":"D","revision":13}`,
+		`{"event":"put","key":"k/e","value":"E","revision":13,"last":true}`,
+	}
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{
+			name: "text",
+			want: []string{"11 put k/x 1", "12 put k/a A", "12 put k/b B", "12 delete k/c", "13 put k/d D", "13 put k/e E"},
+		},
+		{
+			name: "json",
+			args: []string{"-json"},
+			want: append(append([]string(nil), first...), second...),
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var (
+				mu  sync.Mutex // guards ids
+				ids []string   // the Last-Event-ID of each stream
+			)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/watch" {
+					http.NotFound(w, r)
+					return
+				}
+				mu.Lock()
+				ids = append(ids, r.Header.Get("Last-Event-ID"))
+				n := len(ids)
+				mu.Unlock()
+				w.Header().Set("Content-Type", "application/x-ndjson")
+				lines := second
+				if n == 1 {
+					lines = first
+				}
+				for _, l := range lines {
+					fmt.Fprintln(w, l)
+				}
+				if n == 1 {
+					return // the stream ends in the middle of revision 12
+				}
+				http.NewResponseController(w).Flush()
+				<-r.Context().Done()
+			}))
+			defer srv.Close()
+			w := cliStartWatch(t, nil, append([]string{"-server", srv.URL, "watch", "k/**"}, tt.args...)...)
+			var got []string
+			for range tt.want {
+				got = append(got, w.next(t))
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("watch printed (-want +got):\n%s", diff)
+			}
+			if rest := w.interrupt(t); len(rest) != 0 {
+				t.Errorf("watch printed more: %q", rest)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if diff := cmp.Diff([]string{"", "11"}, ids); diff != "" {
+				t.Errorf("Last-Event-ID of each stream (-want +got):\n%s", diff)
+			}
+		})
+	}
 }
 
 // TestCLIToken: against a server with -auth, the client sends -token or
