@@ -949,6 +949,7 @@ func testSSENDJSON(t *testing.T, be servertest.Backend) {
 			}},
 		{"since", "?format=ndjson&since={r1}", nil,
 			func(a, b servertest.Change, cur int64) []servertest.Change {
+				b.Last = true // a replayed change, the last of its revision; snapshot items carry no "last"
 				return []servertest.Change{b, syncAt(cur)}
 			}},
 		{"reset", "?format=ndjson", func(cur int64) http.Header { return http.Header{"Last-Event-Id": {servertest.ID(cur + 1)}} },
@@ -1000,9 +1001,9 @@ func testSSENDJSON(t *testing.T, be servertest.Backend) {
 			got = got[:0]
 			read(3)
 			live := []servertest.Change{
-				{Event: "put", Key: "n/live", Value: sseStr("x"), Revision: p1},
-				{Event: "put", Key: "n/live", Value: sseStr("\"y\"\r\n"), Revision: p2, PrevRevision: p1},
-				{Event: "delete", Key: "n/live", Revision: d, PrevRevision: p2, Reason: "deleted"},
+				{Event: "put", Key: "n/live", Value: sseStr("x"), Revision: p1, Last: true},
+				{Event: "put", Key: "n/live", Value: sseStr("\"y\"\r\n"), Revision: p2, PrevRevision: p1, Last: true},
+				{Event: "delete", Key: "n/live", Revision: d, PrevRevision: p2, Reason: "deleted", Last: true},
 			}
 			if got[2].PrevRevision == 0 {
 				live[2].PrevRevision = 0 // see TestSSEPutDelete
@@ -1046,7 +1047,7 @@ func testSSEShutdown(t *testing.T, be servertest.Backend) {
 	if _, err := nd.End(t); err != io.EOF {
 		t.Errorf("NDJSON stream ended with %v, want io.EOF", err)
 	}
-	if !strings.HasSuffix(nd.Raw(), fmt.Sprintf(`"revision":%d}`+"\n", rev)) {
+	if !strings.HasSuffix(nd.Raw(), fmt.Sprintf(`"revision":%d,"last":true}`+"\n", rev)) {
 		t.Errorf("NDJSON stream ends with %q", servertest.Tail(nd.Raw()))
 	}
 }

@@ -45,6 +45,7 @@ type Change struct {
 	PrevRevision int64   `json:"prev_revision,omitempty"`
 	Expires      string  `json:"expires,omitempty"`
 	Reason       string  `json:"reason,omitempty"`
+	Last         bool    `json:"last,omitempty"` // NDJSON: the last change of its revision on the stream
 }
 
 // Event is a dispatched SSE message with its data decoded.
