@@ -3,14 +3,15 @@
 // durable, and the feed of committed changes that watchers follow.
 //
 // All writes go through one committer goroutine, in batches: each write of
-// a batch is checked against its precondition and takes the next revision,
-// the batch is appended to the log with a commit marker after it and
-// fsynced once (group commit), then it becomes visible to readers and is
-// published to the change feed, in revision order, and only then are the
-// writers answered. A batch that the log fails to take is refused whole:
-// none of its writes is applied, then or after a restart. Reads never wait
-// for the committer except for the short moment it applies a batch to the
-// shard they touch.
+// a batch is checked against its precondition and takes the next revision
+// (all the changes of a transaction take the same one), the batch is
+// appended to the log with a commit marker after it and fsynced once
+// (group commit), then it becomes visible to readers and is published to
+// the change feed, in revision order, and only then are the writers
+// answered. A batch that the log fails to take is refused whole: none of
+// its writes is applied, then or after a restart. Reads never wait for the
+// committer except for the short moment it applies a batch to the shard
+// they touch.
 package kv
 
 import (
@@ -81,6 +82,10 @@ type Options struct {
 	// fails with ErrFull. Replacing a value counts the difference;
 	// deletes and expiries free space. 0 means no limit.
 	MaxBytes int64
+	// MaxTxnOps is the most changes a transaction may make: its puts and
+	// deletes (found or not) and the keys its TxnDeletePrefix ops remove.
+	// 0 means DefaultMaxTxnOps.
+	MaxTxnOps int
 
 	// wrapLog, when set, wraps the file of every log segment the store
 	// appends to: the package's tests inject faults through it.
@@ -99,6 +104,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Shards <= 0 {
 		o.Shards = 64
+	}
+	if o.MaxTxnOps <= 0 {
+		o.MaxTxnOps = DefaultMaxTxnOps
 	}
 	n := 1
 	for n < o.Shards {
@@ -149,6 +157,8 @@ type shard struct {
 // Stats are counters of the store's work, read with atomic loads.
 type Stats struct {
 	Writes      atomic.Int64 // committed changes, expiries included
+	Txns        atomic.Int64 // committed transactions that changed something
+	TxnChanges  atomic.Int64 // their changes (counted in Writes too)
 	Batches     atomic.Int64 // group commits
 	Fsyncs      atomic.Int64 // fsyncs of the log
 	FsyncNanos  atomic.Int64 // time spent in those fsyncs
