@@ -1,9 +1,13 @@
 package kv_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -99,5 +103,158 @@ func TestOpenSharedRevisions(t *testing.T) {
 				t.Errorf("the next write took revision %d, want %d", r.Revision, tt.rev+1)
 			}
 		})
+	}
+}
+
+// resumes returns, for each revision from 0 to the store's, what a watch
+// of every key resuming from it gets: its reset, or its replay.
+func resumes(t *testing.T, s *kv.Store) []string {
+	t.Helper()
+	var out []string
+	for from := int64(0); from <= s.Revision(); from++ {
+		sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: from})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub.Cancel()
+		if sub.Reset != "" {
+			out = append(out, fmt.Sprintf("from %d: reset %s", from, sub.Reset))
+			continue
+		}
+		out = append(out, fmt.Sprintf("from %d: %v", from, changesOf(sub.Replay)))
+	}
+	return out
+}
+
+// writeTxns writes puts and transactions to s, some of them in the same
+// batches.
+func writeTxns(t *testing.T, s *kv.Store) {
+	t.Helper()
+	ctx := context.Background()
+	seed(t, s, "a", "b", "p/1", "p/2", "p/3")
+	txns := []kv.Txn{
+		{Then: []kv.TxnOp{putOp("a", "2"), delOp("b"), putOp("c", "1")}},
+		{Then: []kv.TxnOp{prefixOp("p/"), putOp("q/1", "1")}},
+		{If: []kv.Compare{{Key: "a", Cond: kv.IfExists()}}, Then: []kv.TxnOp{putOp("q/2", "2"), putOp("q/3", "3")}},
+	}
+	for _, txn := range txns {
+		if _, err := s.Txn(ctx, txn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errc := make(chan error, 8)
+	for i := range 8 {
+		go func() {
+			_, err := s.Txn(ctx, kv.Txn{Then: []kv.TxnOp{putOp(fmt.Sprintf("r/%d/a", i), "x"), putOp(fmt.Sprintf("r/%d/b", i), "y")}})
+			errc <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(t, s, "last", "v")
+}
+
+// TestTxnRestart checks that transactions outlive a restart: the keys,
+// the store's revision, and the history, whose revisions the changes of a
+// transaction share, so that every resume gets after the restart what it
+// got before, also where the history keeps only part of a transaction.
+func TestTxnRestart(t *testing.T) {
+	for _, history := range []int{4, 7, 1000} {
+		t.Run(fmt.Sprintf("history=%d", history), func(t *testing.T) {
+			opts := kv.Options{Dir: t.TempDir(), History: history}
+			s, err := kv.Open(opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeTxns(t, s)
+			rev, state, before := s.Revision(), stateOf(t, s), resumes(t, s)
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			s = open(t, opts)
+			if s.Revision() != rev {
+				t.Errorf("Revision after a restart = %d, want %d", s.Revision(), rev)
+			}
+			if diff := cmp.Diff(state, stateOf(t, s)); diff != "" {
+				t.Errorf("state (-before +after a restart):\n%s", diff)
+			}
+			if diff := cmp.Diff(before, resumes(t, s)); diff != "" {
+				t.Errorf("resumes (-before +after a restart):\n%s", diff)
+			}
+			if r := put(t, s, "next", "v"); r.Revision != rev+1 {
+				t.Errorf("the next write took revision %d, want %d", r.Revision, rev+1)
+			}
+		})
+	}
+}
+
+// TestTxnTornTail cuts the log at every byte of the batch that holds a
+// transaction, as a crash in the middle of writing it may leave it: the
+// store opens with the transaction whole or absent, never in part.
+func TestTxnTornTail(t *testing.T) {
+	dir := t.TempDir()
+	s, err := kv.Open(kv.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed(t, s, "a", "b", "p/1", "p/2")
+	before := stateOf(t, s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	path := wal.SegmentPath(dir, 1)
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := st.Size()
+	s, err = kv.Open(kv.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Txn(context.Background(), kv.Txn{Then: []kv.TxnOp{
+		putOp("a", "2"), delOp("b"), prefixOp("p/"),
+		{Kind: kv.TxnPut, Key: "c", Value: []byte("3"), ContentType: "text/plain", TTL: time.Hour},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := stateOf(t, s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files, err := wal.List(dir); err != nil || len(files.Segments) != 1 {
+		t.Fatalf("List = %+v, %v; want one segment", files, err)
+	}
+	for cut := from; cut <= int64(len(data)); cut++ {
+		want, rev := before, int64(4)
+		if cut == int64(len(data)) {
+			want, rev = after, 5
+		}
+		cutDir := filepath.Join(t.TempDir(), "data")
+		if err := os.Mkdir(cutDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(wal.SegmentPath(cutDir, 1), data[:cut], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		s, err := kv.Open(kv.Options{Dir: cutDir})
+		if err != nil {
+			t.Fatalf("Open with the log cut at %d of %d: %v", cut, len(data), err)
+		}
+		got, gotRev := stateOf(t, s), s.Revision()
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, got); diff != "" || gotRev != rev {
+			t.Fatalf("the log cut at %d of %d: Revision %d, want %d; state (-want +got):\n%s", cut, len(data), gotRev, rev, diff)
+		}
 	}
 }
