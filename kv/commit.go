@@ -419,6 +419,7 @@ func (c *committer) commit(batch []*op) {
 	}
 	if len(c.changes) > 0 {
 		s.orderMu.Lock()
+		s.applying.Store(true) // before the first change: see Get
 		for i := range c.changes {
 			ch, e := &c.changes[i], c.entries[i]
 			s.apply(ch.Key, e)
@@ -426,6 +427,7 @@ func (c *committer) commit(batch []*op) {
 				c.expiries.push(e)
 			}
 		}
+		s.applying.Store(false)
 		// Publish before the revision moves: whoever reads Revision R
 		// knows every change up to R is already in the subscriptions.
 		s.feed.Publish(c.changes, c.rev)
