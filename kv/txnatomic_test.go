@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -20,7 +21,7 @@ func TestTxnAtomicVisibility(t *testing.T) {
 	const (
 		groups = 4
 		size   = 8 // keys in a group
-		txns   = 400
+		txns   = 2000
 	)
 	ctx := context.Background()
 	s := open(t, kv.Options{SubBuffer: groups * size * txns})
@@ -47,6 +48,7 @@ func TestTxnAtomicVisibility(t *testing.T) {
 					errc <- err
 					return
 				}
+				runtime.Gosched() // let the writers and the committer run on few CPUs
 			}
 		}()
 	}
