@@ -252,6 +252,7 @@ type committer struct {
 	txns     int64     // transactions in the batch that change something
 	txnN     int64     // their changes
 	plan     []planned // scratch of txn
+	curs     []*Entry  // scratch of txn
 }
 
 func (c *committer) resetTimer(t *time.Timer) {
@@ -271,10 +272,10 @@ func (c *committer) lookup(key string) *Entry {
 	return c.s.current(key)
 }
 
-// add records a change decided in the batch, and e, the key's entry after
-// it (nil: deleted).
-func (c *committer) add(ch Change, e *Entry) {
-	c.count(c.lookup(ch.Key), -1)
+// add records a change decided in the batch, prev and e, the key's entry
+// before it, as the batch so far sees it, and after it (nil: absent).
+func (c *committer) add(ch Change, prev, e *Entry) {
+	c.count(prev, -1)
 	c.count(e, 1)
 	c.changes = append(c.changes, ch)
 	c.entries = append(c.entries, e)
@@ -297,7 +298,7 @@ func (c *committer) live(key string, now int64) *Entry {
 	cur := c.lookup(key)
 	if cur != nil && cur.expired(now) {
 		c.rev++
-		c.add(Change{Op: OpExpire, Key: key, Revision: c.rev, PrevRevision: cur.Revision}, nil)
+		c.add(Change{Op: OpExpire, Key: key, Revision: c.rev, PrevRevision: cur.Revision}, cur, nil)
 		return nil
 	}
 	return cur
@@ -366,7 +367,7 @@ func (c *committer) commit(batch []*op) {
 		c.popped = append(c.popped, x)
 		if cur := c.lookup(x.key); cur != nil && cur.Revision == x.rev {
 			c.rev++
-			c.add(Change{Op: OpExpire, Key: x.key, Revision: c.rev, PrevRevision: cur.Revision}, nil)
+			c.add(Change{Op: OpExpire, Key: x.key, Revision: c.rev, PrevRevision: cur.Revision}, cur, nil)
 		}
 	}
 	for _, o := range batch {
@@ -398,7 +399,7 @@ func (c *committer) commit(batch []*op) {
 				ch.Value, ch.ContentType, ch.Expires = o.value, o.ctype, o.expires
 				e = &Entry{Key: o.key, Value: o.value, ContentType: o.ctype, Revision: c.rev, Expires: o.expires}
 			}
-			c.add(ch, e)
+			c.add(ch, cur, e)
 			o.res = result{Result: Result{Revision: c.rev, PrevRevision: curRev}}
 		}
 	}

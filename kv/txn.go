@@ -213,7 +213,7 @@ func validateTxn(t Txn) error {
 	if len(t.Then) == 0 {
 		return &TxnOpError{Part: "then", Index: 0, Err: fmt.Errorf("%w: no change", ErrInvalidTxn)}
 	}
-	var named map[string]int // key: the op that names it
+	var named map[string]int // key: the op that names it, for a large t
 	for i, o := range t.Then {
 		var err error
 		switch o.Kind {
@@ -229,14 +229,27 @@ func validateTxn(t Txn) error {
 		default:
 			err = fmt.Errorf("%w: unknown kind of change %d", ErrInvalidTxn, o.Kind)
 		}
-		if err == nil && o.Kind != TxnDeletePrefix && len(t.Then) > 1 {
-			if named == nil {
-				named = make(map[string]int, len(t.Then))
+		if err == nil && o.Kind != TxnDeletePrefix {
+			j := -1
+			switch {
+			case len(t.Then) <= 16: // cheaper than a map
+				for k := range i {
+					if t.Then[k].Kind != TxnDeletePrefix && t.Then[k].Key == o.Key {
+						j = k
+						break
+					}
+				}
+			case named == nil:
+				named = map[string]int{o.Key: i}
+			default:
+				var ok bool
+				if j, ok = named[o.Key]; !ok {
+					j, named[o.Key] = -1, i
+				}
 			}
-			if j, ok := named[o.Key]; ok {
+			if j >= 0 {
 				err = fmt.Errorf("%w: key %s is changed by then[%d] already", ErrInvalidTxn, quoteForError(o.Key), j)
 			}
-			named[o.Key] = i
 		}
 		if err != nil {
 			return &TxnOpError{Part: "then", Index: i, Err: err}

@@ -21,6 +21,15 @@ func delOp(key string) kv.TxnOp { return kv.TxnOp{Kind: kv.TxnDelete, Key: key} 
 
 func prefixOp(prefix string) kv.TxnOp { return kv.TxnOp{Kind: kv.TxnDeletePrefix, Key: prefix} }
 
+// many returns puts of k0...k<n-1>, then more.
+func many(n int, more ...kv.TxnOp) []kv.TxnOp {
+	var ops []kv.TxnOp
+	for i := range n {
+		ops = append(ops, putOp(fmt.Sprintf("k%d", i), "v"))
+	}
+	return append(ops, more...)
+}
+
 // stateOf returns every key of the store as "value@revision".
 func stateOf(t testing.TB, s *kv.Store) map[string]string {
 	t.Helper()
@@ -241,6 +250,8 @@ func TestTxnInvalid(t *testing.T) {
 		{"an unknown kind", kv.Txn{Then: []kv.TxnOp{{Key: "a"}}}, "then", 0, kv.ErrInvalidTxn},
 		{"a put and a delete of one key", kv.Txn{Then: []kv.TxnOp{putOp("a", "1"), putOp("b", "1"), delOp("a")}}, "then", 2, kv.ErrInvalidTxn},
 		{"two puts of one missing key", kv.Txn{Then: []kv.TxnOp{putOp("x", "1"), putOp("x", "2")}}, "then", 1, kv.ErrInvalidTxn},
+		{"two ops of one key in a large transaction", kv.Txn{Then: many(40, prefixOp("k1"), delOp("k17"))}, "then", 41, kv.ErrInvalidTxn},
+		{"two ops of one key in a transaction of 16", kv.Txn{Then: many(15, delOp("k3"))}, "then", 15, kv.ErrInvalidTxn},
 		{"a put of a key a prefix removes", kv.Txn{Then: []kv.TxnOp{prefixOp("p/"), putOp("a", "1"), putOp("p/b", "1")}}, "then", 2, kv.ErrInvalidTxn},
 		{"a prefix that removes a key put before", kv.Txn{Then: []kv.TxnOp{putOp("p/a", "1"), prefixOp("p/")}}, "then", 1, kv.ErrInvalidTxn},
 		{"a prefix that removes a key deleted before", kv.Txn{Then: []kv.TxnOp{delOp("p/b"), prefixOp("p")}}, "then", 1, kv.ErrInvalidTxn},
@@ -270,13 +281,6 @@ func TestTxnInvalid(t *testing.T) {
 // or not, and the keys that each delete_prefix removes. The store holds
 // p/a, p/b, p/c.
 func TestTxnTooLarge(t *testing.T) {
-	many := func(n int) []kv.TxnOp {
-		var ops []kv.TxnOp
-		for i := range n {
-			ops = append(ops, putOp(fmt.Sprintf("k%d", i), "v"))
-		}
-		return ops
-	}
 	tests := []struct {
 		name string
 		max  int

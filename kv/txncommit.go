@@ -7,10 +7,10 @@ import (
 )
 
 // planned is a change that a transaction would make, and the key's entry
-// after it (nil: deleted).
+// before and after it (nil: absent).
 type planned struct {
-	ch Change
-	e  *Entry
+	ch      Change
+	prev, e *Entry
 }
 
 // txn decides the transaction o against the batch's view of the keys at
@@ -24,11 +24,18 @@ func (c *committer) txn(o *op, now int64) {
 	for _, cmp := range t.If {
 		c.live(cmp.Key, now)
 	}
+	curs := c.curs[:0] // by op of Then: its key's entry (no other op changes it)
 	for _, op := range t.Then {
+		var cur *Entry
 		if op.Kind != TxnDeletePrefix {
-			c.live(op.Key, now)
+			cur = c.live(op.Key, now)
 		}
+		curs = append(curs, cur)
 	}
+	defer func() {
+		clear(curs)
+		c.curs = curs[:0]
+	}()
 	var failed []Failure
 	for _, cmp := range t.If {
 		if cur := c.lookup(cmp.Key); !cmp.Cond.Holds(cur) {
@@ -47,9 +54,9 @@ func (c *committer) txn(o *op, now int64) {
 
 	rev := c.rev + 1
 	plan := c.plan[:0]
-	del := func(key string) {
-		if cur := c.lookup(key); cur != nil {
-			plan = append(plan, planned{ch: Change{Op: OpDelete, Key: key, Revision: rev, PrevRevision: cur.Revision}})
+	del := func(key string, cur *Entry) {
+		if cur != nil {
+			plan = append(plan, planned{ch: Change{Op: OpDelete, Key: key, Revision: rev, PrevRevision: cur.Revision}, prev: cur})
 		}
 	}
 	for i, op := range t.Then {
@@ -60,14 +67,14 @@ func (c *committer) txn(o *op, now int64) {
 				expires = t.expires[i]
 			}
 			ch := Change{Op: OpPut, Key: op.Key, Value: op.Value, ContentType: op.ContentType, Expires: expires,
-				Revision: rev, PrevRevision: revisionOf(c.lookup(op.Key))}
+				Revision: rev, PrevRevision: revisionOf(curs[i])}
 			e := &Entry{Key: op.Key, Value: op.Value, ContentType: op.ContentType, Revision: rev, Expires: expires}
-			plan = append(plan, planned{ch: ch, e: e})
+			plan = append(plan, planned{ch: ch, prev: curs[i], e: e})
 		case TxnDelete:
-			del(op.Key)
+			del(op.Key, curs[i])
 		case TxnDeletePrefix:
 			for _, key := range removed[i] {
-				del(key)
+				del(key, c.lookup(key))
 			}
 		}
 	}
@@ -81,9 +88,9 @@ func (c *committer) txn(o *op, now int64) {
 	}
 	var keys, bytes int64
 	for _, p := range plan {
-		if cur := c.lookup(p.ch.Key); cur != nil {
+		if p.prev != nil {
 			keys--
-			bytes -= int64(len(cur.Value))
+			bytes -= int64(len(p.prev.Value))
 		}
 		if p.e != nil {
 			keys++
@@ -97,7 +104,7 @@ func (c *committer) txn(o *op, now int64) {
 	c.rev = rev
 	res := TxnResult{Revision: rev, Changes: make([]TxnChange, len(plan))}
 	for i, p := range plan {
-		c.add(p.ch, p.e)
+		c.add(p.ch, p.prev, p.e)
 		res.Changes[i] = TxnChange{Key: p.ch.Key, Op: p.ch.Op, PrevRevision: p.ch.PrevRevision}
 	}
 	c.txns++
