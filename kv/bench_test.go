@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -199,6 +200,131 @@ func BenchmarkGet(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkGetWhileWriting measures reads while transactions of 10 puts
+// to the keys read are committed without pause: a read that meets the
+// committer applying a batch reads again under orderMu (see Get).
+func BenchmarkGetWhileWriting(b *testing.B) {
+	s := memStore(b)
+	ctx := context.Background()
+	keys := make([]string, 10_000)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("bench/%d", i)
+		if _, err := s.Put(ctx, keys[i], make([]byte, 64), PutOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	stop := make(chan struct{})
+	errc := make(chan error, 4)
+	for w := range 4 {
+		go func() {
+			value := make([]byte, 64)
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					errc <- nil
+					return
+				default:
+				}
+				ops := make([]TxnOp, 10)
+				for i := range ops {
+					ops[i] = TxnOp{Kind: TxnPut, Key: keys[(w*2500+n*10+i)%len(keys)], Value: value}
+				}
+				if _, err := s.Txn(ctx, Txn{Then: ops}); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			i++
+			if _, err := s.Get(ctx, keys[i%len(keys)]); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	close(stop)
+	for range 4 {
+		if err := <-errc; err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkTxnThroughput compares, on a durable log synced on every
+// batch, 64 goroutines that each write 10 keys at a time, either as 10
+// puts one after the other or as one transaction of 10 puts: one b.N is
+// 10 keys. A transaction's 10 changes go into the log with one append
+// and one fsync, shared with the other writers of its batch, where the
+// puts of a goroutine wait for 10 fsyncs. It reports the keys changed per
+// second, the keys per batch and the time an fsync takes.
+func BenchmarkTxnThroughput(b *testing.B) {
+	const writers = 64
+	for _, bc := range []struct {
+		name string
+		txn  bool
+	}{{"puts=10", false}, {"txn=10", true}} {
+		b.Run(bc.name, func(b *testing.B) {
+			s, err := Open(Options{Dir: b.TempDir(), CompactBytes: 1 << 40})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			ctx := context.Background()
+			value := make([]byte, 64)
+			keys := make([][]string, writers) // 1,000 keys a writer
+			for w := range keys {
+				for i := range 1000 {
+					keys[w] = append(keys[w], fmt.Sprintf("bench/%d/%d", w, i))
+				}
+			}
+			var next atomic.Int64
+			errc := make(chan error, writers)
+			b.ResetTimer()
+			for w := range writers {
+				go func() {
+					ops := make([]TxnOp, 10)
+					for n := next.Add(1); n <= int64(b.N); n = next.Add(1) {
+						for i := range ops {
+							ops[i] = TxnOp{Kind: TxnPut, Key: keys[w][(int(n)*10+i)%1000], Value: value}
+						}
+						if bc.txn {
+							if _, err := s.Txn(ctx, Txn{Then: ops}); err != nil {
+								errc <- err
+								return
+							}
+							continue
+						}
+						for _, o := range ops {
+							if _, err := s.Put(ctx, o.Key, o.Value, PutOptions{}); err != nil {
+								errc <- err
+								return
+							}
+						}
+					}
+					errc <- nil
+				}()
+			}
+			for range writers {
+				if err := <-errc; err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			st := s.Stats()
+			b.ReportMetric(float64(10*b.N)/b.Elapsed().Seconds(), "keys/s")
+			b.ReportMetric(float64(st.Writes.Load())/float64(st.Batches.Load()), "keys/batch")
+			b.ReportMetric(float64(st.FsyncNanos.Load())/float64(st.Fsyncs.Load())/1e3, "µs/fsync")
+		})
+	}
 }
 
 // BenchmarkOpen measures start-up: loading a data directory that holds

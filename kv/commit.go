@@ -166,7 +166,8 @@ func (s *Store) Delete(ctx context.Context, key string, cond Cond) (Result, erro
 	return r.Result, nil
 }
 
-// op is one write waiting for the committer.
+// op is one write waiting for the committer: a put or a delete of key,
+// or a transaction (txn not nil; the other fields unused but done and res).
 type op struct {
 	kind    Op
 	key     string
@@ -174,12 +175,14 @@ type op struct {
 	ctype   string
 	expires int64
 	cond    Cond
+	txn     *txnReq
 	done    chan result // buffered; the committer sends exactly once
 	res     result
 }
 
 type result struct {
 	Result
+	txn TxnResult // of a transaction
 	err error
 }
 
@@ -241,10 +244,15 @@ type committer struct {
 	pending  map[string]*Entry // the batch's view of keys it changed; nil = deleted
 	buf      []byte
 	expiries expiryHeap
-	popped   []expiry // taken off expiries by the batch, put back if it is refused
-	retry    int64    // Unix nanoseconds: no batch for expiries alone before then
-	keys     int64    // keys in the store, as the batch so far leaves it
-	bytes    int64    // the sum of their values' lengths, likewise
+	popped   []expiry  // taken off expiries by the batch, put back if it is refused
+	retry    int64     // Unix nanoseconds: no batch for expiries alone before then
+	rev      int64     // the revision of the batch's last change so far
+	keys     int64     // keys in the store, as the batch so far leaves it
+	bytes    int64     // the sum of their values' lengths, likewise
+	txns     int64     // transactions in the batch that change something
+	txnN     int64     // their changes
+	plan     []planned // scratch of txn
+	curs     []*Entry  // scratch of txn
 }
 
 func (c *committer) resetTimer(t *time.Timer) {
@@ -264,10 +272,10 @@ func (c *committer) lookup(key string) *Entry {
 	return c.s.current(key)
 }
 
-// add records a change decided in the batch, and e, the key's entry after
-// it (nil: deleted).
-func (c *committer) add(ch Change, e *Entry) {
-	c.count(c.lookup(ch.Key), -1)
+// add records a change decided in the batch, prev and e, the key's entry
+// before it, as the batch so far sees it, and after it (nil: absent).
+func (c *committer) add(ch Change, prev, e *Entry) {
+	c.count(prev, -1)
 	c.count(e, 1)
 	c.changes = append(c.changes, ch)
 	c.entries = append(c.entries, e)
@@ -283,19 +291,47 @@ func (c *committer) count(e *Entry, n int64) {
 	}
 }
 
+// live returns key's entry as the batch so far sees it (nil: absent),
+// after expiring it, as a change of its own, when its time has run out at
+// now.
+func (c *committer) live(key string, now int64) *Entry {
+	cur := c.lookup(key)
+	if cur != nil && cur.expired(now) {
+		c.rev++
+		c.add(Change{Op: OpExpire, Key: key, Revision: c.rev, PrevRevision: cur.Revision}, cur, nil)
+		return nil
+	}
+	return cur
+}
+
 // room returns a *FullError when putting value over cur (nil: absent)
 // would create a key beyond MaxKeys or grow the values beyond MaxBytes. A
 // put that grows neither always fits, even in a store already past a
 // limit that was lowered.
 func (c *committer) room(cur *Entry, value []byte) error {
+	var keys int64
+	grow := int64(len(value))
+	if cur == nil {
+		keys = 1
+	} else {
+		grow -= int64(len(cur.Value))
+	}
+	return c.roomFor(keys, grow)
+}
+
+// roomFor returns a *FullError when a write that adds keys keys and grow
+// bytes of values (either may be negative) would take the store beyond
+// MaxKeys or MaxBytes; a write that grows neither always fits.
+func (c *committer) roomFor(keys, grow int64) error {
 	o := &c.s.opts
-	if cur == nil && o.MaxKeys > 0 && c.keys >= o.MaxKeys {
+	switch {
+	case keys <= 0 || o.MaxKeys <= 0 || c.keys+keys <= o.MaxKeys:
+	case c.keys >= o.MaxKeys:
 		return &FullError{Limit: LimitKeys, Max: o.MaxKeys,
 			msg: fmt.Sprintf("it holds %d keys, the most allowed", c.keys)}
-	}
-	grow := int64(len(value))
-	if cur != nil {
-		grow -= int64(len(cur.Value))
+	default:
+		return &FullError{Limit: LimitKeys, Max: o.MaxKeys,
+			msg: fmt.Sprintf("it holds %d keys; %d more would pass the limit of %d", c.keys, keys, o.MaxKeys)}
 	}
 	if grow > 0 && o.MaxBytes > 0 && c.bytes+grow > o.MaxBytes {
 		return &FullError{Limit: LimitBytes, Max: o.MaxBytes,
@@ -316,7 +352,8 @@ func (c *committer) commit(batch []*op) {
 		return
 	}
 	now := s.opts.Now().UnixNano()
-	rev := s.rev.Load()
+	c.rev = s.rev.Load()
+	c.txns, c.txnN = 0, 0
 	c.changes = c.changes[:0]
 	clear(c.entries)
 	c.entries = c.entries[:0]
@@ -329,17 +366,16 @@ func (c *committer) commit(batch []*op) {
 		x := heap.Pop(&c.expiries).(expiry)
 		c.popped = append(c.popped, x)
 		if cur := c.lookup(x.key); cur != nil && cur.Revision == x.rev {
-			rev++
-			c.add(Change{Op: OpExpire, Key: x.key, Revision: rev, PrevRevision: cur.Revision}, nil)
+			c.rev++
+			c.add(Change{Op: OpExpire, Key: x.key, Revision: c.rev, PrevRevision: cur.Revision}, cur, nil)
 		}
 	}
 	for _, o := range batch {
-		cur := c.lookup(o.key)
-		if cur != nil && cur.expired(now) {
-			rev++
-			c.add(Change{Op: OpExpire, Key: o.key, Revision: rev, PrevRevision: cur.Revision}, nil)
-			cur = nil
+		if o.txn != nil {
+			c.txn(o, now)
+			continue
 		}
+		cur := c.live(o.key, now)
 		var curRev int64
 		if cur != nil {
 			curRev = cur.Revision
@@ -356,15 +392,15 @@ func (c *committer) commit(batch []*op) {
 		case full != nil:
 			o.res = result{err: full}
 		default:
-			rev++
-			ch := Change{Op: o.kind, Key: o.key, Revision: rev, PrevRevision: curRev}
+			c.rev++
+			ch := Change{Op: o.kind, Key: o.key, Revision: c.rev, PrevRevision: curRev}
 			var e *Entry
 			if o.kind == OpPut {
 				ch.Value, ch.ContentType, ch.Expires = o.value, o.ctype, o.expires
-				e = &Entry{Key: o.key, Value: o.value, ContentType: o.ctype, Revision: rev, Expires: o.expires}
+				e = &Entry{Key: o.key, Value: o.value, ContentType: o.ctype, Revision: c.rev, Expires: o.expires}
 			}
-			c.add(ch, e)
-			o.res = result{Result: Result{Revision: rev, PrevRevision: curRev}}
+			c.add(ch, cur, e)
+			o.res = result{Result: Result{Revision: c.rev, PrevRevision: curRev}}
 		}
 	}
 	if len(c.changes) > 0 {
@@ -375,6 +411,7 @@ func (c *committer) commit(batch []*op) {
 			}
 			c.changes = c.changes[:0]
 			c.keys, c.bytes = keys, bytes
+			c.txns, c.txnN = 0, 0
 			for _, x := range c.popped {
 				heap.Push(&c.expiries, x)
 			}
@@ -383,6 +420,7 @@ func (c *committer) commit(batch []*op) {
 	}
 	if len(c.changes) > 0 {
 		s.orderMu.Lock()
+		s.applying.Store(true) // before the first change: see Get
 		for i := range c.changes {
 			ch, e := &c.changes[i], c.entries[i]
 			s.apply(ch.Key, e)
@@ -390,18 +428,21 @@ func (c *committer) commit(batch []*op) {
 				c.expiries.push(e)
 			}
 		}
+		s.applying.Store(false)
 		// Publish before the revision moves: whoever reads Revision R
 		// knows every change up to R is already in the subscriptions.
-		s.feed.Publish(c.changes, rev)
-		s.rev.Store(rev)
+		s.feed.Publish(c.changes, c.rev)
+		s.rev.Store(c.rev)
 		s.orderMu.Unlock()
 		s.stats.Writes.Add(int64(len(c.changes)))
+		s.stats.Txns.Add(c.txns)
+		s.stats.TxnChanges.Add(c.txnN)
 	}
 	for _, o := range batch {
 		o.done <- o.res
 	}
 	if s.log != nil && len(c.changes) > 0 {
-		s.log.maybeCompact(rev)
+		s.log.maybeCompact(c.rev)
 	}
 }
 

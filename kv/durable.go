@@ -80,16 +80,18 @@ func (d *durability) load() error {
 		ring = ring[:0]
 		ringStart, dropped := 0, int64(-1)
 		scan, err := wal.ScanLog(data, func(batch []wal.Record) error {
-			for _, r := range batch {
-				// Every record takes the next revision. (The changes
-				// of a transaction, which a batch may one day hold,
-				// will share one.)
-				if last == -1 {
+			for j, r := range batch {
+				// Every record takes the next revision, but for the
+				// changes of a transaction, which share one: they
+				// follow each other inside one batch.
+				switch {
+				case last == -1:
 					if r.Rev > snapRev+1 {
 						return fmt.Errorf("%w: the log starts at revision %d but the snapshot ends at %d", wal.ErrCorrupt, r.Rev, snapRev)
 					}
 					hist.floor = r.Rev - 1
-				} else if r.Rev != last+1 {
+				case j > 0 && r.Rev == last:
+				case r.Rev != last+1:
 					return fmt.Errorf("%w: revision %d follows %d", wal.ErrCorrupt, r.Rev, last)
 				}
 				last = r.Rev

@@ -22,6 +22,20 @@ type Feed struct {
 	idx    *index[*Subscription]
 	subs   map[*Subscription]struct{}
 	closed bool
+	seq    uint64 // numbers the changes published, from 1
+
+	// Scratch of publishGroup, empty between calls: the subscriptions
+	// that the revision's changes match, in the order met, and the
+	// changes each gets, by its place in takers.
+	takers  []*Subscription
+	matched []matched
+}
+
+// matched is a change that a revision being published gives the
+// subscription at takers[slot].
+type matched struct {
+	slot int
+	c    *Change
 }
 
 // NewFeed returns a feed at revision rev that keeps the last history
@@ -48,16 +62,20 @@ func (f *Feed) Revision() int64 {
 // Publish is the hook through which every committed change passes, once,
 // in revision order, after it is durable and visible: it is kept in the
 // history and sent to each subscription whose patterns match its key,
-// without ever waiting. A subscription whose buffer is full is dropped as
-// lagged. The feed's revision then moves to rev, which is at least the
-// last change's: a source may know that no change happened up to a
-// revision beyond it. changes is reused afterwards, so Publish copies
-// what it keeps.
+// without ever waiting. Several changes may share a revision (those of a
+// transaction): they must all come in one call, and each subscription
+// gets those that match it together, with one push, so that no consumer
+// takes part of them (see Subscription.Take). A subscription whose buffer
+// cannot take them all is dropped as lagged, none of them queued. The
+// feed's revision then moves to rev, which is at least the last change's:
+// a source may know that no change happened up to a revision beyond it.
+// changes is reused afterwards, so Publish copies what it keeps.
 //
 // Finding the subscriptions of a change costs about the length of its key
 // plus the subscriptions it matches, not the number of patterns watched
-// (see index); the feed's lock is held meanwhile, as the committer holds
-// the store's.
+// (see index); a revision of several changes adds a sort of the changes
+// matched by the subscriptions they go to. The feed's lock is held
+// meanwhile, as the committer holds the store's.
 func (f *Feed) Publish(changes []Change, rev int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -65,18 +83,76 @@ func (f *Feed) Publish(changes []Change, rev int64) {
 		rev = max(rev, changes[n-1].Revision)
 	}
 	f.rev = max(f.rev, rev)
-	for i := range changes {
-		c := shared(&changes[i])
+	for i := 0; i < len(changes); {
+		j := i + 1
+		for j < len(changes) && changes[j].Revision == changes[i].Revision {
+			j++
+		}
+		if j == i+1 {
+			f.publishOne(&changes[i])
+		} else {
+			f.publishGroup(changes[i:j])
+		}
+		i = j
+	}
+}
+
+// publishOne publishes c, the one change of its revision. The caller
+// holds f.mu.
+func (f *Feed) publishOne(c *Change) {
+	c = shared(c)
+	f.hist.add(c)
+	f.seq++
+	seq := f.seq
+	f.idx.match(c.Key, func(sub *Subscription) {
+		if sub.seen == seq {
+			return // several of its patterns match this key
+		}
+		sub.seen = seq
+		if !sub.push(c, nil, f.subBuffer) {
+			f.drop(sub, true)
+		}
+	})
+}
+
+// publishGroup publishes the changes of one revision, several. The caller
+// holds f.mu.
+func (f *Feed) publishGroup(group []Change) {
+	first := f.seq + 1 // the number of the group's first change
+	for i := range group {
+		c := shared(&group[i])
 		f.hist.add(c)
+		f.seq++
+		seq := f.seq
 		f.idx.match(c.Key, func(sub *Subscription) {
-			if sub.last == c.Revision {
+			if sub.seen == seq {
 				return // several of its patterns match this key
 			}
-			sub.last = c.Revision
-			if !sub.push(c, f.subBuffer) {
-				f.drop(sub, true)
+			if sub.seen < first { // the first of the group it gets
+				sub.slot = len(f.takers)
+				f.takers = append(f.takers, sub)
 			}
+			sub.seen = seq
+			f.matched = append(f.matched, matched{slot: sub.slot, c: c})
 		})
+	}
+	slices.SortStableFunc(f.matched, func(a, b matched) int { return a.slot - b.slot })
+	var one []*Change
+	for i := 0; i < len(f.matched); {
+		slot := f.matched[i].slot
+		one = one[:0]
+		for ; i < len(f.matched) && f.matched[i].slot == slot; i++ {
+			one = append(one, f.matched[i].c)
+		}
+		if sub := f.takers[slot]; !sub.push(one[0], one[1:], f.subBuffer) {
+			f.drop(sub, true)
+		}
+	}
+	clear(f.takers)
+	clear(f.matched)
+	f.takers, f.matched = f.takers[:0], f.matched[:0]
+	if cap(f.matched) > 4096 || cap(f.takers) > 4096 {
+		f.takers, f.matched = nil, nil // do not hold on to a burst
 	}
 }
 
@@ -169,6 +245,11 @@ func (f *Feed) Restart(rev int64) {
 // slots after the span, or into new chunks. Taking a span (since) costs a
 // binary search and a copy of its chunk pointers, one per histChunk
 // changes.
+//
+// Several changes may share a revision (a transaction's). The floor is
+// then the revision of the last change let go, so that a revision the
+// history holds only part of is at or below it: a resume is served only
+// after the floor, and since never starts inside a revision.
 //
 // The feed's mu guards a history; the start-up loader fills the store's
 // before anything else can see it.
@@ -263,7 +344,8 @@ func (s *histSpan) filter(match func(key string) bool) []*Change {
 // the garbage collector scanned, for each of thousands of idle watchers),
 // and a busy consumer takes everything that gathered with one lock. A
 // full queue ends the subscription as lagged: the feed never waits for a
-// consumer.
+// consumer. The changes of one revision enter the queue together or not
+// at all.
 type Subscription struct {
 	// Reset is why the catch-up is a snapshot rather than a replay:
 	// "history" (the asked-for revision is older than the history kept) or
@@ -282,8 +364,9 @@ type Subscription struct {
 
 	patterns []Pattern
 	feed     *Feed
-	last     int64 // guarded by feed.mu: the last revision queued
-	gone     bool  // guarded by feed.mu: dropped from the index
+	seen     uint64 // guarded by feed.mu: the number (Feed.seq) of the last change it matched
+	slot     int    // guarded by feed.mu: its place in feed.takers while a revision is published
+	gone     bool   // guarded by feed.mu: dropped from the index
 
 	mu     sync.Mutex    // guards the fields below; taken after feed.mu
 	queue  []*Change     // matching changes not taken yet, oldest first
@@ -293,16 +376,24 @@ type Subscription struct {
 	notify func()        // set by OnReady: called instead of signalling ready
 }
 
-// push queues c, unless max changes are queued already: false then, and
-// the subscription must be dropped. The caller holds feed.mu.
-func (sub *Subscription) push(c *Change, max int) bool {
+// push queues c and more, the changes of one revision that match, all of
+// them or none: none when the queue is not empty and cannot take them all
+// within max changes, and then it returns false and the subscription must
+// be dropped. An empty queue takes them all, even more than max, or a
+// revision larger than the buffer could never be sent live. The caller
+// holds feed.mu; push does not keep more.
+func (sub *Subscription) push(c *Change, more []*Change, max int) bool {
 	sub.mu.Lock()
 	defer sub.mu.Unlock()
-	if len(sub.queue) >= max {
+	n := len(sub.queue)
+	if n > 0 && n+1+len(more) > max {
 		return false
 	}
 	sub.queue = append(sub.queue, c)
-	if len(sub.queue) == 1 {
+	if len(more) > 0 {
+		sub.queue = append(sub.queue, more...)
+	}
+	if n == 0 {
 		sub.signal()
 	}
 	return true
@@ -371,7 +462,9 @@ func (sub *Subscription) OnReady(fn func()) {
 
 // Take returns every queued change, oldest first, and empties the
 // queue; ended reports that the subscription has ended and that nothing
-// follows the changes returned. spare, when not nil, is a slice the
+// follows the changes returned. The changes of one revision are queued
+// together: Take never returns part of them, so the last change that
+// Take returns is the last of its revision that the subscription gets. spare, when not nil, is a slice the
 // caller has done with (a previous Take's): it is cleared and becomes
 // the queue, to be filled again without allocating.
 func (sub *Subscription) Take(spare []*Change) (changes []*Change, ended bool) {
@@ -385,7 +478,8 @@ func (sub *Subscription) Take(spare []*Change) (changes []*Change, ended bool) {
 // Next returns the next change, waiting for one until ctx ends. ok is
 // false when the subscription has ended and every change queued before
 // its end was returned, or when ctx ended first. It is for consumers
-// that take one change at a time; Take serves a batch with one lock.
+// that take one change at a time, which cannot tell whether more of its
+// revision follow; Take serves whole revisions with one lock.
 func (sub *Subscription) Next(ctx context.Context) (c *Change, ok bool) {
 	for {
 		sub.mu.Lock()

@@ -274,7 +274,8 @@ func (o *ordered) find(key string) (*orderNode, int) {
 }
 
 // from returns the entries whose keys are key or above, in key order. The
-// caller holds orderMu throughout.
+// caller holds orderMu throughout, or is the committer, the only goroutine
+// that changes the tree.
 func (o *ordered) from(key string) iter.Seq[*Entry] {
 	return orderView{o.root}.from(key)
 }

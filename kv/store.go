@@ -3,14 +3,15 @@
 // durable, and the feed of committed changes that watchers follow.
 //
 // All writes go through one committer goroutine, in batches: each write of
-// a batch is checked against its precondition and takes the next revision,
-// the batch is appended to the log with a commit marker after it and
-// fsynced once (group commit), then it becomes visible to readers and is
-// published to the change feed, in revision order, and only then are the
-// writers answered. A batch that the log fails to take is refused whole:
-// none of its writes is applied, then or after a restart. Reads never wait
-// for the committer except for the short moment it applies a batch to the
-// shard they touch.
+// a batch is checked against its precondition and takes the next revision
+// (all the changes of a transaction take the same one), the batch is
+// appended to the log with a commit marker after it and fsynced once
+// (group commit), then it becomes visible to readers and is published to
+// the change feed, in revision order, and only then are the writers
+// answered. A batch that the log fails to take is refused whole: none of
+// its writes is applied, then or after a restart. Reads never wait for the
+// committer except for the short moment it applies a batch to the shard
+// they touch.
 package kv
 
 import (
@@ -81,6 +82,10 @@ type Options struct {
 	// fails with ErrFull. Replacing a value counts the difference;
 	// deletes and expiries free space. 0 means no limit.
 	MaxBytes int64
+	// MaxTxnOps is the most changes a transaction may make: its puts and
+	// deletes (found or not) and the keys its TxnDeletePrefix ops remove.
+	// 0 means DefaultMaxTxnOps.
+	MaxTxnOps int
 
 	// wrapLog, when set, wraps the file of every log segment the store
 	// appends to: the package's tests inject faults through it.
@@ -99,6 +104,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Shards <= 0 {
 		o.Shards = 64
+	}
+	if o.MaxTxnOps <= 0 {
+		o.MaxTxnOps = DefaultMaxTxnOps
 	}
 	n := 1
 	for n < o.Shards {
@@ -123,10 +131,14 @@ type Store struct {
 	shards []shard
 
 	// orderMu guards order (but not the views that order.freeze hands
-	// out, which need no lock) and the moment rev moves.
+	// out, which need no lock) and the moment rev moves; the committer
+	// holds it for writing while it applies a batch to the maps.
 	orderMu sync.RWMutex
 	order   *ordered
 	rev     atomic.Int64 // the revision of the last applied write
+	// applying is true while the committer applies a batch to the maps,
+	// from before its first change to after its last (see Get).
+	applying atomic.Bool
 
 	feed *Feed
 
@@ -149,6 +161,8 @@ type shard struct {
 // Stats are counters of the store's work, read with atomic loads.
 type Stats struct {
 	Writes      atomic.Int64 // committed changes, expiries included
+	Txns        atomic.Int64 // committed transactions that changed something
+	TxnChanges  atomic.Int64 // their changes (counted in Writes too)
 	Batches     atomic.Int64 // group commits
 	Fsyncs      atomic.Int64 // fsyncs of the log
 	FsyncNanos  atomic.Int64 // time spent in those fsyncs
@@ -226,6 +240,13 @@ func (s *Store) shard(key string) *shard {
 // Get returns key's entry, or an error wrapping ErrNotFound (also for a
 // key past its expiry whose delete is not committed yet) or ErrInvalidKey.
 // The context is unused: it is there for stores that read over a network.
+//
+// Get never shows part of a batch, a transaction's changes in particular:
+// once it returned a key's entry, any read that follows it finds every
+// other change of the same batch. It takes the lock of the key's shard
+// for reading, and only when it read while the committer was applying a
+// batch does it read again holding orderMu for reading, which waits for
+// the batch to be applied whole.
 func (s *Store) Get(_ context.Context, key string) (Entry, error) {
 	if err := ValidateKey(key); err != nil {
 		return Entry{}, err
@@ -234,6 +255,30 @@ func (s *Store) Get(_ context.Context, key string) (Entry, error) {
 	sh.mu.RLock()
 	e := sh.m[key]
 	sh.mu.RUnlock()
+	// Why one load of applying after the read is enough: the committer
+	// sets applying (an atomic store) before it changes the first entry
+	// of a batch and clears it after the last, all under orderMu held
+	// for writing. When e is an entry that a batch stored, the
+	// committer's store of true came before its write of e, which came
+	// before it unlocked the shard; the RLock above came after that
+	// Unlock, since it saw e; and the load below comes after the
+	// RUnlock. So the store of true happens before the load (an Unlock
+	// synchronizes with the next Lock or RLock, and atomics are
+	// sequentially consistent), which therefore sees true, or the store
+	// of false that the committer makes after the batch's last change:
+	// then every change of the batch happens before the load, and so
+	// before whatever the caller reads next. When the load sees true, e
+	// may come from a batch half applied: read it again holding orderMu,
+	// which no batch is applied under. When e is from before the batch,
+	// it is a whole older state. Either way, the reads that follow see
+	// every key of e's batch at least as new as e.
+	if s.applying.Load() {
+		s.orderMu.RLock()
+		sh.mu.RLock()
+		e = sh.m[key]
+		sh.mu.RUnlock()
+		s.orderMu.RUnlock()
+	}
 	if e == nil || e.expired(s.opts.Now().UnixNano()) {
 		return Entry{}, fmt.Errorf("kv: get %q: %w", key, ErrNotFound)
 	}

@@ -1,10 +1,12 @@
 package kv
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // A Txn is a transaction: conditions on keys and changes to keys, applied
@@ -67,8 +69,8 @@ type TxnChange struct {
 var (
 	// ErrInvalidTxn: a transaction is malformed: no change, two changes
 	// of one key (a TxnDeletePrefix counts for every key it removes), an
-	// empty prefix, a time to live that is not positive. The error is a
-	// *TxnOpError naming the part.
+	// empty prefix, a negative time to live, an unknown kind of change.
+	// The error is a *TxnOpError naming the part.
 	ErrInvalidTxn = errors.New("invalid transaction")
 	// ErrTxnTooLarge: a transaction's changes, with the keys its
 	// TxnDeletePrefix ops remove, are more than the store allows
@@ -139,3 +141,137 @@ func (e *TxnFailedError) Is(target error) bool { return target == ErrPreconditio
 // DefaultMaxTxnOps is the most changes a transaction may make when
 // Options.MaxTxnOps is 0.
 const DefaultMaxTxnOps = 1000
+
+// Txn runs t: when every condition of t.If holds, the changes of t.Then
+// are made as one write, once it is durable, and TxnResult says what they
+// were; otherwise nothing changes. The store keeps the values of puts: the
+// caller must not modify them afterwards.
+//
+// Every condition and every op reads the keys as they are before the
+// transaction (ops never see each other's changes; two ops may not change
+// one key). A key past its expiry is absent: it expires first, as a write
+// of its own, when a condition or a put or delete names it; a
+// TxnDeletePrefix leaves it to expire by itself.
+//
+// Errors wrap ErrInvalidKey or ErrInvalidTxn (a *TxnOpError naming the
+// part), ErrPrecondition (a *TxnFailedError listing every condition that
+// failed), ErrTxnTooLarge (a *TxnSizeError), ErrFull (a *FullError: the
+// limits apply to the transaction as a whole), ErrUnavailable or
+// ErrClosed, or are ctx's error when ctx ended before the transaction was
+// handed to the committer. t is checked before it reaches the committer,
+// but for what depends on the store: the conditions, the keys that a
+// TxnDeletePrefix removes (which may be another op's key), the size and
+// the limits.
+//
+// It may be called concurrently, like every write. The committer's work
+// is about that of as many puts and deletes, plus, for each
+// TxnDeletePrefix, a walk of the keys with its prefix (all of them, even
+// past MaxTxnOps, to tell how many) and of the keys that the batch it
+// shares changed before it.
+func (s *Store) Txn(ctx context.Context, t Txn) (TxnResult, error) {
+	if err := validateTxn(t); err != nil {
+		return TxnResult{}, fmt.Errorf("kv: txn: %w", err)
+	}
+	req := &txnReq{Txn: t}
+	for i, o := range t.Then {
+		if o.Kind == TxnPut && o.TTL > 0 {
+			if req.expires == nil {
+				req.expires = make([]int64, len(t.Then))
+			}
+			req.expires[i] = s.opts.Now().Add(o.TTL).UnixNano()
+		}
+	}
+	r := s.waitOp(ctx, &op{txn: req, done: make(chan result, 1)})
+	if r.err != nil {
+		return TxnResult{}, fmt.Errorf("kv: txn: %w", r.err)
+	}
+	return r.txn, nil
+}
+
+// DeletePrefix deletes every key that starts with prefix, a non-empty
+// string, as one write: it is the Txn of one TxnDeletePrefix, whose
+// errors it returns.
+func (s *Store) DeletePrefix(ctx context.Context, prefix string) (TxnResult, error) {
+	return s.Txn(ctx, Txn{Then: []TxnOp{{Kind: TxnDeletePrefix, Key: prefix}}})
+}
+
+// txnReq is a transaction on its way to the committer.
+type txnReq struct {
+	Txn
+	expires []int64 // by op of Then: when its put expires (Unix nanoseconds); nil when none does
+}
+
+// validateTxn checks what can be checked of t without the store: its
+// keys and prefixes, its kinds, its times to live, and that no two puts
+// or deletes name the same key. The error is a *TxnOpError.
+func validateTxn(t Txn) error {
+	for i, c := range t.If {
+		if err := ValidateKey(c.Key); err != nil {
+			return &TxnOpError{Part: "if", Index: i, Err: err}
+		}
+	}
+	if len(t.Then) == 0 {
+		return &TxnOpError{Part: "then", Index: 0, Err: fmt.Errorf("%w: no change", ErrInvalidTxn)}
+	}
+	var named map[string]int // key: the op that names it, for a large t
+	for i, o := range t.Then {
+		var err error
+		switch o.Kind {
+		case TxnPut:
+			err = ValidateKey(o.Key)
+			if err == nil && o.TTL < 0 {
+				err = fmt.Errorf("%w: negative time to live %v", ErrInvalidTxn, o.TTL)
+			}
+		case TxnDelete:
+			err = ValidateKey(o.Key)
+		case TxnDeletePrefix:
+			err = validatePrefix(o.Key)
+		default:
+			err = fmt.Errorf("%w: unknown kind of change %d", ErrInvalidTxn, o.Kind)
+		}
+		if err == nil && o.Kind != TxnDeletePrefix {
+			j := -1
+			switch {
+			case len(t.Then) <= 16: // cheaper than a map
+				for k := range i {
+					if t.Then[k].Kind != TxnDeletePrefix && t.Then[k].Key == o.Key {
+						j = k
+						break
+					}
+				}
+			case named == nil:
+				named = map[string]int{o.Key: i}
+			default:
+				var ok bool
+				if j, ok = named[o.Key]; !ok {
+					j, named[o.Key] = -1, i
+				}
+			}
+			if j >= 0 {
+				err = fmt.Errorf("%w: key %s is changed by then[%d] already", ErrInvalidTxn, quoteForError(o.Key), j)
+			}
+		}
+		if err != nil {
+			return &TxnOpError{Part: "then", Index: i, Err: err}
+		}
+	}
+	return nil
+}
+
+// validatePrefix checks the prefix of a TxnDeletePrefix: a non-empty
+// string of valid UTF-8 without control characters, which need not be a
+// whole key.
+func validatePrefix(p string) error {
+	if p == "" {
+		return fmt.Errorf("%w: empty prefix", ErrInvalidTxn)
+	}
+	for i, r := range p {
+		switch {
+		case r == utf8.RuneError && !strings.HasPrefix(p[i:], string(utf8.RuneError)):
+			return fmt.Errorf("%w prefix %s: invalid UTF-8 at byte %d", ErrInvalidKey, quoteForError(p), i)
+		case r < 0x20 || r == 0x7f:
+			return fmt.Errorf("%w prefix %s: control character %U at byte %d", ErrInvalidKey, quoteForError(p), r, i)
+		}
+	}
+	return nil
+}
