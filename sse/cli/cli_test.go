@@ -1337,8 +1337,8 @@ func TestCLIDelPrefix(t *testing.T) {
 	t.Parallel()
 	ts := servertest.Start(t)
 	cliPut(t, ts.URL, "job/1", []byte("x"))
-	last := cliPut(t, ts.URL, "job/2/y", []byte("x"))
-	cliPut(t, ts.URL, "jobs", []byte("stays"))
+	cliPut(t, ts.URL, "job/2/y", []byte("x"))
+	last := cliPut(t, ts.URL, "jobs", []byte("stays"))
 	r := cliRun(t, nil, nil, "-server", ts.URL, "del", "-prefix", "job/")
 	rev, err := strconv.ParseInt(strings.TrimSpace(string(r.stdout)), 10, 64)
 	if r.code != 0 || err != nil || rev != last+1 {
