@@ -44,9 +44,9 @@ Exit status: 0, 1 when the key does not exist, 2 on any other error.
 VALUE is absent, and prints the revision the write took.
 Exit status: 0, 2 on an error (a failed -if-rev among them).
 `, flags: []string{"ttl", "if-rev"}, run: cmdPut},
-		{name: "del", args: "KEY | -prefix PREFIX", short: "delete a key, or every key starting with PREFIX",
-			long: `Deletes KEY. With -prefix, deletes every key that starts with PREFIX
-(not empty) as one write, and prints its revision.
+		{name: "del", args: "KEY | -prefix P", short: "delete a key, or every key starting with P",
+			long: `Deletes KEY. With -prefix P, deletes every key that starts with P (not
+empty) as one write, and prints its revision.
 Exit status: 0, 1 when KEY does not exist, 2 on any other error.
 `, flags: []string{"if-rev", "prefix"}, run: cmdDel},
 		{name: "ls", args: "[PREFIX]", short: "list keys",

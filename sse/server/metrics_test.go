@@ -501,6 +501,8 @@ func TestMetricsFamilies(t *testing.T) {
 		"kvsse_log_fsync_seconds_total":       "counter",
 		"kvsse_log_bytes":                     "gauge",
 		"kvsse_compactions_total":             "counter",
+		"kvsse_transactions_total":            "counter",
+		"kvsse_transaction_changes_total":     "counter",
 	}
 	if diff := gocmp.Diff(want, p.types); diff != "" {
 		t.Errorf("families (-want +got):\n%s", diff)

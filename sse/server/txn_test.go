@@ -103,6 +103,10 @@ func testTxnOps(t *testing.T, be servertest.Backend) {
 	if page := servertest.List(t, ts.URL, "cfg/lease"); page["cfg/lease"].Value != "me" {
 		t.Errorf("listing of the lease: %+v", page)
 	}
+	m := metricsScrape(t, ts.URL+"/metrics")
+	if n, c := m.val("kvsse_transactions_total"), m.val("kvsse_transaction_changes_total"); n != 1 || c != 6 {
+		t.Errorf("metrics: %v transactions, %v changes; want 1 and 6", n, c)
+	}
 }
 
 func TestTxnFailed(t *testing.T) { servertest.ForEachBackend(t, testTxnFailed) }
@@ -131,7 +135,7 @@ func testTxnFailed(t *testing.T, be servertest.Backend) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("failed conditions (-want +got):\n%s", diff)
 	}
-	if after := storeRevision(t, ts.URL); after != before {
+	if after := storeRevision(t, ts.URL); be.Dense && after != before {
 		t.Errorf("the store's revision moved from %d to %d", before, after)
 	}
 	if v := servertest.List(t, ts.URL, "f/"); v["f/a"].Value != "1" || v["f/b"].Value != "1" {
@@ -199,11 +203,13 @@ func testTxnChangesNothing(t *testing.T, be servertest.Backend) {
 	servertest.Put(t, ts.URL, "n/a", "1")
 	before := storeRevision(t, ts.URL)
 	st, _, a := postTxn(t, ts.URL, `{"then": [{"delete": "n/missing"}, {"delete_prefix": "n/none/"}]}`)
-	if st != http.StatusOK || a.Revision != before || len(a.Changes) != 0 {
-		t.Errorf("%d %+v; want 200 at revision %d with no changes", st, a, before)
+	if st != http.StatusOK || a.Revision < before || len(a.Changes) != 0 {
+		t.Errorf("%d %+v; want 200 at revision %d or later with no changes", st, a, before)
 	}
-	if after := storeRevision(t, ts.URL); after != before {
-		t.Errorf("the store's revision moved from %d to %d", before, after)
+	// etcd's revision is shared with the other tests' writes: only the
+	// embedded store's must stay still.
+	if after := storeRevision(t, ts.URL); be.Dense && (after != before || a.Revision != before) {
+		t.Errorf("the store's revision moved from %d to %d (answer %d)", before, after, a.Revision)
 	}
 }
 
