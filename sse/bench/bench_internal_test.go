@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -533,5 +534,36 @@ func TestBenchBaseline(t *testing.T) {
 		if res.Ratios[k] <= 0 {
 			t.Errorf("ratio %s = %v, want positive", k, res.Ratios[k])
 		}
+	}
+}
+
+// TestBenchTxn: with -txn the writers change -txn keys at a time by
+// transactions, subscribers receive each transaction's revision once, and
+// keys/s counts the keys changed.
+func TestBenchTxn(t *testing.T) {
+	ts := servertest.Start(t, "-sync", "none", "-write-rate", "0")
+	for _, format := range []string{"sse", "ndjson"} {
+		t.Run(format, func(t *testing.T) {
+			res, out, err := runBench(t, ts.URL, "-txn", "5", "-keys", "20", "-writes", "60", "-writers", "4",
+				"-subscribers", "3", "-format", format, "-prefix", "txn-"+format)
+			if err != nil {
+				t.Fatalf("bench: %v\n%s", err, out)
+			}
+			// Every subscriber matches every key: 60 revisions each.
+			want := checks{Writes: 60, Events: 180, Expected: 180}
+			if diff := cmp.Diff(want, checksOf(res)); diff != "" {
+				t.Errorf("checks (-want +got):\n%s", diff)
+			}
+			if res.Txn != 5 || res.KeysPerSec != 5*res.WritesPerSec {
+				t.Errorf("txn %d, keys/s %v, writes/s %v; want keys/s = 5 × writes/s", res.Txn, res.KeysPerSec, res.WritesPerSec)
+			}
+			if got := servertest.List(t, ts.URL, "txn-"+format+"/"); len(got) != 20 {
+				t.Errorf("%d keys written, want 20", len(got))
+			}
+		})
+	}
+	var ue *UsageError
+	if err := Run(context.Background(), []string{"-txn", "30", "-keys", "20"}, ts.URL, io.Discard, io.Discard); !errors.As(err, &ue) {
+		t.Errorf("-txn above -keys: %v, want a usage error", err)
 	}
 }

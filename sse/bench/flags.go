@@ -21,6 +21,7 @@ type config struct {
 	writes      int64
 	valueSize   int
 	keys        int
+	txn         int // keys a write changes by a transaction; 0: single PUTs
 	prefix      string
 	subscribers int
 	pattern     string
@@ -53,6 +54,7 @@ func flags(cfg *config, server string) *flag.FlagSet {
 	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "how long to write, unless -writes is given")
 	fs.Int64Var(&cfg.writes, "writes", 0, "stop after this many writes (instead of after -duration)")
 	fs.IntVar(&cfg.valueSize, "value-size", 64, "bytes of each value; at least 19, since a value starts with its send time")
+	fs.IntVar(&cfg.txn, "txn", 0, "write by transactions (POST /txn) of this many keys in turn instead of single\nPUTs; 0: single PUTs. keys/s counts the keys changed")
 	fs.IntVar(&cfg.keys, "keys", 1000, "write the keys PREFIX/0 to PREFIX/(keys-1), in turn")
 	fs.StringVar(&cfg.prefix, "prefix", "bench", "the first segment(s) of the keys written")
 	fs.IntVar(&cfg.subscribers, "subscribers", 0, "streams opened, and live, before the first write")
@@ -113,6 +115,10 @@ func parseBench(args []string, server string, stdout io.Writer) (*config, error)
 		problem = fmt.Sprintf("-value-size must be at least %d (a value starts with its send time)", timeDigits)
 	case cfg.keys < 1:
 		problem = "-keys must be at least 1"
+	case cfg.txn < 0 || cfg.txn > cfg.keys:
+		problem = "-txn must be between 0 (single PUTs) and -keys"
+	case cfg.txn > 0 && cfg.baseline:
+		problem = "-baseline compares single PUTs only: leave out -txn"
 	case cfg.subscribers < 0:
 		problem = "-subscribers must not be negative"
 	case cfg.format != "sse" && cfg.format != "ndjson":

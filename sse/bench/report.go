@@ -59,6 +59,8 @@ type result struct {
 	Seconds      float64 `json:"seconds"` // from the first write to the last acknowledgement
 	Writes       int64   `json:"writes"`  // acknowledged
 	WritesPerSec float64 `json:"writes_per_sec"`
+	Txn          int     `json:"txn,omitempty"` // keys a write changed by a transaction
+	KeysPerSec   float64 `json:"keys_per_sec"`  // keys changed a second: writes/s, times -txn
 	WriteErrors  int64   `json:"write_errors"`
 	PutP50       float64 `json:"put_p50_ms"`
 	PutP99       float64 `json:"put_p99_ms"`
@@ -112,13 +114,13 @@ func millis(d time.Duration) float64 { return float64(d) / 1e6 }
 // acknowledged writes.
 func (b *load) figures(writers []writer, subs []*subscriber, a *acks) *result {
 	cfg := b.cfg
-	r := &result{Writers: cfg.writers, Subscribers: cfg.subscribers, Format: cfg.format, Pattern: cfg.pattern}
+	r := &result{Writers: cfg.writers, Subscribers: cfg.subscribers, Format: cfg.format, Pattern: cfg.pattern, Txn: cfg.txn}
 	var put histogram
 	var firstErr error
 	lastAck := b.start
 	for i := range writers {
 		w := &writers[i]
-		r.Writes += int64(len(w.acked))
+		r.Writes += int64(len(w.acked) / max(cfg.txn, 1)) // a transaction acknowledges -txn keys at one revision
 		r.WriteErrors += w.errors
 		if firstErr == nil {
 			firstErr = w.firstErr
@@ -131,6 +133,7 @@ func (b *load) figures(writers []writer, subs []*subscriber, a *acks) *result {
 	if d := lastAck.Sub(b.start).Seconds(); d > 0 {
 		r.Seconds = d
 		r.WritesPerSec = float64(r.Writes) / d
+		r.KeysPerSec = r.WritesPerSec * float64(max(r.Txn, 1))
 	}
 	r.PutP50, r.PutP99, r.PutMax = millis(put.quantile(0.5)), millis(put.quantile(0.99)), millis(time.Duration(put.max))
 	switch {
@@ -146,8 +149,17 @@ func (b *load) figures(writers []writer, subs []*subscriber, a *acks) *result {
 	for _, s := range subs {
 		var expected, matched, gaps int64
 		lowest := int64(-1)
+		// A transaction's keys share its revision: a subscriber receives
+		// the revision once, whatever number of its keys it matches.
+		counted := map[int64]bool{}
 		for _, k := range s.keys {
 			for _, rev := range a.byKey[k] {
+				if cfg.txn > 0 {
+					if counted[rev] {
+						continue
+					}
+					counted[rev] = true
+				}
 				expected++
 				if s.has(rev) {
 					matched++
@@ -219,6 +231,9 @@ func (r *result) print(w io.Writer, asJSON bool) error {
 	line("seconds", "%.3f", r.Seconds)
 	line("writes", "%d", r.Writes)
 	line("writes/s", "%.1f", r.WritesPerSec)
+	if r.Txn > 0 {
+		line("keys/s", "%.1f (transactions of %d keys)", r.KeysPerSec, r.Txn)
+	}
 	line("write errors", "%d", r.WriteErrors)
 	line("put latency p50", "%.3f ms", r.PutP50)
 	line("put latency p99", "%.3f ms", r.PutP99)

@@ -94,7 +94,11 @@ func (b *load) put(ctx context.Context, ws *writer, k int) bool {
 		}
 		ws.errors++
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, ws.server+b.keyPaths[k], bytes.NewReader(value))
+	method, url, body := http.MethodPut, ws.server+b.keyPaths[k], value
+	if b.cfg.txn > 0 {
+		method, url, body = http.MethodPost, ws.server+"/txn", b.txnBody(k, value)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 	if err != nil {
 		fail(err)
 		return false
@@ -121,8 +125,27 @@ func (b *load) put(ctx context.Context, ws *writer, k int) bool {
 	}
 	ws.lastAck = time.Now()
 	ws.lat.record(int64(ws.lastAck.Sub(sent)))
-	ws.acked = append(ws.acked, ack{rev: rev, key: int32(k)})
+	for i := range max(b.cfg.txn, 1) {
+		ws.acked = append(ws.acked, ack{rev: rev, key: int32((k + i) % len(b.keys))})
+	}
 	return true
+}
+
+// txnBody is the transaction that puts value to the -txn keys from number
+// k on, in turn.
+func (b *load) txnBody(k int, value []byte) []byte {
+	body := []byte(`{"then":[`)
+	for i := range b.cfg.txn {
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, `{"put":`...)
+		body = strconv.AppendQuote(body, b.keys[(k+i)%len(b.keys)])
+		body = append(body, `,"value":`...)
+		body = strconv.AppendQuote(body, string(value))
+		body = append(body, '}')
+	}
+	return append(body, "]}"...)
 }
 
 // acks are the acknowledged revisions of a run, by key.
