@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"mime"
 	"net"
 	"net/http"
@@ -1189,4 +1190,180 @@ func TestSSEPacing(t *testing.T) {
 			t.Errorf("event %d has id %s, want %d", i, ev.ID, revs[i])
 		}
 	}
+}
+
+// TestTxnStreamsWhole: writers change groups of keys by transactions,
+// each setting every key of a group to one value. Listings, an SSE
+// stream and an NDJSON stream, applied a revision at a time (at the event
+// that ends it), never show a group that is not whole; the NDJSON stream
+// is cut again and again, often in the middle of a transaction, and
+// resumed with the Last-Event-ID of the last whole revision; both streams
+// end with the state of the final listing.
+func TestTxnStreamsWhole(t *testing.T) { servertest.ForEachBackend(t, testTxnStreamsWhole) }
+
+func testTxnStreamsWhole(t *testing.T, be servertest.Backend) {
+	const groups, keys, rounds = 3, 4, 30
+	ts := be.Start(t, "-write-rate", "0")
+	sseStream := servertest.Open(t, ts.URL+"/watch/tw/**", nil)
+	start := sseStream.Sync(t)
+
+	errc := make(chan error, groups+1)
+	done := make(chan struct{})
+	for g := range groups {
+		go func() {
+			for n := 1; n <= rounds; n++ {
+				var ops []string
+				for k := range keys {
+					ops = append(ops, fmt.Sprintf(`{"put": "tw/g%d/%d", "value": "%d"}`, g, k, n))
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), servertest.Timeout)
+				resp, b, err := servertest.Do(ctx, servertest.Client, "POST", ts.URL+"/txn", `{"then": [`+strings.Join(ops, ",")+`]}`)
+				cancel()
+				if err == nil && resp.StatusCode != http.StatusOK {
+					err = fmt.Errorf("POST /txn: %s %s", resp.Status, b)
+				}
+				if err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	go func() { // listings, until the writers are done
+		for {
+			select {
+			case <-done:
+				errc <- nil
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), servertest.Timeout)
+			resp, b, err := servertest.Do(ctx, servertest.Client, "GET", ts.URL+"/kv?prefix=tw/", "")
+			cancel()
+			var page servertest.Page
+			if err == nil {
+				err = json.Unmarshal(b, &page)
+			}
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("listing: %s", resp.Status)
+			}
+			state := map[string]string{}
+			for _, it := range page.Items {
+				state[it.Key] = it.Value
+			}
+			if err == nil {
+				err = txnWhole(state, groups, keys, "a listing")
+			}
+			if err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	for range groups {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(done)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	final := servertest.List(t, ts.URL, "tw/")
+	want := map[string]string{}
+	for key, e := range final {
+		want[key] = e.Value
+	}
+
+	// SSE: a revision ends at the event whose own id is that revision.
+	state, held := map[string]string{}, []servertest.Event{}
+	for len(held) > 0 || cmp.Diff(want, state) != "" {
+		e := servertest.EventOf(t, sseStream.Next(t))
+		held = append(held, e)
+		if e.ID != servertest.ID(e.Data.Revision) {
+			continue // more of this revision follow
+		}
+		for _, h := range held {
+			if h.Data.Revision != e.Data.Revision {
+				t.Fatalf("SSE: a revision %d event before the end of revision %d", h.Data.Revision, e.Data.Revision)
+			}
+			state[h.Data.Key] = *h.Data.Value
+		}
+		held = held[:0]
+		if err := txnWhole(state, groups, keys, "the SSE stream at "+e.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// NDJSON, cut every few lines and resumed.
+	state = map[string]string{}
+	rng := rand.New(rand.NewPCG(uint64(start), 7))
+	last, cuts := start, 0
+	for cmp.Diff(want, state) != "" {
+		ctx, cancel := context.WithCancel(context.Background())
+		resp, err := servertest.Get(ctx, ts.URL+"/watch/tw/**?format=ndjson", http.Header{"Last-Event-Id": {servertest.ID(last)}})
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		rd := sse.NewNDJSONReader(resp.Body, 0)
+		var pending []servertest.Change
+		for n := 1 + rng.IntN(12); n > 0; n-- {
+			f, err := rd.NextFrame()
+			if err != nil {
+				cancel()
+				t.Fatalf("NDJSON stream: %v", err)
+			}
+			c, err := servertest.Decode(string(f.Data))
+			if err != nil {
+				cancel()
+				t.Fatal(err)
+			}
+			if c.Event != "put" {
+				continue
+			}
+			pending = append(pending, c)
+			if !c.Last {
+				continue
+			}
+			for _, p := range pending {
+				state[p.Key] = *p.Value
+			}
+			pending, last = pending[:0], c.Revision
+			if err := txnWhole(state, groups, keys, "the NDJSON stream at "+servertest.ID(last)); err != nil {
+				cancel()
+				t.Fatal(err)
+			}
+			if cmp.Diff(want, state) == "" {
+				break
+			}
+		}
+		cancel() // a cut, maybe in the middle of a transaction: pending is dropped
+		cuts++
+	}
+	t.Logf("%d transactions; the NDJSON stream was cut %d times", groups*rounds, cuts)
+}
+
+// txnWhole checks that every group of keys (tw/gG/K) in state is whole:
+// every key of a group that has any holds the group's one value.
+func txnWhole(state map[string]string, groups, keys int, where string) error {
+	for g := range groups {
+		var value string
+		seen := 0
+		for k := range keys {
+			v, ok := state[fmt.Sprintf("tw/g%d/%d", g, k)]
+			if !ok {
+				continue
+			}
+			if seen > 0 && v != value {
+				return fmt.Errorf("%s shows half a transaction: group %d holds %q and %q", where, g, value, v)
+			}
+			value, seen = v, seen+1
+		}
+		if seen != 0 && seen != keys {
+			return fmt.Errorf("%s shows %d of the %d keys of group %d", where, seen, keys, g)
+		}
+	}
+	return nil
 }
