@@ -139,6 +139,12 @@ func (a *api) readTxn(w http.ResponseWriter, r *http.Request, req *txnRequest) e
 	case err != nil:
 		return badParam("reading the body: " + err.Error())
 	}
+	return decodeTxn(body, a.cfg.MaxTxnOps, req)
+}
+
+// decodeTxn decodes the JSON of a transaction strictly (no unknown field,
+// one value) into req, with at least one and at most maxOps ops.
+func decodeTxn(body []byte, maxOps int, req *txnRequest) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(req); err != nil {
@@ -150,8 +156,8 @@ func (a *api) readTxn(w http.ResponseWriter, r *http.Request, req *txnRequest) e
 	if len(req.Then) == 0 {
 		return badParam(`"then" must hold at least one op`)
 	}
-	if n := len(req.Then); n > a.cfg.MaxTxnOps {
-		return fmt.Errorf("%w: %d ops, the most -max-txn-ops allows is %d", errTooLarge, n, a.cfg.MaxTxnOps)
+	if n := len(req.Then); n > maxOps {
+		return fmt.Errorf("%w: %d ops, the most -max-txn-ops allows is %d", errTooLarge, n, maxOps)
 	}
 	return nil
 }
