@@ -55,7 +55,7 @@ func (f *Feed) Revision() int64 {
 // history and sent to each subscription whose patterns match its key,
 // without ever waiting. Several changes may share a revision (those of a
 // transaction): they must all come in one call, and each subscription
-// gets those that match it together, with one push, so that no consumer
+// gets those that match it together, under one lock, so that no consumer
 // takes part of them (see Subscription.Take). A subscription whose buffer
 // cannot take them all is dropped as lagged, none of them queued. The
 // feed's revision then moves to rev, which is at least the last change's:
@@ -64,9 +64,10 @@ func (f *Feed) Revision() int64 {
 //
 // Finding the subscriptions of a change costs about the length of its key
 // plus the subscriptions it matches, not the number of patterns watched
-// (see index); for a revision of several changes, the lock of each
-// subscription it matches is held from its first change to its last. The feed's lock is held
-// meanwhile, as the committer holds the store's.
+// (see index). The feed's lock is held meanwhile, as the committer holds
+// the store's, and for a revision of several changes the lock of each
+// subscription they match too, from the first change it gets to the
+// last: its consumer's Take waits that long.
 func (f *Feed) Publish(changes []Change, rev int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
