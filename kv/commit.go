@@ -181,9 +181,8 @@ type op struct {
 }
 
 type result struct {
-	Result
-	txn TxnResult // of a transaction
-	err error
+	Result // of a put or delete; a transaction's is in its txnReq
+	err    error
 }
 
 // maxBatch bounds how many writes share one fsync.

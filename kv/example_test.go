@@ -94,3 +94,55 @@ func ExampleStore_Watch() {
 	// 3 put config/b value="2" reason=""
 	// 4 delete config/a value="" reason="deleted"
 }
+
+func ExampleStore_Txn() {
+	ctx := context.Background()
+	s, err := kv.Open(kv.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer s.Close()
+	for _, key := range []string{"cfg/version", "cfg/tmp/1", "cfg/tmp/2"} {
+		if _, err := s.Put(ctx, key, []byte("x"), kv.PutOptions{}); err != nil {
+			log.Fatal(err)
+		}
+	}
+
+	// When cfg/version is still at revision 1 and nobody holds cfg/lock:
+	// set cfg/a and clear cfg/tmp/, as one write at one revision.
+	txn := kv.Txn{
+		If: []kv.Compare{
+			{Key: "cfg/version", Cond: kv.IfRevision(1)},
+			{Key: "cfg/lock", Cond: kv.IfAbsent()},
+		},
+		Then: []kv.TxnOp{
+			{Kind: kv.TxnPut, Key: "cfg/a", Value: []byte("on")},
+			{Kind: kv.TxnDeletePrefix, Key: "cfg/tmp/"},
+		},
+	}
+	r, err := s.Txn(ctx, txn)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, c := range r.Changes {
+		event := "delete"
+		if c.Op == kv.OpPut {
+			event = "put"
+		}
+		fmt.Printf("revision %d: %s %s, before at %d\n", r.Revision, event, c.Key, c.PrevRevision)
+	}
+
+	// Again, with one more condition, which fails now that cfg/a exists:
+	// nothing changes, and every condition that failed is listed.
+	txn.If = append(txn.If, kv.Compare{Key: "cfg/a", Cond: kv.IfAbsent()})
+	_, err = s.Txn(ctx, txn)
+	var failed *kv.TxnFailedError
+	if errors.As(err, &failed) {
+		fmt.Println("failed:", failed.Failed, "revision still", s.Revision())
+	}
+	// Output:
+	// revision 4: put cfg/a, before at 0
+	// revision 4: delete cfg/tmp/1, before at 2
+	// revision 4: delete cfg/tmp/2, before at 3
+	// failed: [{cfg/a 4}] revision still 4
+}

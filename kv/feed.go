@@ -24,18 +24,9 @@ type Feed struct {
 	closed bool
 	seq    uint64 // numbers the changes published, from 1
 
-	// Scratch of publishGroup, empty between calls: the subscriptions
-	// that the revision's changes match, in the order met, and the
-	// changes each gets, by its place in takers.
-	takers  []*Subscription
-	matched []matched
-}
-
-// matched is a change that a revision being published gives the
-// subscription at takers[slot].
-type matched struct {
-	slot int
-	c    *Change
+	// takers is the scratch of publishGroup, empty between calls: the
+	// subscriptions that the revision's changes match, locked.
+	takers []*Subscription
 }
 
 // NewFeed returns a feed at revision rev that keeps the last history
@@ -64,7 +55,7 @@ func (f *Feed) Revision() int64 {
 // history and sent to each subscription whose patterns match its key,
 // without ever waiting. Several changes may share a revision (those of a
 // transaction): they must all come in one call, and each subscription
-// gets those that match it together, with one push, so that no consumer
+// gets those that match it together, under one lock, so that no consumer
 // takes part of them (see Subscription.Take). A subscription whose buffer
 // cannot take them all is dropped as lagged, none of them queued. The
 // feed's revision then moves to rev, which is at least the last change's:
@@ -73,9 +64,10 @@ func (f *Feed) Revision() int64 {
 //
 // Finding the subscriptions of a change costs about the length of its key
 // plus the subscriptions it matches, not the number of patterns watched
-// (see index); a revision of several changes adds a sort of the changes
-// matched by the subscriptions they go to. The feed's lock is held
-// meanwhile, as the committer holds the store's.
+// (see index). The feed's lock is held meanwhile, as the committer holds
+// the store's, and for a revision of several changes the lock of each
+// subscription they match too, from the first change it gets to the
+// last: its consumer's Take waits that long.
 func (f *Feed) Publish(changes []Change, rev int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -117,6 +109,14 @@ func (f *Feed) publishOne(c *Change) {
 
 // publishGroup publishes the changes of one revision, several. The caller
 // holds f.mu.
+//
+// It queues each change at once, but holds the lock of each subscription
+// it queues one for, from the first until the whole revision is queued,
+// so that Take never sees part of it; a subscription whose queue then
+// holds too many loses the revision's changes again, before the lock is
+// let go, and is dropped. It is the only code that holds the locks of
+// several subscriptions, and it holds f.mu, so no one else waits for two
+// of them: the order in which it takes them cannot deadlock.
 func (f *Feed) publishGroup(group []Change) {
 	first := f.seq + 1 // the number of the group's first change
 	for i := range group {
@@ -129,30 +129,32 @@ func (f *Feed) publishGroup(group []Change) {
 				return // several of its patterns match this key
 			}
 			if sub.seen < first { // the first of the group it gets
-				sub.slot = len(f.takers)
+				sub.mu.Lock()
+				sub.before = len(sub.queue)
 				f.takers = append(f.takers, sub)
 			}
 			sub.seen = seq
-			f.matched = append(f.matched, matched{slot: sub.slot, c: c})
+			sub.queue = append(sub.queue, c)
 		})
 	}
-	slices.SortStableFunc(f.matched, func(a, b matched) int { return a.slot - b.slot })
-	var one []*Change
-	for i := 0; i < len(f.matched); {
-		slot := f.matched[i].slot
-		one = one[:0]
-		for ; i < len(f.matched) && f.matched[i].slot == slot; i++ {
-			one = append(one, f.matched[i].c)
+	for _, sub := range f.takers {
+		// As push: a queue that was empty takes them all.
+		fits := sub.before == 0 || len(sub.queue) <= f.subBuffer
+		if !fits {
+			clear(sub.queue[sub.before:])
+			sub.queue = sub.queue[:sub.before]
+		} else if sub.before == 0 {
+			sub.signal()
 		}
-		if sub := f.takers[slot]; !sub.push(one[0], one[1:], f.subBuffer) {
+		sub.mu.Unlock()
+		if !fits {
 			f.drop(sub, true)
 		}
 	}
 	clear(f.takers)
-	clear(f.matched)
-	f.takers, f.matched = f.takers[:0], f.matched[:0]
-	if cap(f.matched) > 4096 || cap(f.takers) > 4096 {
-		f.takers, f.matched = nil, nil // do not hold on to a burst
+	f.takers = f.takers[:0]
+	if cap(f.takers) > 4096 {
+		f.takers = nil // do not hold on to a burst
 	}
 }
 
@@ -365,11 +367,11 @@ type Subscription struct {
 	patterns []Pattern
 	feed     *Feed
 	seen     uint64 // guarded by feed.mu: the number (Feed.seq) of the last change it matched
-	slot     int    // guarded by feed.mu: its place in feed.takers while a revision is published
 	gone     bool   // guarded by feed.mu: dropped from the index
 
 	mu     sync.Mutex    // guards the fields below; taken after feed.mu
 	queue  []*Change     // matching changes not taken yet, oldest first
+	before int           // the queue's length before the revision being published (see publishGroup)
 	ended  bool          // no change will be queued any more
 	lagged bool          // it ended because the queue was full
 	ready  chan struct{} // made by Ready: one value when changes are queued, closed at the end

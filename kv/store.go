@@ -65,7 +65,9 @@ type Options struct {
 	// resume. 0 means 100,000.
 	History int
 	// SubBuffer is how many events a subscription may have queued before
-	// it is dropped as lagging. 0 means 1024.
+	// it is dropped as lagging. The changes of a transaction that match
+	// are queued together or not at all, so an empty queue takes them
+	// even when they are more. 0 means 1024.
 	SubBuffer int
 	// Shards is the number of map shards, rounded up to a power of two.
 	// 0 means 64.

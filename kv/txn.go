@@ -185,7 +185,7 @@ func (s *Store) Txn(ctx context.Context, t Txn) (TxnResult, error) {
 	if r.err != nil {
 		return TxnResult{}, fmt.Errorf("kv: txn: %w", r.err)
 	}
-	return r.txn, nil
+	return req.res, nil // set by the committer before it answered
 }
 
 // DeletePrefix deletes every key that starts with prefix, a non-empty
@@ -198,7 +198,8 @@ func (s *Store) DeletePrefix(ctx context.Context, prefix string) (TxnResult, err
 // txnReq is a transaction on its way to the committer.
 type txnReq struct {
 	Txn
-	expires []int64 // by op of Then: when its put expires (Unix nanoseconds); nil when none does
+	expires []int64   // by op of Then: when its put expires (Unix nanoseconds); nil when none does
+	res     TxnResult // what it did, when the committer answers with no error
 }
 
 // validateTxn checks what can be checked of t without the store: its

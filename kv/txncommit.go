@@ -83,7 +83,7 @@ func (c *committer) txn(o *op, now int64) {
 		c.plan = plan[:0]
 	}()
 	if len(plan) == 0 {
-		o.res = result{txn: TxnResult{Revision: c.rev}}
+		o.res, t.res = result{}, TxnResult{Revision: c.rev}
 		return
 	}
 	var keys, bytes int64
@@ -109,7 +109,7 @@ func (c *committer) txn(o *op, now int64) {
 	}
 	c.txns++
 	c.txnN += int64(len(plan))
-	o.res = result{txn: res}
+	o.res, t.res = result{}, res
 }
 
 // removals returns, by op of t.Then, the keys that each TxnDeletePrefix
