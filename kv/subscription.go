@@ -1,0 +1,193 @@
+package kv
+
+import (
+	"context"
+	"sync"
+)
+
+// Subscription is a watch on a set of patterns. Its owner reads the
+// catch-up fields first, then takes the live changes (Take or Next, told
+// by Ready or OnReady that some are queued), and calls Cancel when done.
+//
+// The live changes wait in a queue that grows as they come, up to the
+// feed's subscription buffer, and is handed over whole: an idle
+// subscription holds no buffer (a channel of 1,024 slots held 8 KiB that
+// the garbage collector scanned, for each of thousands of idle watchers),
+// and a busy consumer takes everything that gathered with one lock. A
+// full queue ends the subscription as lagged: the feed never waits for a
+// consumer. The changes of one revision enter the queue together or not
+// at all.
+type Subscription struct {
+	// Reset is why the catch-up is a snapshot rather than a replay:
+	// "history" (the asked-for revision is older than the history kept) or
+	// "future" (it is newer than the store's); "" otherwise.
+	Reset string
+	// Snapshot holds the matching entries at Revision, in key order, when
+	// a snapshot was asked for or Reset is set.
+	Snapshot []Entry
+	// Replay holds the matching changes after the asked-for revision, up
+	// to Revision, in order.
+	Replay []*Change
+	// Revision is the revision at which the stream turns live: the
+	// catch-up covers everything up to it, and the queue holds only
+	// changes above it.
+	Revision int64
+
+	patterns []Pattern
+	feed     *Feed
+	seen     uint64 // guarded by feed.mu: the number (Feed.seq) of the last change it matched
+	gone     bool   // guarded by feed.mu: dropped from the index
+
+	mu     sync.Mutex    // guards the fields below; taken after feed.mu
+	queue  []*Change     // matching changes not taken yet, oldest first
+	before int           // the queue's length before the revision being published (see publishGroup)
+	ended  bool          // no change will be queued any more
+	lagged bool          // it ended because the queue was full
+	ready  chan struct{} // made by Ready: one value when changes are queued, closed at the end
+	notify func()        // set by OnReady: called instead of signalling ready
+}
+
+// push queues c and more, the changes of one revision that match, all of
+// them or none: none when the queue is not empty and cannot take them all
+// within max changes, and then it returns false and the subscription must
+// be dropped. An empty queue takes them all, even more than max, or a
+// revision larger than the buffer could never be sent live. The caller
+// holds feed.mu; push does not keep more.
+func (sub *Subscription) push(c *Change, more []*Change, max int) bool {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	n := len(sub.queue)
+	if n > 0 && n+1+len(more) > max {
+		return false
+	}
+	sub.queue = append(sub.queue, c)
+	if len(more) > 0 {
+		sub.queue = append(sub.queue, more...)
+	}
+	if n == 0 {
+		sub.signal()
+	}
+	return true
+}
+
+// end marks the subscription ended, once, and tells the consumer. The
+// caller holds feed.mu.
+func (sub *Subscription) end(lagged bool) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	sub.ended, sub.lagged = true, lagged
+	if sub.ready != nil {
+		close(sub.ready)
+	}
+	if sub.notify != nil {
+		sub.notify()
+	}
+}
+
+// signal tells the consumer that changes are queued. The caller holds
+// sub.mu.
+func (sub *Subscription) signal() {
+	if sub.notify != nil {
+		sub.notify()
+		return
+	}
+	select {
+	case sub.ready <- struct{}{}: // a nil ready is never ready
+	default:
+	}
+}
+
+// Ready returns a channel that receives a value when changes are queued
+// after the queue was empty (take them all, or no other value may come),
+// and is closed when the subscription ends. Its owner is the
+// subscription: a consumer only receives from it.
+func (sub *Subscription) Ready() <-chan struct{} {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	if sub.ready == nil {
+		sub.ready = make(chan struct{}, 1)
+		switch {
+		case sub.ended:
+			close(sub.ready)
+		case len(sub.queue) > 0:
+			sub.ready <- struct{}{}
+		}
+	}
+	return sub.ready
+}
+
+// OnReady makes fn the consumer's signal, for a consumer that does not
+// wait in a select: fn is called when changes are queued after the queue
+// was empty and when the subscription ends, and at once if either
+// already holds. fn runs under the feed's locks, on the publisher's
+// goroutine: it must return quickly and must not call into the feed or
+// the subscription. OnReady(nil) stops the calls.
+func (sub *Subscription) OnReady(fn func()) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	sub.notify = fn
+	if fn != nil && (sub.ended || len(sub.queue) > 0) {
+		fn()
+	}
+}
+
+// Take returns every queued change, oldest first, and empties the
+// queue; ended reports that the subscription has ended and that nothing
+// follows the changes returned. The changes of one revision are queued
+// together: Take never returns part of them, so the last change that
+// Take returns is the last of its revision that the subscription gets.
+// spare, when not nil, is a slice the caller has done with (a previous
+// Take's): it is cleared and becomes the queue, to be filled again
+// without allocating.
+func (sub *Subscription) Take(spare []*Change) (changes []*Change, ended bool) {
+	clear(spare)
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	changes, sub.queue = sub.queue, spare[:0]
+	return changes, sub.ended
+}
+
+// Next returns the next change, waiting for one until ctx ends. ok is
+// false when the subscription has ended and every change queued before
+// its end was returned, or when ctx ended first. It is for consumers
+// that take one change at a time, which cannot tell whether more of its
+// revision follow; Take serves whole revisions with one lock.
+func (sub *Subscription) Next(ctx context.Context) (c *Change, ok bool) {
+	for {
+		sub.mu.Lock()
+		if len(sub.queue) > 0 {
+			c = sub.queue[0]
+			sub.queue[0] = nil
+			sub.queue = sub.queue[1:]
+			sub.mu.Unlock()
+			return c, true
+		}
+		ended := sub.ended
+		sub.mu.Unlock()
+		if ended {
+			return nil, false
+		}
+		select {
+		case <-sub.Ready():
+		case <-ctx.Done():
+			return nil, false
+		}
+	}
+}
+
+// Lagged reports whether the subscription ended because its queue was
+// full.
+func (sub *Subscription) Lagged() bool {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	return sub.lagged
+}
+
+// Cancel ends the subscription; changes already queued can still be
+// taken. It is idempotent. It holds the feed's lock, which publishing
+// needs, for about the length of the subscription's patterns.
+func (sub *Subscription) Cancel() {
+	sub.feed.mu.Lock()
+	defer sub.feed.mu.Unlock()
+	sub.feed.drop(sub, false)
+}
