@@ -315,6 +315,21 @@ func testSSEBadRequest(t *testing.T, be servertest.Backend) {
 		{"dot segment", "/watch/a/./b", nil},
 		{"dot dot segment", "/watch/a/../b", nil},
 		{"dot dot to another pattern", "/watch/x/../a/b", nil},
+		{"events other than put or delete", "/watch/a/*?events=expire", nil},
+		{"events as a list", "/watch/a/*?events=put,delete", nil},
+		{"prev not 0 or 1", "/watch/a/*?prev=yes", nil},
+		{"coalesce not 0 or 1", "/watch/a/*?coalesce=2", nil},
+		{"poll not 0 or 1", "/watch/a/*?poll=on", nil},
+		{"poll with wait", "/watch/a/*?poll=1&wait=1s", nil},
+		{"wait not a duration", "/watch/a/*?wait=soon", nil},
+		{"wait not positive", "/watch/a/*?wait=-1s", nil},
+		{"wait zero", "/watch/a/*?wait=0s", nil},
+		{"wait above -max-wait", "/watch/a/*?wait=6m", nil},
+		{"limit without a poll", "/watch/a/*?limit=5", nil},
+		{"limit zero", "/watch/a/*?poll=1&limit=0", nil},
+		{"limit negative", "/watch/a/*?poll=1&limit=-3", nil},
+		{"limit above the most", "/watch/a/*?poll=1&limit=10001", nil},
+		{"limit not a number", "/watch/a/*?wait=1s&limit=ten", nil},
 	}
 	codeRE := regexp.MustCompile(`^[a-z]+(_[a-z]+)*$`)
 	for _, tt := range tests {
@@ -339,6 +354,22 @@ func testSSEBadRequest(t *testing.T, be servertest.Backend) {
 			}
 			if err := json.Unmarshal(b, &body); err != nil || body.Error == "" || !codeRE.MatchString(body.Code) {
 				t.Errorf("body %s (%v), want JSON with error and a snake_case code", b, err)
+			}
+			// A bad option's error names it: one of the request's
+			// parameters or headers.
+			u, _ := url.Parse(tt.path)
+			var names []string
+			for name := range u.Query() {
+				if name != "pattern" {
+					names = append(names, name)
+				}
+			}
+			for name := range tt.header {
+				names = append(names, name)
+			}
+			lower := strings.ToLower(body.Error)
+			if len(names) > 0 && !slices.ContainsFunc(names, func(n string) bool { return strings.Contains(lower, strings.ToLower(n)) }) {
+				t.Errorf("error %q names none of the parameters %q", body.Error, names)
 			}
 		})
 	}

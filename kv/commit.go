@@ -20,6 +20,22 @@ const (
 	OpExpire               // a key was deleted because its time to live ran out
 )
 
+// Ops is a set of kinds of change, for a watch that follows only some of
+// them. The zero Ops holds every kind.
+type Ops uint8
+
+// OpsOf returns the set of the kinds ops.
+func OpsOf(ops ...Op) Ops {
+	var s Ops
+	for _, op := range ops {
+		s |= 1 << op
+	}
+	return s
+}
+
+// Has reports whether op is in the set.
+func (s Ops) Has(op Op) bool { return s == 0 || s&(1<<op) != 0 }
+
 // Change is one committed write. Changes handed out by the store share
 // their Value with it and must not be modified.
 type Change struct {

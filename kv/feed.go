@@ -100,6 +100,9 @@ func (f *Feed) publishOne(c *Change) {
 			return // several of its patterns match this key
 		}
 		sub.seen = seq
+		if !sub.ops.Has(c.Op) {
+			return
+		}
 		if !sub.push(c, nil, f.subBuffer) {
 			f.drop(sub, true)
 		}
@@ -124,8 +127,8 @@ func (f *Feed) publishGroup(group []Change) {
 		f.seq++
 		seq := f.seq
 		f.idx.match(c.Key, func(sub *Subscription) {
-			if sub.seen == seq {
-				return // several of its patterns match this key
+			if sub.seen == seq || !sub.ops.Has(c.Op) {
+				return // several of its patterns match this key, or it does not follow c's kind
 			}
 			if sub.seen < first { // the first of the group it gets
 				sub.mu.Lock()
@@ -323,12 +326,12 @@ func (h *history) since(rev int64) histSpan {
 	}
 }
 
-// filter returns the span's changes whose keys match, oldest first: nil
+// filter returns the span's changes that match, oldest first: nil
 // when there are none.
-func (s *histSpan) filter(match func(key string) bool) []*Change {
+func (s *histSpan) filter(match func(*Change) bool) []*Change {
 	var out []*Change
 	for i := range s.n {
-		if c := s.at(i); match(c.Key) {
+		if c := s.at(i); match(c) {
 			out = append(out, c)
 		}
 	}
@@ -344,6 +347,14 @@ type WatchOptions struct {
 	// Snapshot asks for the matching entries first (ignored when resuming
 	// within the history).
 	Snapshot bool
+	// Ops, when not zero, are the only kinds of change followed: in the
+	// replay and live, and a snapshot (whose entries are puts) is left
+	// out when puts are not followed.
+	Ops Ops
+	// Coalesce keeps a subscription that falls behind instead of ending
+	// it: its waiting changes merge to the newest per key (see
+	// Subscription.Take).
+	Coalesce bool
 }
 
 // Watch subscribes to the changes of keys matching any of opts.Patterns.
@@ -377,7 +388,7 @@ func (s *Store) Watch(opts WatchOptions) (*Subscription, error) {
 	if err != nil {
 		return nil, err
 	}
-	sub.Replay = span.filter(opts.Match)
+	sub.Replay = span.filter(opts.wants)
 	if snapshot {
 		sub.Snapshot = liveMatching(view.prefixed(CommonPrefix(opts.Patterns)), opts.Match, now)
 	}
@@ -392,6 +403,11 @@ func (opts WatchOptions) Match(key string) bool {
 		}
 	}
 	return false
+}
+
+// wants reports whether a watch with opts follows c.
+func (opts WatchOptions) wants(c *Change) bool {
+	return opts.Ops.Has(c.Op) && opts.Match(c.Key)
 }
 
 // Subscribe registers a subscription at the feed's revision and fills the
@@ -413,7 +429,7 @@ func (f *Feed) Subscribe(opts WatchOptions) (*Subscription, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	sub.Replay = span.filter(opts.Match)
+	sub.Replay = span.filter(opts.wants)
 	return sub, snapshot, nil
 }
 
@@ -423,7 +439,7 @@ func (f *Feed) subscribe(opts WatchOptions) (sub *Subscription, span histSpan, s
 	if opts.Resume && opts.From < 0 {
 		return nil, span, false, fmt.Errorf("kv: watch from %d: %w", opts.From, ErrInvalidRevision)
 	}
-	sub = &Subscription{patterns: opts.Patterns, feed: f}
+	sub = &Subscription{patterns: opts.Patterns, ops: opts.Ops, feed: f}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
@@ -446,6 +462,7 @@ func (f *Feed) subscribe(opts WatchOptions) (sub *Subscription, span histSpan, s
 			span = f.hist.since(opts.From)
 		}
 	}
+	snapshot = snapshot && opts.Ops.Has(OpPut) // its entries are puts
 	return sub, span, snapshot, nil
 }
 

@@ -34,6 +34,7 @@ type Subscription struct {
 	Revision int64
 
 	patterns []Pattern
+	ops      Ops
 	feed     *Feed
 	seen     uint64 // guarded by feed.mu: the number (Feed.seq) of the last change it matched
 	gone     bool   // guarded by feed.mu: dropped from the index

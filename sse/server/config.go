@@ -33,6 +33,7 @@ type Config struct {
 	SubBuffer     int
 	Heartbeat     time.Duration
 	FlushInterval time.Duration
+	MaxWait       time.Duration
 
 	// limits
 	MaxValue            int64
@@ -77,6 +78,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.SubBuffer, "sub-buffer", 1024, "`events` queued for a watcher before it is disconnected as too slow")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", 15*time.Second, "interval of stream heartbeats (±10 %)")
 	fs.DurationVar(&c.FlushInterval, "flush-interval", 30*time.Millisecond, "least time between two writes to a busy stream once 1,000 streams are open (a\nshare of it with fewer): events arriving sooner go out together with the next\nwrite (0: write every event at once)")
+	fs.DurationVar(&c.MaxWait, "max-wait", 5*time.Minute, "longest wait= a long poll may ask for")
 	fs.IntVar(&c.MaxSubscribers, "max-subscribers", 10_000, "open streams allowed, all together")
 	fs.IntVar(&c.MaxSubscribersPerIP, "max-subscribers-per-ip", 1000, "open streams allowed from one client address; 0: no limit")
 	fs.IntVar(&c.MaxPatterns, "max-patterns", 64, "patterns allowed in one stream")
@@ -115,7 +117,7 @@ func FlagTopics() []FlagTopic {
 	return []FlagTopic{
 		{"Network", []string{"addr", "read-header-timeout", "shutdown-timeout", "cors-origins", "metrics-addr"}},
 		{"Data", []string{"backend", "data", "memory", "sync", "compact-bytes"}},
-		{"Streams", []string{"history", "sub-buffer", "heartbeat", "flush-interval"}},
+		{"Streams", []string{"history", "sub-buffer", "heartbeat", "flush-interval", "max-wait"}},
 		{"Limits", []string{"max-value", "max-keys", "max-bytes", "max-subscribers", "max-subscribers-per-ip", "max-patterns", "max-pattern-bytes", "max-globs-per-ip", "max-txn-ops", "max-txn-bytes", "write-rate", "write-burst"}},
 		{"Access control", []string{"auth"}},
 		{"TLS", []string{"tls-cert", "tls-key"}},

@@ -39,6 +39,8 @@ func checkLimits(cfg *Config) error {
 		return configErr("-write-burst must be at least 1")
 	case cfg.MaxTxnOps <= 0 || cfg.MaxTxnBytes <= 0:
 		return configErr("-max-txn-ops and -max-txn-bytes must be positive")
+	case cfg.MaxWait <= 0:
+		return configErr("-max-wait must be positive")
 	case cfg.ReadHeaderTimeout <= 0:
 		return configErr("-read-header-timeout must be positive")
 	}

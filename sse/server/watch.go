@@ -16,7 +16,23 @@ import (
 type watchRequest struct {
 	opts   kv.WatchOptions
 	format sse.Format
+	prev   bool // prev=1: put and delete events carry the previous value
+
+	// A long poll (poll=1, or wait=D) answers with one JSON document
+	// instead of a stream.
+	poll  bool
+	wait  time.Duration // 0: answer at once
+	limit int           // the most events a poll answers with
 }
+
+// isPoll reports whether wr asks for a long poll rather than a stream.
+func (wr *watchRequest) isPoll() bool { return wr.poll || wr.wait > 0 }
+
+// The events a long poll answers with: by default, and at most.
+const (
+	defaultPollLimit = 1000
+	maxPollLimit     = 10_000
+)
 
 // watchPatterns reads the patterns of a /watch request: the path's,
 // then each ?pattern=. A stream may have up to max patterns, of maxBytes
@@ -60,9 +76,10 @@ func patternBytes(raw []string) int {
 }
 
 // parseWatch reads the rest of a /watch request into wr: the revision to
-// resume after (Last-Event-ID wins over ?since=), ?snapshot= and the
-// format (?format= or Accept).
-func parseWatch(r *http.Request, wr *watchRequest) error {
+// resume after (Last-Event-ID wins over ?since=), the switches (snapshot,
+// prev, coalesce, poll), events=, a long poll's wait= (at most maxWait)
+// and limit=, and the format (?format= or Accept).
+func parseWatch(r *http.Request, wr *watchRequest, maxWait time.Duration) error {
 	q := r.URL.Query()
 	from, source := q.Get("since"), "since"
 	if v, ok := r.Header["Last-Event-Id"]; ok && len(v) > 0 && v[0] != "" {
@@ -75,13 +92,56 @@ func parseWatch(r *http.Request, wr *watchRequest) error {
 		}
 		wr.opts.From, wr.opts.Resume = n, true
 	}
+	for _, sw := range []struct {
+		name string
+		to   *bool
+	}{
+		{"snapshot", &wr.opts.Snapshot},
+		{"prev", &wr.prev},
+		{"coalesce", &wr.opts.Coalesce},
+		{"poll", &wr.poll},
+	} {
+		switch q.Get(sw.name) {
+		case "", "0", "false":
+		case "1", "true":
+			*sw.to = true
+		default:
+			return badParam(sw.name + " must be 1 or 0")
+		}
+	}
 
-	switch s := q.Get("snapshot"); s {
-	case "", "0", "false":
-	case "1", "true":
-		wr.opts.Snapshot = true
+	switch e := q.Get("events"); e {
+	case "":
+	case "put":
+		wr.opts.Ops = kv.OpsOf(kv.OpPut)
+	case "delete":
+		wr.opts.Ops = kv.OpsOf(kv.OpDelete, kv.OpExpire) // an expiry is a delete
 	default:
-		return badParam("snapshot must be 1 or 0")
+		return badParam("events must be put or delete (leave it out for both)")
+	}
+
+	if s := q.Get("wait"); s != "" {
+		d, err := time.ParseDuration(s)
+		switch {
+		case wr.poll:
+			return badParam("wait goes without poll: poll=1 answers at once, wait=D waits up to D")
+		case err != nil || d <= 0:
+			return badParam("wait must be a positive duration, like 30s")
+		case d > maxWait:
+			return badParam(fmt.Sprintf("wait=%s: a long poll may wait at most %s (-max-wait)", s, maxWait))
+		}
+		wr.wait = d
+	}
+	wr.limit = defaultPollLimit
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		switch {
+		case !wr.isPoll():
+			return badParam("limit goes with a long poll (poll=1 or wait=D)")
+		case err != nil || n <= 0 || n > maxPollLimit:
+			return badParam(fmt.Sprintf("limit must be a number of events from 1 to %d", maxPollLimit))
+		}
+		wr.limit = n
 	}
 
 	switch f := q.Get("format"); f {
@@ -114,7 +174,7 @@ func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.logger, err)
 		return
 	}
-	if err := cmp.Or(perr, parseWatch(r, &wr)); err != nil {
+	if err := cmp.Or(perr, parseWatch(r, &wr, a.cfg.MaxWait)); err != nil {
 		untrack()
 		writeError(w, r, a.logger, err)
 		return
