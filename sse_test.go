@@ -1398,3 +1398,59 @@ func txnWhole(state map[string]string, groups, keys int, where string) error {
 	}
 	return nil
 }
+
+func TestWatchEventsFilter(t *testing.T) { servertest.ForEachBackend(t, testWatchEventsFilter) }
+
+// testWatchEventsFilter follows puts only and deletes only, live and in a
+// replay, through single writes, an expiry and a transaction.
+func testWatchEventsFilter(t *testing.T, be servertest.Backend) {
+	ts := be.Start(t)
+	servertest.Put(t, ts.URL, "ev/old", "1")
+	puts := servertest.Open(t, ts.URL+"/watch/ev/**?events=put&snapshot=1", nil)
+	deletes := servertest.Open(t, ts.URL+"/watch/ev/**?events=delete&snapshot=1", nil)
+	if e := puts.Next(t); e.Event != "put" {
+		t.Fatalf("events=put&snapshot=1 began with %q, want the snapshot's put", e.Event)
+	}
+	start := puts.Sync(t)
+	if got := deletes.Sync(t); got != start {
+		// events=delete leaves the snapshot's puts out.
+		t.Fatalf("events=delete synced at %d, want %d with no snapshot items before", got, start)
+	}
+
+	servertest.Put(t, ts.URL, "ev/a", "1")
+	servertest.Put(t, ts.URL, "ev/b", "1")
+	servertest.Del(t, ts.URL, "ev/a")
+	if code, _, b := servertest.Call(t, "PUT", ts.URL+"/kv/ev/ttl?ttl=1s", []byte("x")); code/100 != 2 {
+		t.Fatalf("PUT with ttl: %d %s", code, b)
+	}
+	if code, _, b := servertest.Call(t, "POST", ts.URL+"/txn", []byte(`{"then": [{"put": "ev/c", "value": "1"}, {"delete": "ev/b"}]}`)); code != http.StatusOK {
+		t.Fatalf("POST /txn: %d %s", code, b)
+	}
+	servertest.Put(t, ts.URL, "ev/end", "1") // a put after the expiry
+	ttlGone := func(e servertest.Event) bool { return e.Data.Key == "ev/ttl" }
+
+	type ev struct{ event, key string }
+	seen := func(es []servertest.Event) (out []ev) {
+		for _, e := range es {
+			out = append(out, ev{e.Event, e.Data.Key})
+		}
+		return out
+	}
+	wantPuts := []ev{{"put", "ev/a"}, {"put", "ev/b"}, {"put", "ev/ttl"}, {"put", "ev/c"}, {"put", "ev/end"}}
+	gotPuts := seen(puts.Until(t, func(e servertest.Event) bool { return e.Data.Key == "ev/end" }))
+	if diff := cmp.Diff(wantPuts, gotPuts, cmp.AllowUnexported(ev{})); diff != "" {
+		t.Errorf("events=put (-want +got):\n%s", diff)
+	}
+	wantDeletes := []ev{{"delete", "ev/a"}, {"delete", "ev/b"}, {"delete", "ev/ttl"}}
+	gotDeletes := seen(deletes.Until(t, ttlGone))
+	if diff := cmp.Diff(wantDeletes, gotDeletes, cmp.AllowUnexported(ev{})); diff != "" {
+		t.Errorf("events=delete (-want +got):\n%s", diff)
+	}
+
+	// A replay keeps to the kinds asked for too.
+	replay := servertest.Open(t, ts.URL+"/watch/ev/**?events=delete&since="+servertest.ID(start), nil)
+	got := seen(replay.Until(t, ttlGone))
+	if diff := cmp.Diff(wantDeletes, got, cmp.AllowUnexported(ev{})); diff != "" {
+		t.Errorf("events=delete replay (-want +got):\n%s", diff)
+	}
+}
