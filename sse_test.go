@@ -805,6 +805,76 @@ func TestSSESlowSubscriber(t *testing.T) {
 	}
 }
 
+// TestSSECoalesce: a coalescing stream whose client stops reading while
+// writers hammer 20 keys stays open, skips revisions but never goes back,
+// and the state its client builds equals the final listing when its last
+// event id reaches the last write.
+func TestSSECoalesce(t *testing.T) {
+	ts := servertest.Start(t, "-sub-buffer", "64", "-sync", "none")
+	host := strings.TrimPrefix(ts.URL, "http://")
+	conn, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// No smaller receive buffer: on loopback a window smaller than a
+	// segment opens again only when the sender probes it, after seconds.
+	fmt.Fprintf(conn, "GET /watch/co/**?coalesce=1 HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+	conn.SetReadDeadline(time.Now().Add(servertest.Timeout))
+	br := bufio.NewReaderSize(conn, 512)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd := sse.NewReaderSize(resp.Body, 1<<20)
+	if m, err := rd.Next(); err != nil || m.Event != "sync" {
+		t.Fatalf("got %+v, %v; want the sync", m, err)
+	}
+	// From here on the client reads nothing until every write is done:
+	// 4 writers on 5 keys each, 20 MB of events.
+	const writers, total = 4, 20_000
+	ops, err := servertest.Writers(ts.URL, "co/", writers, total/writers, strings.Repeat("v", 1000), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	final := servertest.ID(ops[len(ops)-1].Rev)
+
+	state := map[string]int64{}
+	events, last := 0, int64(0)
+	conn.SetReadDeadline(time.Now().Add(servertest.Timeout))
+	for rd.LastEventID() != final {
+		m, err := rd.Next()
+		if err != nil {
+			t.Fatalf("the coalescing stream ended after %d events, last id %s (want %s): %v", events, rd.LastEventID(), final, err)
+		}
+		e := servertest.EventOf(t, m)
+		if e.Data.Revision < last {
+			t.Fatalf("revision %d after %d", e.Data.Revision, last)
+		}
+		last = e.Data.Revision
+		events++
+		switch e.Event {
+		case "put":
+			state[e.Data.Key] = e.Data.Revision
+		case "delete":
+			delete(state, e.Data.Key)
+		default:
+			t.Fatalf("unexpected %s event", e.Event)
+		}
+	}
+	t.Logf("%d writes reached the stalled client as %d events", total, events)
+	if events >= total {
+		t.Fatalf("the stream sent all %d events: it never coalesced", events)
+	}
+	want := map[string]int64{}
+	for k, e := range servertest.List(t, ts.URL, "co/") {
+		want[k] = e.Revision
+	}
+	if diff := cmp.Diff(want, state); diff != "" {
+		t.Errorf("state built from the stream vs the listing (-listing +stream):\n%s", diff)
+	}
+}
+
 func TestSSEExpiry(t *testing.T) { servertest.ForEachBackend(t, testSSEExpiry) }
 
 func testSSEExpiry(t *testing.T, be servertest.Backend) {

@@ -50,6 +50,17 @@ type Change struct {
 	wire *WireCache // set when the change is published
 }
 
+// since returns c as it reads for a consumer that has not seen older, an
+// earlier change of the same key that c replaces in a coalesced queue:
+// c's new state, from older's previous one. It is a new change, with no
+// wire cache: its encodings are its own.
+func (c *Change) since(older *Change) *Change {
+	m := *c
+	m.PrevRevision = older.PrevRevision
+	m.wire = nil
+	return &m
+}
+
 // WireCache is the room a published change keeps for the package that
 // writes changes to clients (sse): what it computes from the change once,
 // its encodings, for every stream that sends it. Every subscription

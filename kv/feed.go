@@ -136,12 +136,13 @@ func (f *Feed) publishGroup(group []Change) {
 				f.takers = append(f.takers, sub)
 			}
 			sub.seen = seq
-			sub.queue = append(sub.queue, c)
+			sub.add(c)
 		})
 	}
 	for _, sub := range f.takers {
-		// As push: a queue that was empty takes them all.
-		fits := sub.before == 0 || len(sub.queue) <= f.subBuffer
+		// As push: a queue that was empty takes them all, a coalescing
+		// one merges.
+		fits := sub.before == 0 || len(sub.queue) <= f.subBuffer || sub.overflow()
 		if !fits {
 			clear(sub.queue[sub.before:])
 			sub.queue = sub.queue[:sub.before]
@@ -439,7 +440,7 @@ func (f *Feed) subscribe(opts WatchOptions) (sub *Subscription, span histSpan, s
 	if opts.Resume && opts.From < 0 {
 		return nil, span, false, fmt.Errorf("kv: watch from %d: %w", opts.From, ErrInvalidRevision)
 	}
-	sub = &Subscription{patterns: opts.Patterns, ops: opts.Ops, feed: f}
+	sub = &Subscription{patterns: opts.Patterns, ops: opts.Ops, coalesce: opts.Coalesce, feed: f}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {

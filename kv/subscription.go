@@ -17,6 +17,11 @@ import (
 // full queue ends the subscription as lagged: the feed never waits for a
 // consumer. The changes of one revision enter the queue together or not
 // at all.
+//
+// A coalescing subscription (WatchOptions.Coalesce) is never ended for a
+// full queue: from then on until the next Take, its queue holds only the
+// newest change of each key (see TakeMerged), so it holds at most one
+// change per matching key, and each push costs a map lookup.
 type Subscription struct {
 	// Reset is why the catch-up is a snapshot rather than a replay:
 	// "history" (the asked-for revision is older than the history kept) or
@@ -35,6 +40,7 @@ type Subscription struct {
 
 	patterns []Pattern
 	ops      Ops
+	coalesce bool
 	feed     *Feed
 	seen     uint64 // guarded by feed.mu: the number (Feed.seq) of the last change it matched
 	gone     bool   // guarded by feed.mu: dropped from the index
@@ -44,6 +50,8 @@ type Subscription struct {
 	before int           // the queue's length before the revision being published (see publishGroup)
 	ended  bool          // no change will be queued any more
 	lagged bool          // it ended because the queue was full
+	newest map[string]int // while coalescing: each key's index in queue
+	holes  int            // while coalescing: the nil slots merged changes left in queue
 	ready  chan struct{} // made by Ready: one value when changes are queued, closed at the end
 	notify func()        // set by OnReady: called instead of signalling ready
 }
@@ -51,22 +59,85 @@ type Subscription struct {
 // push queues c and more, the changes of one revision that match, all of
 // them or none: none when the queue is not empty and cannot take them all
 // within max changes, and then it returns false and the subscription must
-// be dropped. An empty queue takes them all, even more than max, or a
-// revision larger than the buffer could never be sent live. The caller
-// holds feed.mu; push does not keep more.
+// be dropped, unless it coalesces: it then merges its queue instead. An
+// empty queue takes them all, even more than max, or a revision larger
+// than the buffer could never be sent live. The caller holds feed.mu;
+// push does not keep more.
 func (sub *Subscription) push(c *Change, more []*Change, max int) bool {
 	sub.mu.Lock()
 	defer sub.mu.Unlock()
 	n := len(sub.queue)
-	if n > 0 && n+1+len(more) > max {
-		return false
+	if sub.newest == nil && n > 0 && n+1+len(more) > max {
+		if !sub.coalesce {
+			return false
+		}
+		sub.merge()
 	}
-	sub.queue = append(sub.queue, c)
-	if len(more) > 0 {
-		sub.queue = append(sub.queue, more...)
+	sub.add(c)
+	for _, c := range more {
+		sub.add(c)
 	}
 	if n == 0 {
 		sub.signal()
+	}
+	return true
+}
+
+// add appends c to the queue; while coalescing, in place of the key's
+// older change, which leaves a hole. The caller holds sub.mu.
+func (sub *Subscription) add(c *Change) {
+	if sub.newest == nil {
+		sub.queue = append(sub.queue, c)
+		return
+	}
+	if i, ok := sub.newest[c.Key]; ok {
+		c = c.since(sub.queue[i])
+		sub.queue[i] = nil
+		sub.holes++
+	}
+	sub.newest[c.Key] = len(sub.queue)
+	sub.queue = append(sub.queue, c)
+	if sub.holes > len(sub.queue)/2 {
+		sub.closeHoles()
+	}
+}
+
+// merge begins coalescing: it keeps the newest change of each key in the
+// queue, in revision order, and indexes them. The caller holds sub.mu.
+func (sub *Subscription) merge() {
+	sub.newest = make(map[string]int, len(sub.queue))
+	q := sub.queue
+	sub.queue = q[:0:0]
+	for _, c := range q {
+		sub.add(c)
+	}
+	sub.closeHoles()
+}
+
+// closeHoles removes the holes from a coalescing queue, and indexes it
+// again. The caller holds sub.mu.
+func (sub *Subscription) closeHoles() {
+	q := sub.queue[:0]
+	for _, c := range sub.queue {
+		if c != nil {
+			sub.newest[c.Key] = len(q)
+			q = append(q, c)
+		}
+	}
+	clear(sub.queue[len(q):])
+	sub.queue, sub.holes = q, 0
+}
+
+// overflow handles a queue over max changes after publishGroup queued a
+// revision: it merges a coalescing queue and reports true, or reports
+// false: the subscription must lose the revision and be dropped. The
+// caller holds sub.mu.
+func (sub *Subscription) overflow() bool {
+	if !sub.coalesce {
+		return false
+	}
+	if sub.newest == nil {
+		sub.merge()
 	}
 	return true
 }
@@ -141,11 +212,28 @@ func (sub *Subscription) OnReady(fn func()) {
 // Take's): it is cleared and becomes the queue, to be filled again
 // without allocating.
 func (sub *Subscription) Take(spare []*Change) (changes []*Change, ended bool) {
+	changes, _, ended = sub.TakeMerged(spare)
+	return changes, ended
+}
+
+// TakeMerged is Take for a coalescing subscription: merged reports that
+// the changes were merged because the consumer fell behind. They are then
+// the newest change of each key that changed since the last Take, in
+// revision order, so that applying all of them brings a copy of the
+// matching keys to the state of the last one's revision, but not to the
+// state of any revision in between: only the last is a point to resume
+// from. A merged change carries the PrevRevision of the oldest change it
+// stands for, so it goes from what the consumer has to the newest state.
+func (sub *Subscription) TakeMerged(spare []*Change) (changes []*Change, merged, ended bool) {
 	clear(spare)
 	sub.mu.Lock()
 	defer sub.mu.Unlock()
+	if merged = sub.newest != nil; merged {
+		sub.closeHoles()
+		sub.newest = nil
+	}
 	changes, sub.queue = sub.queue, spare[:0]
-	return changes, sub.ended
+	return changes, merged, sub.ended
 }
 
 // Next returns the next change, waiting for one until ctx ends. ok is
@@ -156,6 +244,10 @@ func (sub *Subscription) Take(spare []*Change) (changes []*Change, ended bool) {
 func (sub *Subscription) Next(ctx context.Context) (c *Change, ok bool) {
 	for {
 		sub.mu.Lock()
+		if sub.newest != nil { // the indexes would not survive taking one
+			sub.closeHoles()
+			sub.newest = nil
+		}
 		if len(sub.queue) > 0 {
 			c = sub.queue[0]
 			sub.queue[0] = nil

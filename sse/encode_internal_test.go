@@ -1,6 +1,7 @@
 package sse
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -127,23 +128,35 @@ func TestEncoderChanges(t *testing.T) {
 	batch := sub.Replay // published changes, whole revisions
 	tests := []struct {
 		format Format
+		merged bool
 		want   string
 	}{
-		{SSE, "event: put\ndata: {\"key\":\"a\",\"value\":\"1\",\"revision\":1}\n\n" +
+		{SSE, false, "event: put\ndata: {\"key\":\"a\",\"value\":\"1\",\"revision\":1}\n\n" +
 			"id: 1\nevent: put\ndata: {\"key\":\"b\",\"value\":\"2\",\"revision\":1}\n\n" +
 			"id: 2\nevent: delete\ndata: {\"key\":\"a\",\"revision\":2,\"prev_revision\":1,\"reason\":\"deleted\"}\n\n" +
 			"event: delete\ndata: {\"key\":\"b\",\"revision\":3,\"prev_revision\":1,\"reason\":\"deleted\"}\n\n" +
 			"id: 3\nevent: put\ndata: {\"key\":\"c\",\"value\":\"3\",\"revision\":3}\n\n"},
-		{NDJSON, `{"event":"put","key":"a","value":"1","revision":1}` + "\n" +
+		{NDJSON, false, `{"event":"put","key":"a","value":"1","revision":1}` + "\n" +
 			`{"event":"put","key":"b","value":"2","revision":1,"last":true}` + "\n" +
 			`{"event":"delete","key":"a","revision":2,"prev_revision":1,"reason":"deleted","last":true}` + "\n" +
 			`{"event":"delete","key":"b","revision":3,"prev_revision":1,"reason":"deleted"}` + "\n" +
 			`{"event":"put","key":"c","value":"3","revision":3,"last":true}` + "\n"},
+		// A merged batch is a whole state only at its end.
+		{SSE, true, "event: put\ndata: {\"key\":\"a\",\"value\":\"1\",\"revision\":1}\n\n" +
+			"event: put\ndata: {\"key\":\"b\",\"value\":\"2\",\"revision\":1}\n\n" +
+			"event: delete\ndata: {\"key\":\"a\",\"revision\":2,\"prev_revision\":1,\"reason\":\"deleted\"}\n\n" +
+			"event: delete\ndata: {\"key\":\"b\",\"revision\":3,\"prev_revision\":1,\"reason\":\"deleted\"}\n\n" +
+			"id: 3\nevent: put\ndata: {\"key\":\"c\",\"value\":\"3\",\"revision\":3}\n\n"},
+		{NDJSON, true, `{"event":"put","key":"a","value":"1","revision":1}` + "\n" +
+			`{"event":"put","key":"b","value":"2","revision":1}` + "\n" +
+			`{"event":"delete","key":"a","revision":2,"prev_revision":1,"reason":"deleted"}` + "\n" +
+			`{"event":"delete","key":"b","revision":3,"prev_revision":1,"reason":"deleted"}` + "\n" +
+			`{"event":"put","key":"c","value":"3","revision":3,"last":true}` + "\n"},
 	}
 	for _, tt := range tests {
-		t.Run(tt.format.ContentType(), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s merged=%t", tt.format.ContentType(), tt.merged), func(t *testing.T) {
 			e := encoder{format: tt.format}
-			e.changes(batch)
+			e.changes(batch, tt.merged)
 			if diff := cmp.Diff(tt.want, string(e.buf)); diff != "" {
 				t.Errorf("batch (-want +got):\n%s", diff)
 			}

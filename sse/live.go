@@ -16,8 +16,8 @@ type live struct {
 // deliver appends every queued change. It returns why the stream ends
 // when the subscription has ended, "" otherwise.
 func (l *live) deliver() string {
-	changes, over := l.sub.Take(l.spare) // whole revisions: a Take never splits one
-	l.enc.changes(changes)
+	changes, merged, over := l.sub.TakeMerged(l.spare) // whole revisions: a Take never splits one
+	l.enc.changes(changes, merged)
 	l.spare = keepSpare(changes)
 	if over {
 		if l.sub.Lagged() {

@@ -317,9 +317,12 @@ func (e *encoder) change(c *kv.Change, last bool) {
 // changes appends a batch of live changes, in order. It must hold whole
 // revisions, as a Take does: a change is the last of its revision when
 // the next one in the batch is of another revision, or when none follows.
-func (e *encoder) changes(batch []*kv.Change) {
+// A merged batch (kv.Subscription.TakeMerged) brings the client to a
+// whole state only at its end: only its last change is a point to resume
+// from.
+func (e *encoder) changes(batch []*kv.Change, merged bool) {
 	for i, c := range batch {
-		e.change(c, endsRevision(batch, i))
+		e.change(c, i+1 == len(batch) || !merged && endsRevision(batch, i))
 	}
 }
 
