@@ -45,15 +45,15 @@ type Subscription struct {
 	seen     uint64 // guarded by feed.mu: the number (Feed.seq) of the last change it matched
 	gone     bool   // guarded by feed.mu: dropped from the index
 
-	mu     sync.Mutex    // guards the fields below; taken after feed.mu
-	queue  []*Change     // matching changes not taken yet, oldest first
-	before int           // the queue's length before the revision being published (see publishGroup)
-	ended  bool          // no change will be queued any more
-	lagged bool          // it ended because the queue was full
+	mu     sync.Mutex     // guards the fields below; taken after feed.mu
+	queue  []*Change      // matching changes not taken yet, oldest first
+	before int            // the queue's length before the revision being published (see publishGroup)
+	ended  bool           // no change will be queued any more
+	lagged bool           // it ended because the queue was full
 	newest map[string]int // while coalescing: each key's index in queue
 	holes  int            // while coalescing: the nil slots merged changes left in queue
-	ready  chan struct{} // made by Ready: one value when changes are queued, closed at the end
-	notify func()        // set by OnReady: called instead of signalling ready
+	ready  chan struct{}  // made by Ready: one value when changes are queued, closed at the end
+	notify func()         // set by OnReady: called instead of signalling ready
 }
 
 // push queues c and more, the changes of one revision that match, all of
