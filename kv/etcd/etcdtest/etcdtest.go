@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -143,7 +142,7 @@ func newCluster(path string, n int, args []string) (*Cluster, error) {
 }
 
 func tryCluster(path string, n int, args []string) (*Cluster, error) {
-	ports, err := freePorts(2 * n)
+	ports, err := FreePorts(2 * n)
 	if err != nil {
 		return nil, err
 	}
@@ -200,20 +199,8 @@ func tryCluster(path string, n int, args []string) (*Cluster, error) {
 	return c, nil
 }
 
-// FreeAddr returns a loopback address whose port was free a moment ago,
-// for a server that must listen on an address known before it starts (a
-// restart on the same address, a process whose banner comes late).
-func FreeAddr(t testing.TB) string {
-	t.Helper()
-	ports, err := freePorts(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
-}
-
-// freePorts returns n distinct loopback ports that were free a moment ago.
-func freePorts(n int) ([]int, error) {
+// FreePorts returns n distinct loopback ports that were free a moment ago.
+func FreePorts(n int) ([]int, error) {
 	var ports []int
 	for range n {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -2,6 +2,8 @@ package servertest
 
 import (
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -98,5 +100,9 @@ func (c *Cluster) ServerArgs(prefix string) []string {
 // restart on the same address, a process whose banner comes late).
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	return etcdtest.FreeAddr(t)
+	ports, err := etcdtest.FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 }
