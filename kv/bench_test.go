@@ -220,21 +220,34 @@ func BenchmarkPutLog(b *testing.B) {
 
 // BenchmarkGet measures reads, which take only their shard's read lock.
 func BenchmarkGet(b *testing.B) {
+	s, keys := benchKeys(b)
+	getParallel(b, s, keys)
+}
+
+// benchKeys returns a store in memory that holds 10,000 keys of 64 bytes,
+// and their names.
+func benchKeys(b *testing.B) (*Store, []string) {
 	s := memStore(b)
-	ctx := context.Background()
 	keys := make([]string, 10_000)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("bench/%d", i)
-		if _, err := s.Put(ctx, keys[i], make([]byte, 64), PutOptions{}); err != nil {
+		if _, err := s.Put(context.Background(), keys[i], make([]byte, 64), PutOptions{}); err != nil {
 			b.Fatal(err)
 		}
 	}
+	return s, keys
+}
+
+// getParallel resets b's timer, then reads the keys round robin from b's
+// parallel goroutines, b.N reads in all.
+func getParallel(b *testing.B, s *Store, keys []string) {
 	b.ReportAllocs()
+	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
 		for pb.Next() {
 			i++
-			if _, err := s.Get(ctx, keys[i%len(keys)]); err != nil {
+			if _, err := s.Get(context.Background(), keys[i%len(keys)]); err != nil {
 				b.Error(err)
 				return
 			}
@@ -246,15 +259,8 @@ func BenchmarkGet(b *testing.B) {
 // to the keys read are committed without pause: a read that meets the
 // committer applying a batch reads again under orderMu (see Get).
 func BenchmarkGetWhileWriting(b *testing.B) {
-	s := memStore(b)
+	s, keys := benchKeys(b)
 	ctx := context.Background()
-	keys := make([]string, 10_000)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("bench/%d", i)
-		if _, err := s.Put(ctx, keys[i], make([]byte, 64), PutOptions{}); err != nil {
-			b.Fatal(err)
-		}
-	}
 	stop := make(chan struct{})
 	errc := make(chan error, 4)
 	for w := range 4 {
@@ -278,18 +284,7 @@ func BenchmarkGetWhileWriting(b *testing.B) {
 			}
 		}()
 	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		i := 0
-		for pb.Next() {
-			i++
-			if _, err := s.Get(ctx, keys[i%len(keys)]); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
+	getParallel(b, s, keys)
 	b.StopTimer()
 	close(stop)
 	for range 4 {

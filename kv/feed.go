@@ -91,10 +91,7 @@ func (f *Feed) Publish(changes []Change, rev int64) {
 // publishOne publishes c, the one change of its revision. The caller
 // holds f.mu.
 func (f *Feed) publishOne(c *Change) {
-	c = shared(c)
-	f.hist.add(c)
-	f.seq++
-	seq := f.seq
+	c, seq := f.record(c)
 	f.idx.match(c.Key, func(sub *Subscription) {
 		if sub.seen == seq {
 			return // several of its patterns match this key
@@ -107,6 +104,15 @@ func (f *Feed) publishOne(c *Change) {
 			f.drop(sub, true)
 		}
 	})
+}
+
+// record keeps c, shared, in the history and numbers it, and returns the
+// shared change and its number. The caller holds f.mu.
+func (f *Feed) record(c *Change) (*Change, uint64) {
+	c = shared(c)
+	f.hist.add(c)
+	f.seq++
+	return c, f.seq
 }
 
 // publishGroup publishes the changes of one revision, several. The caller
@@ -122,10 +128,7 @@ func (f *Feed) publishOne(c *Change) {
 func (f *Feed) publishGroup(group []Change) {
 	first := f.seq + 1 // the number of the group's first change
 	for i := range group {
-		c := shared(&group[i])
-		f.hist.add(c)
-		f.seq++
-		seq := f.seq
+		c, seq := f.record(&group[i])
 		f.idx.match(c.Key, func(sub *Subscription) {
 			if sub.seen == seq || !sub.ops.Has(c.Op) {
 				return // several of its patterns match this key, or it does not follow c's kind

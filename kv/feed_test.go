@@ -63,6 +63,16 @@ func patterns(t testing.TB, ss ...string) []kv.Pattern {
 	return ps
 }
 
+// watch subscribes to s with opts, failing the test if it cannot.
+func watch(t testing.TB, s *kv.Store, opts kv.WatchOptions) *kv.Subscription {
+	t.Helper()
+	sub, err := s.Watch(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sub
+}
+
 // waitTimeout bounds every wait for a change: long enough for a loaded CI
 // machine, short enough to fail in reasonable time.
 const waitTimeout = 10 * time.Second
@@ -116,10 +126,7 @@ func TestWatchPlain(t *testing.T) {
 	s := open(t, kv.Options{})
 	put(t, s, "a/1", "before")
 	put(t, s, "b/1", "before")
-	sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "a/**")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "a/**")})
 	defer sub.Cancel()
 	if sub.Revision != 2 || sub.Reset != "" || sub.Snapshot != nil || sub.Replay != nil {
 		t.Errorf("plain Watch: Revision %d, Reset %q, %d snapshot entries, %d replayed; want 2 and no catch-up",
@@ -149,10 +156,7 @@ func TestWatchPlain(t *testing.T) {
 // and b/y alternately, then puts and deletes. It returns the changes.
 func history20(t *testing.T) (*kv.Store, []change) {
 	s := open(t, kv.Options{History: 8})
-	sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**")})
 	defer sub.Cancel()
 	for i := range 20 {
 		key := []string{"a/x", "b/y", "a/z"}[i%3]
@@ -197,10 +201,7 @@ func TestWatchResume(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s, all := history20(t)
-			sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "a/*"), Resume: true, From: tt.from, Snapshot: tt.snapshot})
-			if err != nil {
-				t.Fatal(err)
-			}
+			sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "a/*"), Resume: true, From: tt.from, Snapshot: tt.snapshot})
 			defer sub.Cancel()
 			if sub.Reset != tt.reset || sub.Revision != 20 {
 				t.Errorf("Reset %q at Revision %d, want %q at 20", sub.Reset, sub.Revision, tt.reset)
@@ -240,10 +241,7 @@ func TestWatchSnapshot(t *testing.T) {
 		put(t, s, k, "v"+k)
 	}
 	del(t, s, "c/2")
-	sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "c/*", "c/*/x", "cc/**"), Snapshot: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "c/*", "c/*/x", "cc/**"), Snapshot: true})
 	defer sub.Cancel()
 	if got, want := keysOf(sub.Snapshot), []string{"c/1", "c/3/x", "cc/1"}; !cmp.Equal(want, got) {
 		t.Errorf("snapshot keys (-want +got):\n%s", cmp.Diff(want, got))
@@ -365,10 +363,7 @@ func TestWatchCatchUpMeetsLive(t *testing.T) {
 // subscription arrives once.
 func TestWatchSeveralPatterns(t *testing.T) {
 	s := open(t, kv.Options{})
-	sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "a/*", "a/**", "a/b", "*/b", "a/b")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "a/*", "a/**", "a/b", "*/b", "a/b")})
 	defer sub.Cancel()
 	for _, k := range []string{"a/b", "a/c/d", "x/b", "x/c", "a/c", "end/b"} {
 		put(t, s, k, "v")
@@ -389,10 +384,7 @@ func TestWatchSeveralPatterns(t *testing.T) {
 func TestWatchLag(t *testing.T) {
 	const writes = 100
 	s := open(t, kv.Options{SubBuffer: 4})
-	slow, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	slow := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**")})
 	defer slow.Cancel()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
@@ -413,10 +405,7 @@ func TestWatchLag(t *testing.T) {
 	slow.Cancel() // after the drop: no panic, no double close
 
 	// A new subscriber is not affected by the one that lagged.
-	sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**")})
 	defer sub.Cancel()
 	put(t, s, "after", "v")
 	if got := receive(t, sub, 1); got[0].Key != "after" {
@@ -448,14 +437,8 @@ func TestWatchLagGlobSiblings(t *testing.T) {
 
 func lagGlobSiblings(t *testing.T) {
 	s := open(t, kv.Options{SubBuffer: 1})
-	slow, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "user-*")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fast, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "u*")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	slow := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "user-*")})
+	fast := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "u*")})
 	put(t, s, "user-1", "v")
 	receive(t, fast, 1)
 	put(t, s, "user-2", "v") // slow's buffer is full: it is dropped
@@ -470,14 +453,8 @@ func lagGlobSiblings(t *testing.T) {
 
 func TestCancel(t *testing.T) {
 	s := open(t, kv.Options{})
-	sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**")})
+	other := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**")})
 	defer other.Cancel()
 	sub.Cancel()
 	sub.Cancel()
@@ -501,10 +478,7 @@ func TestHistoryAfterReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**")})
 	for i := range 30 {
 		key := fmt.Sprintf("k/%d", i%7)
 		if i%5 == 4 {
@@ -522,10 +496,7 @@ func TestHistoryAfterReopen(t *testing.T) {
 
 	s = open(t, kv.Options{Dir: dir})
 	for _, from := range []int64{0, 10, 29, 30} {
-		res, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: from})
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: from})
 		if res.Reset != "" || res.Revision != 30 {
 			t.Errorf("resume from %d after reopen: Reset %q, Revision %d; want a replay up to 30", from, res.Reset, res.Revision)
 		}

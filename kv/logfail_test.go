@@ -288,18 +288,8 @@ func putOne(s *Store, key, value string) (write, error) {
 func TestLogWriteFails(t *testing.T) {
 	for _, at := range [][]int{{1, 2}, {2, 5}, {3, 4}, {4, 9}, {6, 7}, {7, 12}, {9, 11}, {12, 13}} {
 		t.Run(fmt.Sprintf("writes=%d,%d", at[0], at[1]), func(t *testing.T) {
-			dir := t.TempDir()
 			fs := &faults{kind: faultWrite, at: at}
-			s, err := Open(Options{Dir: dir, wrapLog: fs.wrap})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			l := load{writers: 50, writes: 20, tag: "run", wantErr: "the log failed: no space left on device", hide: dir}
-			out, err := l.run(s)
-			if err != nil {
-				t.Fatal(err)
-			}
+			s, dir, out := loadFaulty(t, fs, "the log failed: no space left on device")
 			if got := fs.hit(); got != len(at) {
 				t.Errorf("%d of the %d failing writes happened", got, len(at))
 			}
@@ -333,18 +323,8 @@ func TestLogWriteFails(t *testing.T) {
 func TestLogSyncFails(t *testing.T) {
 	for _, at := range []int{1, 2, 3, 5, 8, 13} {
 		t.Run(fmt.Sprintf("sync=%d", at), func(t *testing.T) {
-			dir := t.TempDir()
 			fs := &faults{kind: faultSync, at: []int{at}}
-			s, err := Open(Options{Dir: dir, wrapLog: fs.wrap})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			l := load{writers: 50, writes: 20, tag: "run", wantErr: "the log failed: input/output error", hide: dir}
-			out, err := l.run(s)
-			if err != nil {
-				t.Fatal(err)
-			}
+			s, dir, out := loadFaulty(t, fs, "the log failed: input/output error")
 			if fs.hit() != 1 || out.refusals == 0 {
 				t.Fatalf("the failing fsync happened %d times and %d writes were refused; want 1 and some", fs.hit(), out.refusals)
 			}
@@ -369,6 +349,25 @@ func TestLogSyncFails(t *testing.T) {
 	}
 }
 
+// loadFaulty opens a store in a new directory whose log fails as fs says,
+// closed when t ends, and runs 50 writers of 20 writes each on it, which
+// expect wantErr where a write is refused. It returns the store, its
+// directory and what the writers saw.
+func loadFaulty(t *testing.T, fs *faults, wantErr string) (*Store, string, outcome) {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := Open(Options{Dir: dir, wrapLog: fs.wrap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	out, err := load{writers: 50, writes: 20, tag: "run", wantErr: wantErr, hide: dir}.run(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, dir, out
+}
+
 // TestLogRefusedExpiryRetried: the expiry of a key is a write too. When
 // the log refuses its batch, the expiry is not lost: the committer tries
 // it again by itself, after expiryRetry rather than at once in a loop.
@@ -379,11 +378,7 @@ func TestLogRefusedExpiryRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	all, err := ParsePattern("**")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := s.Watch(WatchOptions{Patterns: []Pattern{all}})
+	sub, err := s.Watch(WatchOptions{Patterns: parsePatterns(t, "**")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -436,11 +431,7 @@ func TestLogFailedStoreWritesNoExpiry(t *testing.T) {
 	if _, err := s.Put(ctx, "ttl", []byte("v"), PutOptions{TTL: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
-	all, err := ParsePattern("**")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := s.Watch(WatchOptions{Patterns: []Pattern{all}})
+	sub, err := s.Watch(WatchOptions{Patterns: parsePatterns(t, "**")})
 	if err != nil {
 		t.Fatal(err)
 	}

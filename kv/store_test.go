@@ -398,10 +398,7 @@ func ttlStore(t *testing.T) (*kv.Store, *clock, *kv.Subscription) {
 	t.Helper()
 	clk := newClock(time.Now().Add(24 * time.Hour))
 	s := open(t, kv.Options{Now: clk.Now})
-	sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**")})
 	return s, clk, sub
 }
 
@@ -430,10 +427,7 @@ func TestTTL(t *testing.T) {
 	if p := listAll(t, s); len(p.Items) != 1 || p.Items[0].Key != "other" {
 		t.Errorf("List shows %v, want only the key that did not expire", keysOf(p.Items))
 	}
-	snap, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**"), Snapshot: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	snap := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**"), Snapshot: true})
 	if got := keysOf(snap.Snapshot); !slices.Equal(got, []string{"other"}) {
 		t.Errorf("a snapshot shows %v, want only the key that did not expire", got)
 	}
@@ -521,10 +515,7 @@ func TestTTLFiresWithoutWrites(t *testing.T) {
 	start := time.Now()
 	clk := newClock(start)
 	s := open(t, kv.Options{Now: clk.Now})
-	sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**")})
 	if _, err := s.Put(ctx, "k", []byte("v"), kv.PutOptions{TTL: time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
@@ -590,10 +581,7 @@ func TestTTLAfterReopen(t *testing.T) {
 	}
 	// The expiry may be committed before or after the watch starts: resume
 	// from the last revision before the reopen to see it either way.
-	sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: 1})
 	put(t, s, "other", "x")
 	got := append(changesOf(sub.Replay), receive(t, sub, 2-len(sub.Replay))...)
 	want := []change{
@@ -740,10 +728,7 @@ func TestClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**")})
 	put(t, s, "k", "v")
 	for i := range 2 {
 		if err := s.Close(); err != nil {
@@ -1092,10 +1077,7 @@ func TestCompaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**")})
 	rng := rand.New(rand.NewPCG(3, 4))
 	const writes = 600
 	for i := range writes {
@@ -1140,10 +1122,7 @@ func TestCompaction(t *testing.T) {
 
 	// The last History changes outlive the restart.
 	from := rev - int64(opts.History)
-	res, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: from})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: from})
 	if res.Reset != "" {
 		t.Fatalf("resume from %d after reopen: Reset %q, want a replay", from, res.Reset)
 	}
@@ -1151,10 +1130,7 @@ func TestCompaction(t *testing.T) {
 		t.Errorf("replay after reopen (-before close +after reopen):\n%s", diff)
 	}
 	// Old history is gone with the old segments: a resume from 0 is told.
-	old, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: 0})
-	if err != nil {
-		t.Fatal(err)
-	}
+	old := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: 0})
 	if old.Reset != "history" {
 		t.Errorf("resume from 0 after compaction: Reset %q, want history", old.Reset)
 	}

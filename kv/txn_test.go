@@ -154,11 +154,8 @@ func TestTxnValues(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, kv.Options{})
 	seed(t, s, "a", "p/a", "p/b")
-	live, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = s.Txn(ctx, kv.Txn{Then: []kv.TxnOp{
+	live := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**")})
+	_, err := s.Txn(ctx, kv.Txn{Then: []kv.TxnOp{
 		{Kind: kv.TxnPut, Key: "img", Value: []byte{0xff, 0}, ContentType: "image/png"},
 		prefixOp("p/"),
 		putOp("a", "2"),
@@ -183,10 +180,7 @@ func TestTxnValues(t *testing.T) {
 	if diff := cmp.Diff(want, changesOf(got)); diff != "" {
 		t.Errorf("live changes (-want +got):\n%s", diff)
 	}
-	resumed, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
+	resumed := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: 3})
 	if diff := cmp.Diff(want, changesOf(resumed.Replay)); diff != "" || resumed.Reset != "" {
 		t.Errorf("resume from 3: reset %q (-want +got):\n%s", resumed.Reset, diff)
 	}

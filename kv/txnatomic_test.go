@@ -26,10 +26,7 @@ func TestTxnAtomicVisibility(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, kv.Options{SubBuffer: groups * size * txns})
 	groupKey := func(g, i int) string { return fmt.Sprintf("g/%d/%d", g, i) }
-	live, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "g/**")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	live := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "g/**")})
 
 	done := make(chan struct{})
 	var readers sync.WaitGroup

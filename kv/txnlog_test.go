@@ -112,10 +112,7 @@ func resumes(t *testing.T, s *kv.Store) []string {
 	t.Helper()
 	var out []string
 	for from := int64(0); from <= s.Revision(); from++ {
-		sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: from})
-		if err != nil {
-			t.Fatal(err)
-		}
+		sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: from})
 		sub.Cancel()
 		if sub.Reset != "" {
 			out = append(out, fmt.Sprintf("from %d: reset %s", from, sub.Reset))

@@ -77,11 +77,7 @@ func TestGolden(t *testing.T) {
 	}
 
 	// The golden file decodes back to the list, whatever the encoder does.
-	var decoded []wal.Record
-	valid, err := wal.Scan(want, wal.LogMagic, func(r wal.Record) error {
-		decoded = append(decoded, r)
-		return nil
-	})
+	decoded, valid, err := scanAll(want)
 	if err != nil || valid != len(want) {
 		t.Fatalf("Scan(golden) = %d, %v; want %d, nil", valid, err, len(want))
 	}
@@ -102,11 +98,7 @@ func TestGoldenV1(t *testing.T) {
 	if got := encodeAllWith(wal.LogMagicV1, records); !bytes.Equal(want, got) {
 		t.Errorf("records of format 1 no longer encode to the same bytes (-want +got):\n%s", cmp.Diff(want, got))
 	}
-	var decoded []wal.Record
-	valid, err := wal.Scan(want, wal.LogMagicV1, func(r wal.Record) error {
-		decoded = append(decoded, r)
-		return nil
-	})
+	decoded, valid, err := scanMagic(want, wal.LogMagicV1)
 	if err != nil || valid != len(want) {
 		t.Fatalf("Scan(golden v1) = %d, %v; want %d, nil", valid, err, len(want))
 	}
@@ -421,11 +413,7 @@ func checkDecode(t *testing.T, data []byte) {
 
 func checkScan(t *testing.T, data []byte) {
 	t.Helper()
-	var first []wal.Record
-	valid, err := wal.Scan(data, wal.LogMagic, func(r wal.Record) error {
-		first = append(first, r)
-		return nil
-	})
+	first, valid, err := scanAll(data)
 	if valid < 0 || valid > len(data) {
 		t.Fatalf("Scan(%x) = %d valid bytes, out of range", data, valid)
 	}
@@ -444,11 +432,7 @@ func checkScan(t *testing.T, data []byte) {
 			}
 		}
 	}
-	var second []wal.Record
-	valid2, err := wal.Scan(data[:valid], wal.LogMagic, func(r wal.Record) error {
-		second = append(second, r)
-		return nil
-	})
+	second, valid2, err := scanAll(data[:valid])
 	if err != nil || valid2 != valid {
 		t.Fatalf("Scan of the valid prefix of %x = %d, %v; want %d, nil", data, valid2, err, valid)
 	}

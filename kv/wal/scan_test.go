@@ -424,8 +424,13 @@ func TestScanLogV1(t *testing.T) {
 // scanAll scans a log and returns every record it reads, with Scan's
 // results.
 func scanAll(data []byte) ([]wal.Record, int, error) {
+	return scanMagic(data, wal.LogMagic)
+}
+
+// scanMagic is scanAll for a segment of the format of magic.
+func scanMagic(data []byte, magic [8]byte) ([]wal.Record, int, error) {
 	var got []wal.Record
-	valid, err := wal.Scan(data, wal.LogMagic, func(r wal.Record) error {
+	valid, err := wal.Scan(data, magic, func(r wal.Record) error {
 		got = append(got, r)
 		return nil
 	})

@@ -112,16 +112,7 @@ var cliHTTP = &http.Client{Timeout: cliTimeout}
 // cliDo sends one request and returns its status, revision header and body.
 func cliDo(t testing.TB, method, u string, body []byte) (int, int64, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, u, bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := cliHTTP.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
+	resp, b, err := servertest.Do(context.Background(), cliHTTP, method, u, string(body))
 	if err != nil {
 		t.Fatal(err)
 	}

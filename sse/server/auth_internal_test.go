@@ -17,8 +17,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-
-	"kvsse/kv"
 )
 
 func authSHA(token string) string {
@@ -63,13 +61,9 @@ func TestAuthReload(t *testing.T) {
 	open := func(token string, patterns ...string) <-chan struct{} {
 		t.Helper()
 		g := az.set.Load().lookup(token)
-		var ps []kv.Pattern
-		for _, s := range patterns {
-			p, err := kv.ParsePattern(s)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ps = append(ps, p)
+		ps, err := parsePatterns("patterns", patterns)
+		if err != nil {
+			t.Fatal(err)
 		}
 		r, _ := http.NewRequest("GET", "/watch", nil)
 		revoked, untrack, err := az.track(r.WithContext(context.WithValue(r.Context(), grantKey{}, g)), ps)

@@ -350,15 +350,7 @@ func (p *promText) val(name string, labels ...string) float64 {
 // metricsScrape fetches and validates an exposition.
 func metricsScrape(t *testing.T, url string) *promText {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, body := servertest.Send(t, "GET", url, nil)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s: %s\n%s", url, resp.Status, body)
 	}

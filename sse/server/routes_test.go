@@ -1,9 +1,8 @@
 package server_test
 
 import (
-	"io"
+	"context"
 	"net/http"
-	"strings"
 	"testing"
 
 	"kvsse/sse/server/servertest"
@@ -64,25 +63,16 @@ func TestRoutesAnswerJSON(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
-			req, err := http.NewRequest(tt.method, ts.URL+tt.path, nil)
+			resp, b, err := servertest.Do(context.Background(), client, tt.method, ts.URL+tt.path, "")
 			if err != nil {
 				t.Fatal(err)
-			}
-			resp, err := client.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			var b strings.Builder
-			if tt.method != "HEAD" {
-				_, _ = io.Copy(&b, resp.Body)
 			}
 			if resp.StatusCode != tt.status {
-				t.Errorf("%d %s, want %d", resp.StatusCode, b.String(), tt.status)
+				t.Errorf("%d %s, want %d", resp.StatusCode, b, tt.status)
 			}
 			if tt.code != "" {
-				if e := servertest.DecodeError(t, []byte(b.String())); e.Code != tt.code || resp.Header.Get("Content-Type") != "application/json" {
-					t.Errorf("%s (%s), want a JSON error with code %s", b.String(), resp.Header.Get("Content-Type"), tt.code)
+				if e := servertest.DecodeError(t, b); e.Code != tt.code || resp.Header.Get("Content-Type") != "application/json" {
+					t.Errorf("%s (%s), want a JSON error with code %s", b, resp.Header.Get("Content-Type"), tt.code)
 				}
 			}
 			if got := resp.Header.Get("Allow"); got != tt.allow {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"kvsse/kv/etcd/etcdtest"
 	"kvsse/sse"
 )
 
@@ -66,7 +67,7 @@ func Main(m *testing.M) {
 
 // cleanup stops the shared etcd cluster and removes the built binary.
 func cleanup() {
-	stopSharedEtcd()
+	etcdtest.StopShared()
 	if binPath != "" {
 		os.RemoveAll(filepath.Dir(binPath))
 	}

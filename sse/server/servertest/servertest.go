@@ -3,7 +3,8 @@
 // (Start) or the built binary as a child process (StartProc), the HTTP
 // API (Call, Send, Put, List...), event streams read in the background
 // (Open, Stream), concurrent writers (Writers), and etcd clusters of
-// child processes to run servers on (StartEtcd, ForEachBackend).
+// child processes to run servers on (StartEtcd, ForEachBackend; the
+// clusters themselves are kv/etcd/etcdtest's).
 //
 // It imports the server, never the command line or the load tool, so
 // that their tests may use it. A package whose tests call Binary or
@@ -11,19 +12,16 @@
 package servertest
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
-	"sync"
 	"testing"
 	"time"
 
+	"kvsse/kv/etcd/etcdtest"
 	"kvsse/sse"
 	"kvsse/sse/server"
 )
@@ -155,23 +153,7 @@ func WaitReady(t testing.TB, url string) {
 
 // LockedBuffer is a bytes.Buffer safe for concurrent writers and readers,
 // for a server's or a child's output. Its zero value is empty and ready.
-type LockedBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (l *LockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// String returns what was written so far.
-func (l *LockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type LockedBuffer = etcdtest.LockedBuffer
 
 // ShowLog logs the end of a server's or child's log, named name, if the
 // test failed.
@@ -193,12 +175,5 @@ func ShowLog(t testing.TB, name string, l *LockedBuffer) {
 // instead.
 func RequireTool(t testing.TB, name, pkg, env string) string {
 	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv(env) == "1" {
-			t.Fatalf("%s=1 but %s is not on PATH (%v): apt-get install -y %s", env, name, err, pkg)
-		}
-		t.Skipf("%s is not on PATH: apt-get install -y %s (%s=1 fails instead)", name, pkg, env)
-	}
-	return path
+	return etcdtest.RequireTool(t, name, pkg, env)
 }
