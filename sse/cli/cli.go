@@ -34,7 +34,7 @@ func newClient(cfg *config) *client {
 
 // commandTable is every client command, in the order the help lists them.
 func commandTable() []command {
-	return []command{
+	cmds := []command{
 		{name: "get", args: "KEY", short: "print a value",
 			long: `Prints the value of KEY exactly, bytes as stored, nothing added.
 Exit status: 0, 1 when the key does not exist, 2 on any other error.
@@ -87,6 +87,7 @@ in the middle come again).
 Exit status: 0 when interrupted, 2 when the server refuses the watch.
 `, flags: []string{"json", "snapshot", "since"}, run: cmdWatch},
 	}
+	return append(cmds, backupCommands()...)
 }
 
 // keyURL is the URL of a key, each segment escaped.

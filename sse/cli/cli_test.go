@@ -755,6 +755,8 @@ func TestCLIHelpGolden(t *testing.T) {
 		{golden: "help-watch.golden", args: [][]string{{"help", "watch"}, {"watch", "-h"}, {"-server", "http://x", "watch", "-help"}}},
 		{golden: "help-serve.golden", args: [][]string{{"help", "serve"}, {"serve", "-h"}}},
 		{golden: "help-bench.golden", args: [][]string{{"help", "bench"}, {"bench", "-h"}}},
+		{golden: "help-restore.golden", args: [][]string{{"help", "restore"}, {"restore", "-h"}}},
+		{golden: "help-import.golden", args: [][]string{{"help", "import"}, {"import", "-h"}}},
 		{golden: "bad-flag.golden", args: [][]string{{"-nope"}}, code: 2, stderr: true},
 	}
 	for _, tt := range tests {
