@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -399,14 +400,20 @@ func BenchmarkOpen(b *testing.B) {
 // a file and syncs it; its MB/s are bytes of file. The restore sub-benchmark
 // restores that file into a new directory and opens a store on it: the
 // time until a restored server could serve.
+//
+// The puts sub-benchmarks time puts of 64-byte values from 16 writers to
+// the same store, with its log synced, 400 each an iteration, alone and
+// while backups are written one after the other, and report the
+// latencies' p50 and p99.
 func BenchmarkBackup(b *testing.B) {
 	const n = 1_000_000
-	s, err := Open(Options{Sync: SyncNone})
+	dir := b.TempDir()
+	fill(b, dir, n)
+	s, err := Open(Options{Dir: dir})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	fillStore(b, s, n)
 	file := filepath.Join(b.TempDir(), "backup")
 	write := func() int64 {
 		f, err := os.Create(file)
@@ -433,6 +440,21 @@ func BenchmarkBackup(b *testing.B) {
 			write()
 		}
 	})
+	for _, backups := range []bool{false, true} {
+		b.Run(fmt.Sprintf("puts/backups=%v", backups), func(b *testing.B) {
+			var lat []time.Duration
+			for range b.N {
+				lat = append(lat, putsWhile(b, s, backups, func() {
+					if _, err := s.Backup().WriteTo(io.Discard); err != nil {
+						b.Error(err)
+					}
+				})...)
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+		})
+	}
 	b.Run("restore+open", func(b *testing.B) {
 		for i := range b.N {
 			f, err := os.Open(file)
@@ -457,6 +479,50 @@ func BenchmarkBackup(b *testing.B) {
 			b.StartTimer()
 		}
 	})
+}
+
+// putsWhile runs 16 writers of 400 puts each on s and returns each put's
+// latency; with backups, backup runs again and again until they are done.
+func putsWhile(b *testing.B, s *Store, backups bool, backup func()) []time.Duration {
+	const writers, each = 16, 400
+	lat := make([]time.Duration, writers*each)
+	stop := make(chan struct{})
+	backed := make(chan struct{})
+	go func() {
+		defer close(backed)
+		for backups {
+			select {
+			case <-stop:
+				return
+			default:
+				backup()
+			}
+		}
+	}()
+	errc := make(chan error, writers)
+	value := make([]byte, 64)
+	for w := range writers {
+		go func() {
+			for i := range each {
+				t := time.Now()
+				_, err := s.Put(context.Background(), fmt.Sprintf("bench/%08d", (w*each+i)*97%1_000_000), value, PutOptions{})
+				lat[w*each+i] = time.Since(t)
+				if err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range writers {
+		if err := <-errc; err != nil {
+			b.Fatal(err)
+		}
+	}
+	close(stop)
+	<-backed
+	return lat
 }
 
 // fill writes n keys with 64-byte values into a store in dir.
