@@ -381,16 +381,7 @@ func BenchmarkOpen(b *testing.B) {
 			fill(b, dir, n)
 			b.ResetTimer()
 			for range b.N {
-				s, err := Open(Options{Dir: dir})
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.StopTimer()
-				if got := s.order.len; got != n {
-					b.Fatalf("loaded %d keys, want %d", got, n)
-				}
-				s.Close()
-				b.StartTimer()
+				openTimed(b, dir, n)
 			}
 		})
 	}
@@ -467,18 +458,24 @@ func BenchmarkBackup(b *testing.B) {
 			if err != nil || keys != n {
 				b.Fatalf("Restore: %d keys, %v", keys, err)
 			}
-			r, err := Open(Options{Dir: dir})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.StopTimer()
-			if got := r.order.len; got != n {
-				b.Fatalf("loaded %d keys, want %d", got, n)
-			}
-			r.Close()
-			b.StartTimer()
+			openTimed(b, dir, n)
 		}
 	})
+}
+
+// openTimed opens a store on dir, which must hold n keys, and closes it
+// with the timer stopped.
+func openTimed(b *testing.B, dir string, n int) {
+	s, err := Open(Options{Dir: dir})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	defer b.StartTimer()
+	if got := s.order.len; got != n {
+		b.Fatalf("loaded %d keys, want %d", got, n)
+	}
+	s.Close()
 }
 
 // putsWhile runs 16 writers of 400 puts each on s and returns each put's

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -153,15 +152,11 @@ func cmdRestore(_ context.Context, c *client, args []string, stdin io.Reader, st
 	if dir == "" {
 		return usageErr("restore", "restore needs -data DIR, the directory to make")
 	}
-	in := stdin
-	if args[0] != "-" {
-		f, err := os.Open(args[0])
-		if err != nil {
-			return fmt.Errorf("restore: %w", err)
-		}
-		defer f.Close()
-		in = f
+	in, done, err := input(stdin, args, "restore")
+	if err != nil {
+		return err
 	}
+	defer done()
 	rev, keys, err := kv.Restore(in, dir)
 	var be *wal.BackupError
 	if errors.As(err, &be) || errors.Is(err, kv.ErrNotEmpty) || errors.Is(err, kv.ErrInvalidKey) {
@@ -208,19 +203,7 @@ func cmdExport(ctx context.Context, c *client, args []string, _ io.Reader, stdou
 	if err := wantArgs(args, 0, 1, "export [PREFIX]"); err != nil {
 		return err
 	}
-	q := url.Values{"format": {"ndjson"}}
-	if len(args) == 1 {
-		q.Set("prefix", args[0])
-	}
-	resp, err := c.send(ctx, http.MethodGet, c.base+"/kv?"+q.Encode(), nil, nil, http.StatusOK)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if _, err := io.Copy(stdout, resp.Body); err != nil {
-		return fmt.Errorf("export cut short: %w", err)
-	}
-	return nil
+	return c.getTo(ctx, c.base+"/kv?"+prefixQuery(args, "format", "ndjson").Encode(), stdout, "export cut short")
 }
 
 // exportLine is one line of an export.
@@ -265,15 +248,11 @@ func cmdImport(ctx context.Context, c *client, args []string, stdin io.Reader, s
 	if c.cfg.batch <= 0 {
 		return usageErr("import", "-batch must be positive, got %d", c.cfg.batch)
 	}
-	in := stdin
-	if len(args) == 1 {
-		f, err := os.Open(args[0])
-		if err != nil {
-			return fmt.Errorf("import: %w", err)
-		}
-		defer f.Close()
-		in = f
+	in, done, err := input(stdin, args, "import")
+	if err != nil {
+		return err
 	}
+	defer done()
 	im := &importer{c: c, ctx: ctx}
 	rd := bufio.NewReaderSize(in, 1<<20)
 	var batch []exportLine
