@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -372,19 +376,145 @@ func BenchmarkOpen(b *testing.B) {
 			fill(b, dir, n)
 			b.ResetTimer()
 			for range b.N {
-				s, err := Open(Options{Dir: dir})
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.StopTimer()
-				if got := s.order.len; got != n {
-					b.Fatalf("loaded %d keys, want %d", got, n)
-				}
-				s.Close()
-				b.StartTimer()
+				openTimed(b, dir, n)
 			}
 		})
 	}
+}
+
+// BenchmarkBackup writes a backup of 1,000,000 keys of 64-byte values to
+// a file and syncs it; its MB/s are bytes of file. The restore sub-benchmark
+// restores that file into a new directory and opens a store on it: the
+// time until a restored server could serve.
+//
+// The puts sub-benchmarks time puts of 64-byte values from 16 writers to
+// the same store, with its log synced, 400 each an iteration, alone and
+// while backups are written one after the other, and report the
+// latencies' p50 and p99.
+func BenchmarkBackup(b *testing.B) {
+	const n = 1_000_000
+	dir := b.TempDir()
+	fill(b, dir, n)
+	s, err := Open(Options{Dir: dir})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	file := filepath.Join(b.TempDir(), "backup")
+	write := func() int64 {
+		f, err := os.Create(file)
+		if err != nil {
+			b.Fatal(err)
+		}
+		size, err := s.Backup().WriteTo(f)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		return size
+	}
+	size := write()
+	b.Run("write", func(b *testing.B) {
+		b.SetBytes(size)
+		b.ResetTimer()
+		for range b.N {
+			write()
+		}
+	})
+	for _, backups := range []bool{false, true} {
+		b.Run(fmt.Sprintf("puts/backups=%v", backups), func(b *testing.B) {
+			var lat []time.Duration
+			for range b.N {
+				lat = append(lat, putsWhile(b, s, backups, func() {
+					if _, err := s.Backup().WriteTo(io.Discard); err != nil {
+						b.Error(err)
+					}
+				})...)
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+		})
+	}
+	b.Run("restore+open", func(b *testing.B) {
+		for i := range b.N {
+			f, err := os.Open(file)
+			if err != nil {
+				b.Fatal(err)
+			}
+			dir := filepath.Join(b.TempDir(), strconv.Itoa(i))
+			_, keys, err := Restore(f, dir)
+			f.Close()
+			if err != nil || keys != n {
+				b.Fatalf("Restore: %d keys, %v", keys, err)
+			}
+			openTimed(b, dir, n)
+		}
+	})
+}
+
+// openTimed opens a store on dir, which must hold n keys, and closes it
+// with the timer stopped.
+func openTimed(b *testing.B, dir string, n int) {
+	s, err := Open(Options{Dir: dir})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	defer b.StartTimer()
+	if got := s.order.len; got != n {
+		b.Fatalf("loaded %d keys, want %d", got, n)
+	}
+	s.Close()
+}
+
+// putsWhile runs 16 writers of 400 puts each on s and returns each put's
+// latency; with backups, backup runs again and again until they are done.
+func putsWhile(b *testing.B, s *Store, backups bool, backup func()) []time.Duration {
+	const writers, each = 16, 400
+	lat := make([]time.Duration, writers*each)
+	stop := make(chan struct{})
+	backed := make(chan struct{})
+	go func() {
+		defer close(backed)
+		for backups {
+			select {
+			case <-stop:
+				return
+			default:
+				backup()
+			}
+		}
+	}()
+	errc := make(chan error, writers)
+	value := make([]byte, 64)
+	for w := range writers {
+		go func() {
+			for i := range each {
+				t := time.Now()
+				_, err := s.Put(context.Background(), fmt.Sprintf("bench/%08d", (w*each+i)*97%1_000_000), value, PutOptions{})
+				lat[w*each+i] = time.Since(t)
+				if err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range writers {
+		if err := <-errc; err != nil {
+			b.Fatal(err)
+		}
+	}
+	close(stop)
+	<-backed
+	return lat
 }
 
 // fill writes n keys with 64-byte values into a store in dir.

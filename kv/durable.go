@@ -24,6 +24,12 @@ type durability struct {
 	seg        *wal.Segment
 	compacting atomic.Bool
 	wg         sync.WaitGroup // the running compaction
+
+	// readOnly loads without changing a file (Check): no lock, no
+	// segment opened or created, leftovers kept, and the tail that
+	// start-up would cut off kept in tail.
+	readOnly bool
+	tail     *Tail
 }
 
 // openDurability locks the data directory, loads the newest snapshot and
@@ -44,7 +50,11 @@ func openDurability(s *Store) (*durability, error) {
 
 func (d *durability) load() error {
 	s := d.s
-	files, err := wal.List(d.dir)
+	list := wal.List
+	if d.readOnly {
+		list = wal.ListOnly
+	}
+	files, err := list(d.dir)
 	if err != nil {
 		return err
 	}
@@ -130,12 +140,16 @@ func (d *durability) load() error {
 			}
 			// Nothing in the tail was acknowledged: no batch in it
 			// is whole, with its commit marker.
-			s.opts.Logger.Warn("cutting off a torn, corrupt or uncommitted tail of the log",
-				"file", path, "offset", scan.Committed, "bytes", len(data)-scan.Committed,
-				"uncommitted_records", scan.Uncommitted)
+			if d.readOnly {
+				d.tail = tailOf(path, data, scan)
+			} else {
+				s.opts.Logger.Warn("cutting off a torn, corrupt or uncommitted tail of the log",
+					"file", path, "offset", scan.Committed, "bytes", len(data)-scan.Committed,
+					"uncommitted_records", scan.Uncommitted)
+			}
 		}
 		rev = max(rev, first-1)
-		if lastSeg {
+		if lastSeg && !d.readOnly {
 			seg, err := wal.OpenSegment(path, int64(scan.Committed))
 			if err != nil {
 				return err
@@ -158,6 +172,11 @@ func (d *durability) load() error {
 	if last == -1 {
 		hist.floor = rev
 	}
+	s.rev.Store(rev)
+	s.feed.rev = rev
+	if d.readOnly {
+		return nil
+	}
 	if d.seg == nil {
 		seg, err := wal.CreateSegment(d.dir, rev+1)
 		if err != nil {
@@ -165,8 +184,6 @@ func (d *durability) load() error {
 		}
 		d.use(seg)
 	}
-	s.rev.Store(rev)
-	s.feed.rev = rev
 	s.stats.LogBytes.Store(d.seg.Size())
 	return nil
 }
@@ -437,17 +454,7 @@ func (d *durability) snapshot(rev int64) error {
 	s.orderMu.RLock()
 	view := s.order.freeze()
 	s.orderMu.RUnlock()
-	err := wal.WriteSnapshot(d.dir, rev, func(add func(*wal.Record) error) error {
-		for e := range view.from("") {
-			r := wal.Record{Op: wal.OpPut, Rev: e.Revision, Key: []byte(e.Key),
-				ContentType: []byte(e.ContentType), Expires: e.Expires, Value: e.Value}
-			if err := add(&r); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := wal.WriteSnapshot(d.dir, rev, eachRecord(view)); err != nil {
 		return err
 	}
 	s.stats.Compactions.Add(1)

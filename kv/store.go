@@ -180,6 +180,21 @@ type Stats struct {
 // Open loads the store from opts.Dir (replaying its snapshot and log) and
 // starts the committer. With an empty Dir it keeps nothing on disk.
 func Open(opts Options) (*Store, error) {
+	s := newStore(opts)
+	if s.opts.Dir != "" {
+		d, err := openDurability(s)
+		if err != nil {
+			return nil, fmt.Errorf("kv: open %s: %w", s.opts.Dir, err)
+		}
+		s.log = d
+	}
+	go s.commitLoop()
+	return s, nil
+}
+
+// newStore makes an empty store with opts and its defaults, its
+// goroutines not started.
+func newStore(opts Options) *Store {
 	opts.setDefaults()
 	s := &Store{
 		opts:   opts,
@@ -194,15 +209,7 @@ func Open(opts Options) (*Store, error) {
 		s.shards[i].m = make(map[string]*Entry)
 	}
 	s.feed = NewFeed(opts.History, opts.SubBuffer, 0)
-	if opts.Dir != "" {
-		d, err := openDurability(s)
-		if err != nil {
-			return nil, fmt.Errorf("kv: open %s: %w", opts.Dir, err)
-		}
-		s.log = d
-	}
-	go s.commitLoop()
-	return s, nil
+	return s
 }
 
 // Close stops the committer, answering writes still waiting with

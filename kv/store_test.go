@@ -1143,3 +1143,271 @@ func TestCompaction(t *testing.T) {
 		t.Errorf("first write after reopen took revision %d, want %d", r.Revision, rev+1)
 	}
 }
+
+// backupAck is a write a writer of TestBackupDuringWrites had
+// acknowledged: its key, its value (nil: deleted) and its revision.
+type backupAck struct {
+	key   string
+	value []byte
+	rev   int64
+}
+
+// TestBackupDuringWrites takes a backup while writers go on (with
+// compactions), restores it, opens the restored store, and compares it
+// with a model of the acknowledged writes at the backup's revision: it
+// holds exactly them, goes on from that revision, answers a resume from
+// before it with a reset, and Check agrees.
+func TestBackupDuringWrites(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, kv.Options{Dir: t.TempDir(), CompactBytes: 32 << 10})
+	const writers, perWriter = 4, 400
+	halfway := make(chan struct{})
+	var done sync.WaitGroup
+	acks := make([][]backupAck, writers)
+	errc := make(chan error, writers)
+	var count atomic.Int64
+	for w := range writers {
+		done.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 1))
+			for i := range perWriter {
+				if count.Add(1) == writers*perWriter/2 {
+					close(halfway)
+				}
+				key := fmt.Sprintf("w%d/k%d", w, rng.IntN(40))
+				if rng.IntN(4) == 0 {
+					r, err := s.Delete(ctx, key, kv.Cond{})
+					if err == nil {
+						acks[w] = append(acks[w], backupAck{key: key, rev: r.Revision})
+					} else if !errors.Is(err, kv.ErrNotFound) {
+						errc <- err
+						return
+					}
+					continue
+				}
+				v := []byte{byte(w), byte(i), 0xff, byte(i >> 8)} // not UTF-8
+				r, err := s.Put(ctx, key, v, kv.PutOptions{ContentType: "x/" + strconv.Itoa(w)})
+				if err != nil {
+					errc <- err
+					return
+				}
+				acks[w] = append(acks[w], backupAck{key: key, value: v, rev: r.Revision})
+			}
+		})
+	}
+	<-halfway
+	b := s.Backup()
+	var file bytes.Buffer
+	if _, err := b.WriteTo(&file); err != nil {
+		t.Fatal(err)
+	}
+	done.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	if b.Revision <= 0 || b.Revision >= s.Revision() {
+		t.Fatalf("backup at revision %d, the writes ended at %d: not taken while they went on", b.Revision, s.Revision())
+	}
+
+	// The model: each key's last acknowledged write at or before the
+	// backup's revision.
+	last := map[string]backupAck{}
+	for _, as := range acks {
+		for _, a := range as {
+			if a.rev <= b.Revision && a.rev > last[a.key].rev {
+				last[a.key] = a
+			}
+		}
+	}
+	var want []kv.Entry
+	for _, a := range last {
+		if a.value != nil {
+			w, _ := strconv.Atoi(a.key[1:2])
+			want = append(want, kv.Entry{Key: a.key, Value: a.value, ContentType: "x/" + strconv.Itoa(w), Revision: a.rev})
+		}
+	}
+	slices.SortFunc(want, func(x, y kv.Entry) int { return strings.Compare(x.Key, y.Key) })
+
+	dir := t.TempDir() + "/restored"
+	rev, keys, err := kv.Restore(bytes.NewReader(file.Bytes()), dir)
+	if err != nil || rev != b.Revision || keys != int64(len(want)) {
+		t.Fatalf("Restore = %d, %d keys, %v; want %d, %d keys", rev, keys, err, b.Revision, len(want))
+	}
+	rep, err := kv.Check(dir)
+	if err != nil || rep.Revision != rev || rep.Keys != keys || rep.Tail != nil {
+		t.Fatalf("Check of the restored dir = %+v, %v", rep, err)
+	}
+	r := open(t, kv.Options{Dir: dir})
+	if diff := cmp.Diff(kv.Page{Revision: rev, Items: want}, listAll(t, r), equateEmpty); diff != "" {
+		t.Errorf("restored store (-want +got):\n%s", diff)
+	}
+	if res := put(t, r, "after", "v"); res.Revision != rev+1 {
+		t.Errorf("first write after the restore took %d, want %d", res.Revision, rev+1)
+	}
+	for _, tt := range []struct {
+		from  int64
+		reset string
+	}{{rev - 1, "history"}, {rev, ""}} {
+		sub, err := r.Watch(kv.WatchOptions{Patterns: []kv.Pattern{mustPattern(t, "**")}, From: tt.from, Resume: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sub.Reset != tt.reset {
+			t.Errorf("resume from %d: reset %q, want %q", tt.from, sub.Reset, tt.reset)
+		}
+		sub.Cancel()
+	}
+}
+
+// TestRestoreRefuses: a directory that is not empty, a damaged or cut
+// backup and a key that breaks the rules are refused, and nothing is left
+// behind, beside the directory or in it.
+func TestRestoreRefuses(t *testing.T) {
+	s := open(t, kv.Options{})
+	put(t, s, "a", "1")
+	put(t, s, "b/c", "2")
+	var file bytes.Buffer
+	if _, err := s.Backup().WriteTo(&file); err != nil {
+		t.Fatal(err)
+	}
+	good := file.Bytes()
+	flipped := slices.Clone(good)
+	flipped[len(flipped)/2] ^= 1
+	var badKey bytes.Buffer
+	if _, err := wal.WriteBackup(&badKey, 3, func(add func(*wal.Record) error) error {
+		return add(&wal.Record{Op: wal.OpPut, Rev: 1, Key: []byte("a//b")})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		data  []byte
+		full  bool // the directory holds a file already
+		match error
+	}{
+		{"not empty", good, true, kv.ErrNotEmpty},
+		{"flipped byte", flipped, false, wal.ErrCorrupt},
+		{"cut short", good[:len(good)-1], false, nil},
+		{"invalid key", badKey.Bytes(), false, kv.ErrInvalidKey},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			parent := t.TempDir()
+			dir := parent + "/data"
+			if tt.full {
+				if err := os.Mkdir(dir, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(dir+"/x", nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, _, err := kv.Restore(bytes.NewReader(tt.data), dir)
+			var be *wal.BackupError
+			if err == nil || tt.match != nil && !errors.Is(err, tt.match) || tt.match == nil && !errors.As(err, &be) {
+				t.Fatalf("Restore = %v, want an error matching %v", err, tt.match)
+			}
+			ents, _ := os.ReadDir(parent)
+			if want := map[bool]int{true: 1, false: 0}[tt.full]; len(ents) != want {
+				t.Errorf("%d entries left beside the directory, want %d: %v", len(ents), want, ents)
+			}
+			if tt.full {
+				if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+					t.Errorf("the directory holds %d files, want its 1", len(ents))
+				}
+			}
+		})
+	}
+	if _, _, err := kv.Restore(bytes.NewReader(good), t.TempDir()); err != nil {
+		t.Errorf("Restore into an empty directory: %v", err)
+	}
+}
+
+// TestCheck reads a data directory, then one damaged in the middle of
+// the log, in its last record, and one with a torn tail.
+func TestCheck(t *testing.T) {
+	_, path := writeKeys(t, t.TempDir(), 20)
+	dir := path[:strings.LastIndex(path, "/")]
+	rep, err := kv.Check(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Revision != 20 || rep.Keys != 20 || rep.Bytes != 20 || len(rep.Files) != 1 || rep.Tail != nil {
+		t.Errorf("Check = %+v, want revision 20, 20 keys of 1 byte, 1 file", rep)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		data   []byte
+		offset string // the damage's offset in the error; "" for no error
+		tail   bool
+	}{
+		{"middle", flipAt(data, len(data)/2), "offset", false},
+		{"last record", flipAt(data, len(data)-3), "offset", true},
+		{"torn tail", append(slices.Clone(data), data[8:20]...), "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := t.TempDir()
+			if err := os.WriteFile(d+"/"+path[len(dir)+1:], tt.data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			rep, err := kv.Check(d)
+			switch {
+			case tt.offset == "" && err != nil:
+				t.Errorf("Check: %v", err)
+			case tt.offset != "" && (err == nil || !strings.Contains(err.Error(), "wal-") || !strings.Contains(err.Error(), tt.offset)):
+				t.Errorf("Check = %v, want an error naming the file and the offset", err)
+			}
+			if tt.tail && (rep == nil || rep.Tail == nil) {
+				t.Errorf("Check found no tail: %+v", rep)
+			}
+			if after, err := os.ReadFile(d + "/" + path[len(dir)+1:]); err != nil || !bytes.Equal(after, tt.data) {
+				t.Errorf("Check changed the segment (%v)", err)
+			}
+		})
+	}
+}
+
+func flipAt(data []byte, i int) []byte {
+	b := slices.Clone(data)
+	b[i] ^= 0x40
+	return b
+}
+
+// TestExport reads at one revision: the writes after Export returned are
+// not in it, nor the keys past their expiry or outside the prefix.
+func TestExport(t *testing.T) {
+	c := newClock(time.Unix(1e9, 0))
+	s := open(t, kv.Options{Now: c.Now})
+	ctx := context.Background()
+	put(t, s, "a/1", "x")
+	put(t, s, "a/2", "y")
+	put(t, s, "b", "z")
+	if _, err := s.Put(ctx, "a/ttl", []byte("t"), kv.PutOptions{TTL: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(ctx, "a/live", []byte("l"), kv.PutOptions{TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	c.Advance(2 * time.Second)
+	rev, entries, err := s.Export(ctx, "a/")
+	if err != nil || rev != 5 {
+		t.Fatalf("Export = %d, %v; want revision 5", rev, err)
+	}
+	put(t, s, "a/1", "changed")
+	put(t, s, "a/3", "new")
+	var got []string
+	for e, err := range entries {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, e.Key+"="+string(e.Value))
+	}
+	if diff := cmp.Diff([]string{"a/1=x", "a/2=y", "a/live=l"}, got); diff != "" {
+		t.Errorf("export (-want +got):\n%s", diff)
+	}
+}

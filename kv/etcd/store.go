@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"strings"
 	"sync"
@@ -360,30 +361,75 @@ func (s *Store) List(ctx context.Context, prefix, after string, limit int) (kv.P
 // revision rev (0: now), in pages, until it has want of them (want ≤ 1:
 // all). It returns the revision read at.
 func (s *Store) scan(ctx context.Context, start, end []byte, rev int64, want int, keep func(string) bool) ([]kv.Entry, int64, error) {
-	const page = 1000
 	var out []kv.Entry
 	now := s.opts.Now().UnixNano()
-	for {
-		var r rangeResponse
-		if err := s.call(ctx, "/v3/kv/range", rangeRequest{Key: start, RangeEnd: end, Limit: page, Revision: rev}, &r); err != nil {
+	for start != nil {
+		kvs, next, err := s.page(ctx, start, end, &rev)
+		if err != nil {
 			return nil, 0, err
 		}
-		if rev == 0 {
-			rev = r.Header.Revision
-		}
-		for i := range r.KVs {
-			if e, ok := s.entry(&r.KVs[i], now); ok && keep(e.Key) {
+		for i := range kvs {
+			if e, ok := s.entry(&kvs[i], now); ok && keep(e.Key) {
 				out = append(out, e)
 				if want > 1 && len(out) == want {
 					return out, rev, nil
 				}
 			}
 		}
-		if !r.More || len(r.KVs) == 0 {
-			return out, rev, nil
-		}
-		start = append(bytes.Clone(r.KVs[len(r.KVs)-1].Key), 0)
+		start = next
 	}
+	return out, rev, nil
+}
+
+// page reads one page of the key-values in [start, end) at revision *rev,
+// which it sets to the revision read at when it is 0 (now). next is
+// where the next page starts, nil after the last.
+func (s *Store) page(ctx context.Context, start, end []byte, rev *int64) (kvs []keyValue, next []byte, err error) {
+	const size = 1000
+	var r rangeResponse
+	if err := s.call(ctx, "/v3/kv/range", rangeRequest{Key: start, RangeEnd: end, Limit: size, Revision: *rev}, &r); err != nil {
+		return nil, nil, err
+	}
+	if *rev == 0 {
+		*rev = r.Header.Revision
+	}
+	if r.More && len(r.KVs) > 0 {
+		next = append(bytes.Clone(r.KVs[len(r.KVs)-1].Key), 0)
+	}
+	return r.KVs, next, nil
+}
+
+// Export returns etcd's current revision and the live entries whose keys
+// start with prefix, in key order, all read at that revision, a page of
+// 1,000 keys at a time as the sequence is read: memory stays bounded
+// however many keys match. A page that fails (etcd compacted past the
+// revision meanwhile, say) ends the sequence with its error. The first
+// page is read before Export returns, so that an etcd that does not
+// answer is an error before anything is sent.
+func (s *Store) Export(ctx context.Context, prefix string) (int64, iter.Seq2[kv.Entry, error], error) {
+	start, end := s.etcdKey(prefix), rangeEnd(s.etcdKey(prefix))
+	var rev int64
+	kvs, next, err := s.page(ctx, start, end, &rev)
+	if err != nil {
+		return 0, nil, fmt.Errorf("kv: export %q: %w", prefix, err)
+	}
+	now := s.opts.Now().UnixNano()
+	return rev, func(yield func(kv.Entry, error) bool) {
+		for {
+			for i := range kvs {
+				if e, ok := s.entry(&kvs[i], now); ok && !yield(e, nil) {
+					return
+				}
+			}
+			if next == nil {
+				return
+			}
+			if kvs, next, err = s.page(ctx, next, end, &rev); err != nil {
+				yield(kv.Entry{}, fmt.Errorf("kv: export %q at revision %d: %w", prefix, rev, err))
+				return
+			}
+		}
+	}, nil
 }
 
 // compactedError reports whether err is etcd's refusal to read or watch

@@ -65,7 +65,13 @@ type Files struct {
 
 // List reads the data directory's file names. Leftover temporary files of
 // an interrupted snapshot are removed.
-func List(dir string) (Files, error) {
+func List(dir string) (Files, error) { return list(dir, true) }
+
+// ListOnly is List that removes nothing, for readers of a data directory
+// that a server may be using.
+func ListOnly(dir string) (Files, error) { return list(dir, false) }
+
+func list(dir string, removeTmp bool) (Files, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return Files{}, fmt.Errorf("read data dir: %w", err)
@@ -75,6 +81,9 @@ func List(dir string) (Files, error) {
 		name := e.Name()
 		switch {
 		case strings.HasSuffix(name, ".tmp"):
+			if !removeTmp {
+				continue
+			}
 			if err := os.Remove(filepath.Join(dir, name)); err != nil {
 				return Files{}, fmt.Errorf("remove leftover %s: %w", name, err)
 			}
@@ -268,22 +277,7 @@ func WriteSnapshot(dir string, rev int64, each func(add func(*Record) error) err
 		}
 	}()
 	bw := bufio.NewWriterSize(f, 1<<20)
-	enc := NewEncoder(bw)
-	if _, err := bw.Write(SnapMagic[:]); err != nil {
-		return fmt.Errorf("write snapshot: %w", err)
-	}
-	if err := enc.Encode(&Record{Op: OpSnapRev, Rev: rev}); err != nil {
-		return fmt.Errorf("write snapshot: %w", err)
-	}
-	var count int64
-	err = each(func(r *Record) error {
-		count++
-		return enc.Encode(r)
-	})
-	if err != nil {
-		return fmt.Errorf("write snapshot: %w", err)
-	}
-	if err := enc.Encode(&Record{Op: OpSnapEnd, Rev: count}); err != nil {
+	if err := writeRecords(bw, SnapMagic, rev, each); err != nil {
 		return fmt.Errorf("write snapshot: %w", err)
 	}
 	if err := bw.Flush(); err != nil {

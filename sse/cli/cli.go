@@ -34,7 +34,7 @@ func newClient(cfg *config) *client {
 
 // commandTable is every client command, in the order the help lists them.
 func commandTable() []command {
-	return []command{
+	cmds := []command{
 		{name: "get", args: "KEY", short: "print a value",
 			long: `Prints the value of KEY exactly, bytes as stored, nothing added.
 Exit status: 0, 1 when the key does not exist, 2 on any other error.
@@ -87,6 +87,7 @@ in the middle come again).
 Exit status: 0 when interrupted, 2 when the server refuses the watch.
 `, flags: []string{"json", "snapshot", "since"}, run: cmdWatch},
 	}
+	return append(cmds, backupCommands()...)
 }
 
 // keyURL is the URL of a key, each segment escaped.
@@ -178,13 +179,19 @@ func cmdGet(ctx context.Context, c *client, args []string, _ io.Reader, stdout, 
 	if err := wantArgs(args, 1, 1, "get KEY"); err != nil {
 		return err
 	}
-	resp, err := c.send(ctx, http.MethodGet, c.keyURL(args[0]), nil, nil, http.StatusOK)
+	return c.getTo(ctx, c.keyURL(args[0]), stdout, "get")
+}
+
+// getTo writes the body of GET u to w exactly; what names the command in
+// an error, a body cut short among them.
+func (c *client) getTo(ctx context.Context, u string, w io.Writer, what string) error {
+	resp, err := c.send(ctx, http.MethodGet, u, nil, nil, http.StatusOK)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if _, err := io.Copy(stdout, resp.Body); err != nil {
-		return fmt.Errorf("get: %w", err)
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }
@@ -238,19 +245,28 @@ func cmdDel(ctx context.Context, c *client, args []string, _ io.Reader, stdout, 
 	return nil
 }
 
+// input is the file args[0] names, open, or stdin when args is empty or
+// args[0] is "-"; done closes it. what names the command in an error.
+func input(stdin io.Reader, args []string, what string) (r io.Reader, done func(), err error) {
+	if len(args) == 0 || args[0] == "-" {
+		return stdin, func() {}, nil
+	}
+	f, err := os.Open(args[0])
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return f, func() { f.Close() }, nil
+}
+
 func cmdTxn(ctx context.Context, c *client, args []string, stdin io.Reader, stdout, _ io.Writer) error {
 	if err := wantArgs(args, 0, 1, "txn [FILE]"); err != nil {
 		return err
 	}
-	body := stdin
-	if len(args) == 1 {
-		f, err := os.Open(args[0])
-		if err != nil {
-			return fmt.Errorf("txn: %w", err)
-		}
-		defer f.Close()
-		body = f
+	body, done, err := input(stdin, args, "txn")
+	if err != nil {
+		return err
 	}
+	defer done()
 	txn, err := io.ReadAll(body)
 	if err != nil {
 		return fmt.Errorf("txn: read: %w", err)
@@ -270,14 +286,24 @@ func cmdTxn(ctx context.Context, c *client, args []string, stdin io.Reader, stdo
 	return nil
 }
 
+// prefixQuery is the query of GET /kv: the pairs of name and value, and
+// prefix, args[0], when args holds it.
+func prefixQuery(args []string, pairs ...string) url.Values {
+	q := url.Values{}
+	for i := 0; i+1 < len(pairs); i += 2 {
+		q.Set(pairs[i], pairs[i+1])
+	}
+	if len(args) == 1 {
+		q.Set("prefix", args[0])
+	}
+	return q
+}
+
 func cmdLs(ctx context.Context, c *client, args []string, _ io.Reader, stdout, _ io.Writer) error {
 	if err := wantArgs(args, 0, 1, "ls [PREFIX]"); err != nil {
 		return err
 	}
-	q := url.Values{"limit": {"1000"}}
-	if len(args) == 1 {
-		q.Set("prefix", args[0])
-	}
+	q := prefixQuery(args, "limit", "1000")
 	w := bufio.NewWriter(stdout)
 	for {
 		resp, err := c.send(ctx, http.MethodGet, c.base+"/kv?"+q.Encode(), nil, nil, http.StatusOK)

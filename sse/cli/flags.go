@@ -23,10 +23,11 @@ type config struct {
 	snapshot bool
 	since    int64
 	prefix   string
+	batch    int
 }
 
 // clientFlags are the flags of the client commands.
-var clientFlags = map[string]bool{"server": true, "token": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true, "prefix": true}
+var clientFlags = map[string]bool{"server": true, "token": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true, "prefix": true, "batch": true}
 
 // rawArgs are the commands that parse their own flags.
 var rawArgs = map[string]bool{"bench": true, "hub": true}
@@ -67,6 +68,7 @@ func parseFlags(args []string, getenv func(string) string) (*config, []string, *
 	fs.BoolVar(&c.json, "json", false, "print the server's NDJSON objects, one a line")
 	fs.BoolVar(&c.snapshot, "snapshot", false, "print the matching keys first")
 	fs.StringVar(&c.prefix, "prefix", "", "del: delete every key that starts with this `prefix`, as one write")
+	fs.IntVar(&c.batch, "batch", 1000, "import: the most keys in one transaction (fewer when the server finds it too large)")
 	fs.Int64Var(&c.since, "since", -1, "replay the changes after this `revision` first (-1: none)")
 
 	var rest []string

@@ -52,6 +52,7 @@ var errorTable = []struct {
 	{errTooManySubs, http.StatusTooManyRequests, "too_many_subscribers"},
 	{errRateLimited, http.StatusTooManyRequests, "rate_limited"},
 	{kv.ErrFull, http.StatusInsufficientStorage, "store_full"},
+	{errNotImplemented, http.StatusNotImplemented, "not_implemented"},
 	{errStarting, http.StatusServiceUnavailable, "starting"},
 	{errShuttingDown, http.StatusServiceUnavailable, "shutting_down"},
 	{kv.ErrClosed, http.StatusServiceUnavailable, "shutting_down"},

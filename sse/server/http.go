@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -26,6 +27,10 @@ type store interface {
 	Watch(opts kv.WatchOptions) (*kv.Subscription, error)
 	Txn(ctx context.Context, t kv.Txn) (kv.TxnResult, error)
 	DeletePrefix(ctx context.Context, prefix string) (kv.TxnResult, error)
+	// Export is every live entry whose key starts with prefix, at one
+	// revision, which it returns first; the sequence may end with an
+	// error (a store read over a network).
+	Export(ctx context.Context, prefix string) (int64, iter.Seq2[kv.Entry, error], error)
 	// Revision is the revision of the last change visible to readers.
 	Revision() int64
 	// Err is why the store refuses writes, or nil when it accepts them.

@@ -18,6 +18,21 @@ const (
 
 func (a *api) handleList(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	ndjson := false
+	switch f := q.Get("format"); f {
+	case "":
+		ndjson = strings.Contains(r.Header.Get("Accept"), "application/x-ndjson")
+	case "json":
+	case "ndjson":
+		ndjson = true
+	default:
+		writeError(w, r, a.logger, badParam("format must be json (pages) or ndjson (every key, streamed)"))
+		return
+	}
+	if ndjson && (q.Has("limit") || q.Has("after")) {
+		writeError(w, r, a.logger, badParam("format=ndjson streams every matching key at one revision: limit and after do not apply"))
+		return
+	}
 	limit := defaultLimit
 	if s := q.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
@@ -30,6 +45,10 @@ func (a *api) handleList(w http.ResponseWriter, r *http.Request) {
 	prefix, after := q.Get("prefix"), q.Get("after")
 	if len(prefix) > 1024 || len(after) > 1024 || !utf8.ValidString(prefix) || !utf8.ValidString(after) {
 		writeError(w, r, a.logger, badParam("prefix and after must be valid UTF-8 of at most 1024 bytes"))
+		return
+	}
+	if ndjson {
+		a.handleExport(w, r, prefix)
 		return
 	}
 	page, err := a.list(r, prefix, after, limit)

@@ -56,6 +56,8 @@ func routeTable() []route {
 		{"/watch/{pattern...}", needToken, allow("GET, HEAD")},
 		{"POST /txn", needToken, (*api).handleTxn},
 		{"/txn", needToken, allow("POST")},
+		{"GET /backup", needReadAll, (*api).handleBackup},
+		{"/backup", needToken, allow("GET, HEAD")},
 		{"GET /healthz", needNothing, (*api).handleHealth},
 		{"/healthz", needNothing, allow("GET, HEAD")},
 		{"POST /auth/session", needNothing, (*api).handleSessionStart},
