@@ -1085,10 +1085,10 @@ func TestReopenRefusesDamageBeforeTail(t *testing.T) {
 // TestCompaction writes through many small segments and checks that the
 // snapshot and the kept log give back the same state, revision and recent
 // history after a reopen.
-func TestCompaction(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	opts := kv.Options{Dir: dir, CompactBytes: 2048, History: 50}
+// openWatched opens a store that the test closes itself, to reopen it,
+// with a subscription to every key.
+func openWatched(t *testing.T, opts kv.Options) (*kv.Store, *kv.Subscription) {
+	t.Helper()
 	s, err := kv.Open(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -1097,6 +1097,14 @@ func TestCompaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s, sub
+}
+
+func TestCompaction(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	opts := kv.Options{Dir: dir, CompactBytes: 2048, History: 50}
+	s, sub := openWatched(t, opts)
 	rng := rand.New(rand.NewPCG(3, 4))
 	const writes = 600
 	for i := range writes {
@@ -1227,14 +1235,7 @@ func TestPrevValues(t *testing.T) {
 	clk := newClock(time.Now().Add(24 * time.Hour))
 	dir := t.TempDir()
 	opts := kv.Options{Dir: dir, Now: clk.Now, CompactBytes: 1024, History: 100}
-	s, err := kv.Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, sub := openWatched(t, opts)
 	type value struct{ v, ct string }
 	model := map[string]value{}
 	var want []prevState

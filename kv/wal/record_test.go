@@ -59,9 +59,14 @@ func encodeAllWith(magic [8]byte, records []wal.Record) []byte {
 	return buf.Bytes()
 }
 
-func TestGolden(t *testing.T) {
-	path := filepath.Join("testdata", "records.golden")
-	got := encodeAll(goldenRecords())
+func TestGolden(t *testing.T) { checkGolden(t, "records.golden", goldenRecords()) }
+
+// checkGolden holds records to the file name in testdata, both ways:
+// they encode to its bytes, and its bytes decode to them.
+func checkGolden(t *testing.T, name string, records []wal.Record) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	got := encodeAll(records)
 	if *update {
 		if err := os.WriteFile(path, got, 0o644); err != nil {
 			t.Fatal(err)
@@ -83,10 +88,10 @@ func TestGolden(t *testing.T) {
 		return nil
 	})
 	if err != nil || valid != len(want) {
-		t.Fatalf("Scan(golden) = %d, %v; want %d, nil", valid, err, len(want))
+		t.Fatalf("Scan(%s) = %d, %v; want %d, nil", name, valid, err, len(want))
 	}
-	if diff := cmp.Diff(goldenRecords(), decoded, equateEmpty); diff != "" {
-		t.Errorf("golden records (-want +got):\n%s", diff)
+	if diff := cmp.Diff(records, decoded, equateEmpty); diff != "" {
+		t.Errorf("%s records (-want +got):\n%s", name, diff)
 	}
 }
 
@@ -129,30 +134,7 @@ func prevRecords() []wal.Record {
 }
 
 func TestGoldenPrev(t *testing.T) {
-	path := filepath.Join("testdata", "records-prev.golden")
-	got := encodeAll(prevRecords())
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./kv/wal -update to create it)", err)
-	}
-	if !bytes.Equal(want, got) {
-		t.Errorf("the encoding of previous values changed: it no longer matches %s (-want +got):\n%s", path, cmp.Diff(want, got))
-	}
-	var decoded []wal.Record
-	if valid, err := wal.Scan(want, wal.LogMagic, func(r wal.Record) error {
-		decoded = append(decoded, r)
-		return nil
-	}); err != nil || valid != len(want) {
-		t.Fatalf("Scan(golden prev) = %d, %v; want %d, nil", valid, err, len(want))
-	}
-	if diff := cmp.Diff(prevRecords(), decoded, equateEmpty); diff != "" {
-		t.Errorf("golden prev records (-want +got):\n%s", diff)
-	}
+	checkGolden(t, "records-prev.golden", prevRecords())
 	// The optional part belongs to change records only, and starts with
 	// its own byte: anything else after a record's fields is damage.
 	for _, tail := range [][]byte{{2}, {1}, {1, 0}, {1, 5, 'a'}} {
