@@ -3,6 +3,7 @@ package kv
 import (
 	"container/heap"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -505,10 +506,14 @@ func (c *committer) persist() error {
 // recordOf is the log record of c, written to the segment whose first
 // revision is first. It carries the key's previous value only when that
 // value's revision lies before the segment: a reader of the segment finds
-// the others in it (see loader.prevOf), so a hot key costs no more on disk.
+// the others in it (see segmentKeys.prevOf), so a hot key costs no more on
+// disk. It leaves the previous value out, unknown after a restart, when
+// it would take the record past what the log accepts (two values near the
+// largest allowed).
 func recordOf(c *Change, first int64) *wal.Record {
 	r := &wal.Record{Op: wal.OpPut, Rev: c.Revision, PrevRev: c.PrevRevision, Key: []byte(c.Key)}
-	if c.PrevValue != nil && c.PrevRevision < first {
+	size := len(c.Key) + len(c.ContentType) + len(c.Value) + len(c.PrevContentType) + len(c.PrevValue) + 8*binary.MaxVarintLen64
+	if c.PrevValue != nil && c.PrevRevision < first && size <= wal.MaxPayload {
 		r.HasPrev, r.PrevContentType, r.PrevValue = true, []byte(c.PrevContentType), c.PrevValue
 	}
 	switch c.Op {

@@ -10,9 +10,9 @@
 //
 // and a payload is an op byte followed by uvarint/varint fields (see
 // Append), and, for a change record, an optional part that carries the
-// key's previous value (see Record.HasPrev). Every file starts with an 8-byte magic naming its kind and
-// format version, so that a file of another kind or version is refused, not
-// misread.
+// key's previous value (see Record.HasPrev). Every file starts with an
+// 8-byte magic naming its kind and format version, so that a file of
+// another kind or version is refused, not misread.
 //
 // A log segment (LogMagic, "kvsseLG2") is a sequence of batches. A batch
 // is one or more change records (OpPut, OpDelete, OpExpire) and the
