@@ -309,14 +309,12 @@ func (c *committer) add(ch Change, prev, e *Entry) {
 	c.pending[ch.Key] = e
 }
 
-// noValue is the empty value, for a known value that a caller gave as nil.
-var noValue = []byte{}
-
-// known returns v, or an empty slice in place of nil: a nil previous value
-// means one not known.
+// known returns v, or an empty slice (which allocates nothing) in place
+// of nil, a value a caller gave as nil: a nil previous value means one not
+// known.
 func known(v []byte) []byte {
 	if v == nil {
-		return noValue
+		return []byte{}
 	}
 	return v
 }
