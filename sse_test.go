@@ -1524,3 +1524,129 @@ func testWatchEventsFilter(t *testing.T, be servertest.Backend) {
 		t.Errorf("events=delete replay (-want +got):\n%s", diff)
 	}
 }
+
+func TestWatchPrev(t *testing.T) { servertest.ForEachBackend(t, testWatchPrev) }
+
+// prevRow is what a test of prev=1 compares of a change event.
+type prevRow struct {
+	Event, Key, Value    string
+	PrevValue, PrevType  string
+	PrevEncoding         string
+	HasPrev, HasPrevType bool
+}
+
+func prevRowOf(event string, c servertest.Change) prevRow {
+	r := prevRow{Event: event, Key: c.Key, PrevEncoding: c.PrevEncoding}
+	if c.Value != nil {
+		r.Value = *c.Value
+	}
+	if c.PrevValue != nil {
+		r.PrevValue, r.HasPrev = *c.PrevValue, true
+	}
+	if c.PrevContentType != nil {
+		r.PrevType, r.HasPrevType = *c.PrevContentType, true
+	}
+	return r
+}
+
+// testWatchPrev follows changes with prev=1, with a token that may read
+// only the keys watched: live over SSE and NDJSON (HTTP/1.1, pooled), and
+// replayed after a resume by since and by Last-Event-ID. Each put over a
+// key and each delete (by a client, an expiry, a transaction) carries the
+// value it replaced and its content type, in base64 when it is not UTF-8;
+// a put that creates its key carries none; a stream without prev=1 never
+// does.
+func testWatchPrev(t *testing.T, be servertest.Backend) {
+	const writer, reader = "prev-writer-secret", "prev-reader-secret"
+	ts := be.Start(t, "-auth", servertest.AuthFile(t, "", `{"tokens": [
+		{"name": "w", "token": "`+writer+`", "read": ["**"], "write": ["**"]},
+		{"name": "r", "token": "`+reader+`", "read": ["pv/**"]}]}`))
+	auth := http.Header{"Authorization": {"Bearer " + reader}}
+	write := func(method, path, ctype string, body []byte) {
+		t.Helper()
+		code, _, b := servertest.Call(t, method, ts.URL+path, body, "Authorization", "Bearer "+writer, "Content-Type", ctype)
+		if code/100 != 2 {
+			t.Fatalf("%s %s: %d %s", method, path, code, b)
+		}
+	}
+	write("PUT", "/kv/pv/a", "text/plain", []byte("one"))
+	write("PUT", "/kv/pv/bin", "application/octet-stream", []byte{0xff, 0, 1})
+
+	live := servertest.Open(t, ts.URL+"/watch/pv/**?prev=1", auth)
+	plain := servertest.Open(t, ts.URL+"/watch/pv/**", auth)
+	_, lines := sseOpenLines(t, ts.URL+"/watch/pv/**?prev=1&format=ndjson", auth)
+	start := live.Sync(t)
+	plain.Sync(t)
+	if c, err := servertest.Decode(lines.next(t)); err != nil || c.Event != "sync" {
+		t.Fatalf("NDJSON began with %+v, %v; want its sync", c, err)
+	}
+
+	write("PUT", "/kv/pv/a", "text/plain", []byte("two"))
+	write("PUT", "/kv/pv/bin", "text/plain", []byte("x"))
+	write("PUT", "/kv/pv/new", "text/plain", []byte("n"))
+	write("DELETE", "/kv/pv/a", "", nil)
+	write("PUT", fmt.Sprintf("/kv/pv/ttl?ttl=%ds", be.TTL), "text/plain", []byte("soon"))
+	write("POST", "/txn", "application/json", []byte(`{"then": [{"put": "pv/new", "value": "m", "content_type": "text/plain"}, {"delete": "pv/bin"}]}`))
+	write("PUT", "/kv/elsewhere", "text/plain", []byte("not watched"))
+
+	want := []prevRow{
+		{Event: "put", Key: "pv/a", Value: "two", PrevValue: "one", PrevType: "text/plain", HasPrev: true, HasPrevType: true},
+		{Event: "put", Key: "pv/bin", Value: "x", PrevValue: base64.StdEncoding.EncodeToString([]byte{0xff, 0, 1}), PrevEncoding: "base64",
+			PrevType: "application/octet-stream", HasPrev: true, HasPrevType: true},
+		{Event: "put", Key: "pv/new", Value: "n"},
+		{Event: "delete", Key: "pv/a", PrevValue: "two", PrevType: "text/plain", HasPrev: true, HasPrevType: true},
+		{Event: "put", Key: "pv/ttl", Value: "soon"},
+		{Event: "put", Key: "pv/new", Value: "m", PrevValue: "n", PrevType: "text/plain", HasPrev: true, HasPrevType: true},
+		{Event: "delete", Key: "pv/bin", PrevValue: "x", PrevType: "text/plain", HasPrev: true, HasPrevType: true},
+		{Event: "delete", Key: "pv/ttl", PrevValue: "soon", PrevType: "text/plain", HasPrev: true, HasPrevType: true},
+	}
+	// The expiry comes when it comes: compare in an order of their own.
+	sorted := func(rows []prevRow) []prevRow {
+		return slices.SortedFunc(slices.Values(rows), func(a, b prevRow) int {
+			return strings.Compare(fmt.Sprint(a), fmt.Sprint(b))
+		})
+	}
+	expired := func(event, key string) bool { return event == "delete" && key == "pv/ttl" }
+	sseRows := func(s *servertest.Stream) (rows []prevRow) {
+		for _, e := range s.Until(t, func(e servertest.Event) bool { return expired(e.Event, e.Data.Key) }) {
+			rows = append(rows, prevRowOf(e.Event, e.Data))
+		}
+		return rows
+	}
+	ndjsonRows := func(l *sseLines) (rows []prevRow) {
+		for {
+			c, err := servertest.Decode(l.next(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Event == "heartbeat" {
+				continue
+			}
+			rows = append(rows, prevRowOf(c.Event, c))
+			if expired(c.Event, c.Key) {
+				return rows
+			}
+		}
+	}
+	check := func(name string, got []prevRow) {
+		t.Helper()
+		if diff := cmp.Diff(sorted(want), sorted(got)); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", name, diff)
+		}
+	}
+	check("live SSE", sseRows(live))
+	check("live NDJSON", ndjsonRows(lines))
+	for _, e := range plain.Until(t, func(e servertest.Event) bool { return expired(e.Event, e.Data.Key) }) {
+		if r := prevRowOf(e.Event, e.Data); r.HasPrev || r.HasPrevType || r.PrevEncoding != "" {
+			t.Errorf("a stream without prev=1 got %+v", e)
+		}
+	}
+
+	// A resume replays the changes from the history, previous values
+	// included.
+	replay := servertest.Open(t, ts.URL+"/watch/pv/**?prev=1&since="+servertest.ID(start), auth)
+	check("replay SSE (since)", sseRows(replay))
+	resumed := http.Header{"Authorization": auth["Authorization"], "Last-Event-Id": {servertest.ID(start)}}
+	_, rlines := sseOpenLines(t, ts.URL+"/watch/pv/**?prev=1&format=ndjson", resumed)
+	check("replay NDJSON (Last-Event-ID)", ndjsonRows(rlines))
+}

@@ -3,6 +3,7 @@ package kv
 import (
 	"container/heap"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -46,6 +47,14 @@ type Change struct {
 	Expires      int64  // OpPut only: Unix nanoseconds, 0 for never
 	Revision     int64
 	PrevRevision int64 // the key's revision before this change; 0 when it was absent
+	// PrevValue and PrevContentType are the key's value before this
+	// change, shared with the entry it replaced (values are never
+	// modified once stored). PrevValue is nil when the key was absent, or
+	// when its previous value is not known: a change read from a log
+	// written before previous values were kept, or one that etcd no
+	// longer had.
+	PrevValue       []byte
+	PrevContentType string
 
 	wire *WireCache // set when the change is published
 }
@@ -301,11 +310,24 @@ func (c *committer) lookup(key string) *Entry {
 // add records a change decided in the batch, prev and e, the key's entry
 // before it, as the batch so far sees it, and after it (nil: absent).
 func (c *committer) add(ch Change, prev, e *Entry) {
+	if prev != nil {
+		ch.PrevValue, ch.PrevContentType = known(prev.Value), prev.ContentType
+	}
 	c.count(prev, -1)
 	c.count(e, 1)
 	c.changes = append(c.changes, ch)
 	c.entries = append(c.entries, e)
 	c.pending[ch.Key] = e
+}
+
+// known returns v, or an empty slice (which allocates nothing) in place
+// of nil, a value a caller gave as nil: a nil previous value means one not
+// known.
+func known(v []byte) []byte {
+	if v == nil {
+		return []byte{}
+	}
+	return v
 }
 
 // count adds e (nil: nothing) to the store's keys and bytes, or takes it
@@ -483,15 +505,26 @@ func (c *committer) persist() error {
 	}
 	c.buf = c.buf[:0]
 	for i := range c.changes {
-		c.buf = wal.Append(c.buf, recordOf(&c.changes[i]))
+		c.buf = wal.Append(c.buf, recordOf(&c.changes[i], s.log.first))
 	}
 	first, last := c.changes[0].Revision, c.changes[len(c.changes)-1].Revision
 	c.buf = wal.Append(c.buf, &wal.Record{Op: wal.OpCommit, Rev: last})
 	return s.log.write(c.buf, first, last)
 }
 
-func recordOf(c *Change) *wal.Record {
+// recordOf is the log record of c, written to the segment whose first
+// revision is first. It carries the key's previous value only when that
+// value's revision lies before the segment: a reader of the segment finds
+// the others in it (see segmentKeys.prevOf), so a hot key costs no more on
+// disk. It leaves the previous value out, unknown after a restart, when
+// it would take the record past what the log accepts (two values near the
+// largest allowed).
+func recordOf(c *Change, first int64) *wal.Record {
 	r := &wal.Record{Op: wal.OpPut, Rev: c.Revision, PrevRev: c.PrevRevision, Key: []byte(c.Key)}
+	size := len(c.Key) + len(c.ContentType) + len(c.Value) + len(c.PrevContentType) + len(c.PrevValue) + 8*binary.MaxVarintLen64
+	if c.PrevValue != nil && c.PrevRevision < first && size <= wal.MaxPayload {
+		r.HasPrev, r.PrevContentType, r.PrevValue = true, []byte(c.PrevContentType), c.PrevValue
+	}
 	switch c.Op {
 	case OpPut:
 		r.ContentType, r.Expires, r.Value = []byte(c.ContentType), c.Expires, c.Value

@@ -22,6 +22,7 @@ type durability struct {
 	dir        string
 	lock       *os.File
 	seg        *wal.Segment
+	first      int64 // seg's first revision
 	compacting atomic.Bool
 	wg         sync.WaitGroup // the running compaction
 
@@ -81,6 +82,9 @@ func (d *durability) load() error {
 	// The records of a segment that may stay in the history: the last
 	// hist.max of them, in a ring that starts at ringStart once full.
 	var ring []wal.Record
+	// The newest change of each key in the history so far, whose value a
+	// later change's previous value shares.
+	latest := make(map[string]*Change)
 	for i, first := range files.Segments {
 		path := wal.SegmentPath(d.dir, first)
 		data, err := os.ReadFile(path)
@@ -89,8 +93,10 @@ func (d *durability) load() error {
 		}
 		ring = ring[:0]
 		ringStart, dropped := 0, int64(-1)
+		seen := make(segmentKeys)
 		scan, err := wal.ScanLog(data, func(batch []wal.Record) error {
 			for j, r := range batch {
+				seen.prevOf(&r)
 				// Every record takes the next revision, but for the
 				// changes of a transaction, which share one: they
 				// follow each other inside one batch.
@@ -129,10 +135,13 @@ func (d *durability) load() error {
 			hist.reset(dropped)
 		}
 		for j := range ring {
-			c := changeOf(ring[(ringStart+j)%len(ring)])
-			hist.add(shared(&c)) // replays after a restart share their encodings too
+			c := changeOf(ring[(ringStart+j)%len(ring)], latest)
+			p := shared(&c) // replays after a restart share their encodings too
+			hist.add(p)
+			latest[p.Key] = p
 		}
 		clear(ring) // let data go
+		seen = nil
 		lastSeg := i == len(files.Segments)-1
 		if scan.Committed < len(data) {
 			if !lastSeg {
@@ -165,7 +174,7 @@ func (d *durability) load() error {
 				s.opts.Logger.Info("the log is of format 1: new writes go to a new segment", "file", path)
 				continue
 			}
-			d.use(seg)
+			d.use(seg, first)
 		}
 	}
 	l.finish()
@@ -182,19 +191,19 @@ func (d *durability) load() error {
 		if err != nil {
 			return err
 		}
-		d.use(seg)
+		d.use(seg, rev+1)
 	}
 	s.stats.LogBytes.Store(d.seg.Size())
 	return nil
 }
 
-// use makes seg the segment the committer appends to, its file wrapped as
-// Options.wrapLog asks.
-func (d *durability) use(seg *wal.Segment) {
+// use makes seg, whose first revision is first, the segment the committer
+// appends to, its file wrapped as Options.wrapLog asks.
+func (d *durability) use(seg *wal.Segment, first int64) {
 	if wrap := d.s.opts.wrapLog; wrap != nil {
 		seg.Wrap(wrap)
 	}
-	d.seg = seg
+	d.seg, d.first = seg, first
 }
 
 // loader fills a store's maps and order from the snapshot and the log
@@ -310,9 +319,43 @@ func (l *loader) finish() {
 	s.stats.ValueBytes.Add(l.bytes)
 }
 
-// changeOf turns a record read from disk into a change that owns its bytes.
-func changeOf(r wal.Record) Change {
+// segmentKeys holds, while a log segment is read, the newest record of
+// each key that the segment has set so far: the previous value of a later
+// change of the key in the segment. The store writes the previous value
+// into a record only when it lies in an earlier segment (see recordOf),
+// so that every record, once read with prevOf, knows its previous value,
+// whatever segments compaction removed before it.
+type segmentKeys map[string]wal.Record
+
+// prevOf fills in r's previous value, when r does not carry it and the
+// segment read so far holds it, and then remembers r. The previous value
+// stays unknown for a record of a log written before previous values
+// were kept, whose key's previous revision lies before the segment.
+func (m segmentKeys) prevOf(r *wal.Record) {
+	if !r.HasPrev && r.PrevRev != 0 {
+		if p, ok := m[string(r.Key)]; ok && p.Rev == r.PrevRev {
+			r.HasPrev, r.PrevContentType, r.PrevValue = true, p.ContentType, p.Value
+		}
+	}
+	if r.Op == wal.OpPut {
+		m[string(r.Key)] = *r
+	} else {
+		delete(m, string(r.Key))
+	}
+}
+
+// changeOf turns a record read from disk into a change that owns its
+// bytes, or shares them with the change in latest, the newest of its key
+// in the history so far, whose value is the record's previous value.
+func changeOf(r wal.Record, latest map[string]*Change) Change {
 	c := Change{Key: string(r.Key), Revision: r.Rev, PrevRevision: r.PrevRev}
+	if r.HasPrev {
+		if p := latest[c.Key]; p != nil && p.Op == OpPut && p.Revision == r.PrevRev {
+			c.PrevValue, c.PrevContentType = p.Value, p.ContentType
+		} else {
+			c.PrevValue, c.PrevContentType = append([]byte{}, r.PrevValue...), string(r.PrevContentType)
+		}
+	}
 	switch r.Op {
 	case wal.OpPut:
 		c.Op, c.ContentType, c.Expires, c.Value = OpPut, string(r.ContentType), r.Expires, bytes.Clone(r.Value)
@@ -434,7 +477,7 @@ func (d *durability) maybeCompact(rev int64) {
 		d.compacting.Store(false)
 		return
 	}
-	d.use(seg)
+	d.use(seg, rev+1)
 	s.stats.LogBytes.Store(seg.Size())
 	d.wg.Add(1)
 	go func() {

@@ -713,3 +713,39 @@ func TestLogDiskFull(t *testing.T) {
 		t.Errorf("%d refused puts were in the store after restarts", len(phantoms))
 	}
 }
+
+// TestRecordOfPrev: a change's log record carries the previous value only
+// when its revision lies before the segment the record goes to, and never
+// when that would take the record past what the log reads back.
+func TestRecordOfPrev(t *testing.T) {
+	big := make([]byte, 32<<20) // the largest value -max-value allows
+	tests := []struct {
+		name string
+		c    Change
+		want bool
+	}{
+		{"created", Change{Op: OpPut, Key: "k", Value: []byte("v"), Revision: 20}, false},
+		{"previous value in the segment", Change{Op: OpPut, Key: "k", Value: []byte("v"), Revision: 20, PrevRevision: 10, PrevValue: []byte("u")}, false},
+		{"previous value before the segment", Change{Op: OpPut, Key: "k", Value: []byte("v"), Revision: 20, PrevRevision: 9, PrevValue: []byte("u"), PrevContentType: "text/plain"}, true},
+		{"delete", Change{Op: OpDelete, Key: "k", Revision: 20, PrevRevision: 9, PrevValue: []byte{}}, true},
+		{"expiry", Change{Op: OpExpire, Key: "k", Revision: 20, PrevRevision: 9, PrevValue: []byte("u")}, true},
+		{"previous value not known", Change{Op: OpDelete, Key: "k", Revision: 20, PrevRevision: 9}, false},
+		{"delete of the largest value", Change{Op: OpDelete, Key: "k", Revision: 20, PrevRevision: 9, PrevValue: big}, true},
+		{"largest value over the largest value", Change{Op: OpPut, Key: "k", Value: big, Revision: 20, PrevRevision: 9, PrevValue: big}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := recordOf(&tt.c, 10)
+			if r.HasPrev != tt.want {
+				t.Fatalf("HasPrev = %v, want %v", r.HasPrev, tt.want)
+			}
+			got, _, err := wal.Decode(wal.Append(nil, r))
+			if err != nil {
+				t.Fatalf("the record does not read back: %v", err)
+			}
+			if tt.want && (!bytes.Equal(got.PrevValue, tt.c.PrevValue) || string(got.PrevContentType) != tt.c.PrevContentType) {
+				t.Errorf("read back previous value %.20q of type %q, want %.20q of type %q", got.PrevValue, got.PrevContentType, tt.c.PrevValue, tt.c.PrevContentType)
+			}
+		})
+	}
+}

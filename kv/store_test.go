@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -1066,6 +1067,18 @@ func TestReopenRefusesDamageBeforeTail(t *testing.T) {
 	t.Logf("Open refused: %v", err)
 }
 
+// openWatched opens a store that the test closes itself, to reopen it,
+// with a subscription to every key.
+func openWatched(t *testing.T, opts kv.Options) (*kv.Store, *kv.Subscription) {
+	t.Helper()
+	s, err := kv.Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**")})
+	return s, sub
+}
+
 // TestCompaction writes through many small segments and checks that the
 // snapshot and the kept log give back the same state, revision and recent
 // history after a reopen.
@@ -1073,11 +1086,7 @@ func TestCompaction(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	opts := kv.Options{Dir: dir, CompactBytes: 2048, History: 50}
-	s, err := kv.Open(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub := watch(t, s, kv.WatchOptions{Patterns: patterns(t, "**")})
+	s, sub := openWatched(t, opts)
 	rng := rand.New(rand.NewPCG(3, 4))
 	const writes = 600
 	for i := range writes {
@@ -1409,5 +1418,194 @@ func TestExport(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"a/1=x", "a/2=y", "a/live=l"}, got); diff != "" {
 		t.Errorf("export (-want +got):\n%s", diff)
+	}
+}
+
+// prevState is a change's previous value as the prev tests compare it.
+type prevState struct {
+	Rev         int64
+	Known       bool
+	Value, Type string
+}
+
+func prevStateOf(c *kv.Change) prevState {
+	return prevState{Rev: c.Revision, Known: c.PrevValue != nil, Value: string(c.PrevValue), Type: c.PrevContentType}
+}
+
+// next returns the subscription's next n changes.
+func next(t *testing.T, sub *kv.Subscription, n int) []*kv.Change {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	var out []*kv.Change
+	for len(out) < n {
+		c, ok := sub.Next(ctx)
+		if !ok {
+			t.Fatalf("got %d of %d changes (lagged: %v, %v)", len(out), n, sub.Lagged(), ctx.Err())
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// sharesPrev checks that each change's previous value is the very value
+// of the change before it of its key, when that change is in changes:
+// previous values cost no copy.
+func sharesPrev(t *testing.T, when string, changes []*kv.Change) {
+	t.Helper()
+	latest := map[string]*kv.Change{}
+	shared := 0
+	for _, c := range changes {
+		if p := latest[c.Key]; p != nil && p.Op == kv.OpPut && len(p.Value) > 0 {
+			if unsafe.SliceData(c.PrevValue) != unsafe.SliceData(p.Value) {
+				t.Errorf("%s: the previous value of revision %d is a copy of revision %d's value", when, c.Revision, p.Revision)
+			}
+			shared++
+		}
+		latest[c.Key] = c
+	}
+	if shared == 0 {
+		t.Errorf("%s: no change whose previous value could be shared", when)
+	}
+}
+
+// TestPrevValues: every change of a key that had a value carries that
+// value and its content type, shared with the entry it replaced: puts,
+// deletes, expiries and the changes of a transaction, live and, after a
+// restart, replayed from the log, also where compaction removed the
+// segment that held the previous value.
+func TestPrevValues(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock(time.Now().Add(24 * time.Hour))
+	dir := t.TempDir()
+	opts := kv.Options{Dir: dir, Now: clk.Now, CompactBytes: 1024, History: 100}
+	s, sub := openWatched(t, opts)
+	type value struct{ v, ct string }
+	model := map[string]value{}
+	var want []prevState
+	var rev int64
+	// note records the change of key that takes the next revision.
+	note := func(key string, after *value) {
+		rev++
+		p, ok := model[key]
+		want = append(want, prevState{Rev: rev, Known: ok, Value: p.v, Type: p.ct})
+		if after == nil {
+			delete(model, key)
+		} else {
+			model[key] = *after
+		}
+	}
+	write := func(key, v, ct string) {
+		t.Helper()
+		note(key, &value{v, ct})
+		if _, err := s.Put(ctx, key, []byte(v), kv.PutOptions{ContentType: ct}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("cold", "first", "text/plain")
+	for i := range 250 {
+		key := fmt.Sprintf("hot/%d", i%5)
+		if _, ok := model[key]; ok && i%13 == 0 {
+			note(key, nil)
+			del(t, s, key)
+			continue
+		}
+		write(key, strings.Repeat(strconv.Itoa(i), 5), fmt.Sprintf("type/%d", i%2))
+	}
+	write("cold", "second", "text/plain")
+	write("bin", string([]byte{0xff, 0}), "application/octet-stream")
+	write("bin", "", "")
+	write("ttl", "now", "text/plain")
+	note("ttl", &value{"soon", "text/plain"})
+	if _, err := s.Put(ctx, "ttl", []byte("soon"), kv.PutOptions{ContentType: "text/plain", TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Minute)
+	note("ttl", nil) // the expiry, committed before the next write
+	write("cold", "third", "text/plain")
+	note("cold", &value{"fourth", ""})
+	note("bin", nil)
+	if _, err := s.Txn(ctx, kv.Txn{Then: []kv.TxnOp{{Kind: kv.TxnPut, Key: "cold", Value: []byte("fourth")}, {Kind: kv.TxnDelete, Key: "bin"}}}); err != nil {
+		t.Fatal(err)
+	}
+	want[len(want)-1].Rev-- // the transaction's changes share a revision
+
+	rev = s.Revision()
+	live := next(t, sub, len(want))
+	var got []prevState
+	for _, c := range live {
+		got = append(got, prevStateOf(c))
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("live previous values (-want +got):\n%s", diff)
+	}
+	sharesPrev(t, "live", live)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	files, err := wal.List(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files.Segments[0] <= want[0].Rev {
+		t.Fatalf("segments %v: compaction kept the first write's, the test needs it removed", files.Segments)
+	}
+
+	s = open(t, opts)
+	from := rev - int64(opts.History) + 5 // well inside the history: a transaction's changes share a revision
+	res, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: from})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Reset != "" {
+		t.Fatalf("resume from %d after reopen: Reset %q, want a replay", from, res.Reset)
+	}
+	got = got[:0]
+	for _, c := range res.Replay {
+		got = append(got, prevStateOf(c))
+	}
+	i := slices.IndexFunc(want, func(p prevState) bool { return p.Rev > from })
+	if diff := cmp.Diff(want[i:], got); diff != "" {
+		t.Errorf("previous values replayed after reopen (-want +got):\n%s", diff)
+	}
+	sharesPrev(t, "replayed", res.Replay)
+}
+
+// TestPrevFromOldLog: a log written before records carried previous
+// values still gives them, from the segment itself, where the previous
+// change is in it; where it is not, the previous value is not known.
+func TestPrevFromOldLog(t *testing.T) {
+	dir := t.TempDir()
+	err := wal.WriteSnapshot(dir, 1, func(add func(*wal.Record) error) error {
+		return add(&wal.Record{Op: wal.OpPut, Rev: 1, Key: []byte("b"), Value: []byte("in the snapshot")})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := append([]byte(nil), wal.LogMagic[:]...)
+	for _, r := range []wal.Record{
+		{Op: wal.OpPut, Rev: 2, Key: []byte("a"), ContentType: []byte("text/plain"), Value: []byte("1")},
+		{Op: wal.OpPut, Rev: 3, PrevRev: 2, Key: []byte("a"), Value: []byte("2")},
+		{Op: wal.OpDelete, Rev: 4, PrevRev: 3, Key: []byte("a")},
+		{Op: wal.OpPut, Rev: 5, PrevRev: 1, Key: []byte("b"), Value: []byte("3")},
+		{Op: wal.OpCommit, Rev: 5},
+	} {
+		data = wal.Append(data, &r)
+	}
+	if err := os.WriteFile(wal.SegmentPath(dir, 2), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, kv.Options{Dir: dir})
+	res, err := s.Watch(kv.WatchOptions{Patterns: patterns(t, "**"), Resume: true, From: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []prevState
+	for _, c := range res.Replay {
+		got = append(got, prevStateOf(c))
+	}
+	want := []prevState{{Rev: 2}, {Rev: 3, Known: true, Value: "1", Type: "text/plain"}, {Rev: 4, Known: true, Value: "2"}, {Rev: 5}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("previous values of an old log (-want +got):\n%s", diff)
 	}
 }

@@ -63,32 +63,35 @@ func BenchmarkEncodeFanout(b *testing.B) {
 }
 
 // TestEncodedShared: a published change is encoded once per format and
-// variant (the last change of its revision on a stream, or not) for every
-// stream, and the bytes of each format and variant are their own.
+// variant (the last change of its revision on a stream, or not; with its
+// previous value, or not) for every stream, and the bytes of each format
+// and variant are their own.
 func TestEncodedShared(t *testing.T) {
-	ch := published(t, kv.Change{Op: kv.OpPut, Key: "k", Value: []byte("v"), Revision: 7})
+	ch := published(t, kv.Change{Op: kv.OpPut, Key: "k", Value: []byte("v"), Revision: 7, PrevRevision: 6, PrevValue: []byte("u")})
 	type variant struct {
-		format Format
-		last   bool
+		format     Format
+		last, prev bool
 	}
 	var variants []variant
 	made := map[string]variant{} // the bytes of each variant
 	for _, f := range []Format{SSE, NDJSON} {
 		for _, last := range []bool{false, true} {
-			v := variant{f, last}
-			variants = append(variants, v)
-			a, b := encoder{format: f}, encoder{format: f}
-			a.change(ch, last)
-			b.change(ch, last)
-			if string(a.buf) != string(b.buf) {
-				t.Fatalf("%+v: two streams got %q and %q", v, a.buf, b.buf)
-			}
-			if other, ok := made[string(a.buf)]; ok {
-				t.Errorf("%+v and %+v share their bytes: %q", other, v, a.buf)
-			}
-			made[string(a.buf)] = v
-			if allocs := testing.AllocsPerRun(100, func() { a.buf = a.buf[:0]; a.change(ch, last) }); allocs != 0 {
-				t.Errorf("%+v: %v allocations to send a change already encoded, want 0", v, allocs)
+			for _, prev := range []bool{false, true} {
+				v := variant{f, last, prev}
+				variants = append(variants, v)
+				a, b := encoder{format: f, prev: prev}, encoder{format: f, prev: prev}
+				a.change(ch, last)
+				b.change(ch, last)
+				if string(a.buf) != string(b.buf) {
+					t.Fatalf("%+v: two streams got %q and %q", v, a.buf, b.buf)
+				}
+				if other, ok := made[string(a.buf)]; ok {
+					t.Errorf("%+v and %+v share their bytes: %q", other, v, a.buf)
+				}
+				made[string(a.buf)] = v
+				if allocs := testing.AllocsPerRun(100, func() { a.buf = a.buf[:0]; a.change(ch, last) }); allocs != 0 {
+					t.Errorf("%+v: %v allocations to send a change already encoded, want 0", v, allocs)
+				}
 			}
 		}
 	}
@@ -96,7 +99,7 @@ func TestEncodedShared(t *testing.T) {
 	e := encoder{}
 	allocs := testing.AllocsPerRun(100, func() {
 		for _, v := range variants {
-			e.format, e.buf = v.format, e.buf[:0]
+			e.format, e.prev, e.buf = v.format, v.prev, e.buf[:0]
 			e.change(ch, v.last)
 		}
 	})

@@ -45,9 +45,13 @@ func appendExpires(b []byte, expires int64) []byte {
 
 // AppendChange appends the JSON object of a change, the data of its
 // event: key, value (puts), revision, prev_revision, expires (puts with a
-// time to live) and reason (deletes). With event set, the object starts with "event" as in the
-// NDJSON stream.
-func AppendChange(b []byte, c *kv.Change, event bool) []byte {
+// time to live) and reason (deletes). With event set, the object starts
+// with "event" as in the NDJSON stream. With prev set (a watch's prev=1),
+// a change whose key had a value before it also carries that value, as
+// prev_value (with prev_encoding "base64" when it is not UTF-8) and
+// prev_content_type, after prev_revision; a change whose previous value
+// is not known (see kv.Change.PrevValue) carries only prev_revision.
+func AppendChange(b []byte, c *kv.Change, event, prev bool) []byte {
 	b = append(b, '{')
 	if event {
 		b = append(b, `"event":"`...)
@@ -64,6 +68,11 @@ func AppendChange(b []byte, c *kv.Change, event bool) []byte {
 	if c.PrevRevision != 0 {
 		b = append(b, `,"prev_revision":`...)
 		b = strconv.AppendInt(b, c.PrevRevision, 10)
+		if prev && c.PrevValue != nil {
+			b = appendBytes(b, `,"prev_value":`, `,"prev_encoding":"base64"`, c.PrevValue)
+			b = append(b, `,"prev_content_type":`...)
+			b = AppendString(b, c.PrevContentType)
+		}
 	}
 	if c.Op == kv.OpPut {
 		b = appendExpires(b, c.Expires)
@@ -83,8 +92,8 @@ func AppendChange(b []byte, c *kv.Change, event bool) []byte {
 // is); a line before the last of its revision has no "last" field. The
 // field is always the object's final one, whatever fields come before
 // it, so a reader may look for the suffix `,"last":true}`.
-func appendChangeLine(b []byte, c *kv.Change, last bool) []byte {
-	b = AppendChange(b, c, true)
+func appendChangeLine(b []byte, c *kv.Change, last, prev bool) []byte {
+	b = AppendChange(b, c, true, prev)
 	if last {
 		b = append(b[:len(b)-1], `,"last":true}`...)
 	}
@@ -94,13 +103,20 @@ func appendChangeLine(b []byte, c *kv.Change, last bool) []byte {
 // appendValue appends `,"value":` and the value as a JSON string when it
 // is valid UTF-8, else in standard base64 with `,"encoding":"base64"`.
 func appendValue(b, v []byte) []byte {
-	b = append(b, `,"value":`...)
+	return appendBytes(b, `,"value":`, `,"encoding":"base64"`, v)
+}
+
+// appendBytes appends field (`,"name":`) and v as a JSON string when it is
+// valid UTF-8, else in standard base64 followed by encoding.
+func appendBytes(b []byte, field, encoding string, v []byte) []byte {
+	b = append(b, field...)
 	if utf8.Valid(v) {
 		return AppendString(b, string(v))
 	}
 	b = append(b, '"')
 	b = base64.StdEncoding.AppendEncode(b, v)
-	return append(b, `","encoding":"base64"`...)
+	b = append(b, '"')
+	return append(b, encoding...)
 }
 
 const hex = "0123456789abcdef"

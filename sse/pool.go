@@ -100,7 +100,7 @@ func (p *Pool) Serve(w http.ResponseWriter, r *http.Request, sub *kv.Subscriptio
 	}
 	c := &conn{pool: p, nc: nc, done: done, flushed: s.flushed}
 	c.state.Store(running) // until start has set it up: whatever comes meanwhile waits
-	c.live = live{sub: sub, opts: opts, enc: encoder{format: opts.Format, sent: opts.Sent, last: s.enc.last}}
+	c.live = live{sub: sub, opts: opts, enc: newEncoder(&opts, s.enc.last)}
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
 	}

@@ -74,6 +74,9 @@ type StreamOptions struct {
 	// go out together. It is asked at each flush, so that the pacing can
 	// follow the load. nil (or 0) flushes every event at once.
 	FlushInterval func() time.Duration
+	// Prev adds to put and delete events the key's previous value (a
+	// watch's prev=1; see AppendChange).
+	Prev bool
 	// HandOver, when not nil, is called on the handler's goroutine just
 	// before a Pool takes the connection over from net/http: from then on
 	// the handler's return does not end the response.
@@ -111,7 +114,7 @@ func newStream(w http.ResponseWriter, sub *kv.Subscription, opts StreamOptions) 
 	w.WriteHeader(http.StatusOK)
 
 	s := &stream{w: w, rc: rc, hurried: make(chan struct{})}
-	s.live = live{sub: sub, opts: opts, enc: encoder{format: opts.Format, sent: opts.Sent, last: sub.Revision}}
+	s.live = live{sub: sub, opts: opts, enc: newEncoder(&opts, sub.Revision)}
 	s.stopHurry = context.AfterFunc(opts.Stop, s.hurry)
 	return s
 }
@@ -288,10 +291,17 @@ func (s *stream) flush() bool {
 // encoder builds the bytes of a stream's events, in its format.
 type encoder struct {
 	format  Format
+	prev    bool          // changes carry their key's previous value
 	sent    *atomic.Int64 // counts the changes appended, when not nil
 	buf     []byte
 	scratch []byte
 	last    int64 // the revision of the last change appended, or of the sync
+}
+
+// newEncoder returns the encoder of a stream with opts whose last change
+// or sync was at revision last.
+func newEncoder(opts *StreamOptions, last int64) encoder {
+	return encoder{format: opts.Format, prev: opts.Prev, sent: opts.Sent, last: last}
 }
 
 // retry appends the retry line of a stream that ends because the server
@@ -311,7 +321,7 @@ func (e *encoder) change(c *kv.Change, last bool) {
 	if e.sent != nil {
 		e.sent.Add(1)
 	}
-	e.buf = append(e.buf, encoded(c, e.format, last)...)
+	e.buf = append(e.buf, encoded(c, e.format, last, e.prev)...)
 }
 
 // changes appends a batch of live changes, in order. It must hold whole
@@ -335,41 +345,46 @@ func endsRevision(changes []*kv.Change, i int) bool {
 // encodings are a published change's bytes on the wire, made once for
 // every stream that sends the change: they live in the change's
 // kv.WireCache, whose only user is this function. They are indexed by
-// format, then by whether the change is the last of its revision on the
-// stream (1) or not (0): streams whose patterns match different changes
-// of one revision may need both.
-type encodings [2][2]atomic.Pointer[[]byte]
+// whether they carry the previous value (1, prev=1) or not (0), by format,
+// then by whether the change is the last of its revision on the stream
+// (1) or not (0): streams whose patterns match different changes of one
+// revision may need both.
+type encodings [2][2][2]atomic.Pointer[[]byte]
 
 // encoded returns c's bytes in format f: its event (SSE) or its line
 // (NDJSON), as the last change of its revision on a stream or not (see
-// encoder.change). For a published change they are made once and shared,
-// and must not be modified.
-func encoded(c *kv.Change, f Format, last bool) []byte {
+// encoder.change), with its previous value or not. For a published change
+// they are made once and shared, and must not be modified.
+func encoded(c *kv.Change, f Format, last, prev bool) []byte {
 	cache := c.WireCache()
 	if cache == nil {
-		return encode(c, f, last)
+		return encode(c, f, last, prev)
 	}
 	e, _ := cache.Load().(*encodings)
 	if e == nil {
 		e = cache.LoadOrStore(new(encodings)).(*encodings)
 	}
-	p := &e[f][0]
-	if last {
-		p = &e[f][1]
-	}
+	p := &e[bit(prev)][f][bit(last)]
 	if b := p.Load(); b != nil {
 		return *b
 	}
-	b := encode(c, f, last)
+	b := encode(c, f, last, prev)
 	p.CompareAndSwap(nil, &b)
 	return *p.Load()
 }
 
-func encode(c *kv.Change, f Format, last bool) []byte {
-	if f == NDJSON {
-		return append(appendChangeLine(nil, c, last), '\n')
+func bit(b bool) int {
+	if b {
+		return 1
 	}
-	return AppendChangeEvent(nil, c, last)
+	return 0
+}
+
+func encode(c *kv.Change, f Format, last, prev bool) []byte {
+	if f == NDJSON {
+		return append(appendChangeLine(nil, c, last, prev), '\n')
+	}
+	return AppendChangeEvent(nil, c, last, prev)
 }
 
 // AppendChangeEvent appends the SSE event of a change: "id: <revision>"
@@ -381,8 +396,8 @@ func encode(c *kv.Change, f Format, last bool) []byte {
 // rather than through New: the id is a number, the name a constant, and
 // the JSON escapes every control character, so no raw CR, LF or NUL can
 // reach the wire (a fuzz test holds it to what New and Reader make of the
-// same event).
-func AppendChangeEvent(b []byte, c *kv.Change, last bool) []byte {
+// same event). prev is AppendChange's.
+func AppendChangeEvent(b []byte, c *kv.Change, last, prev bool) []byte {
 	if last {
 		b = append(b, "id: "...)
 		b = strconv.AppendInt(b, c.Revision, 10)
@@ -391,7 +406,7 @@ func AppendChangeEvent(b []byte, c *kv.Change, last bool) []byte {
 	b = append(b, "event: "...)
 	b = append(b, c.Event()...)
 	b = append(b, "\ndata: "...)
-	b = AppendChange(b, c, false)
+	b = AppendChange(b, c, false, prev)
 	return append(b, '\n', '\n')
 }
 

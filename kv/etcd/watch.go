@@ -157,11 +157,18 @@ func (s *Store) change(ev *event, now int64) (c kv.Change, ok bool) {
 	c = kv.Change{Op: kv.OpPut, Key: key, Revision: ev.KV.ModRevision}
 	if ev.PrevKV != nil {
 		c.PrevRevision = ev.PrevKV.ModRevision
-		if _, _, expires := decodeValue(ev.PrevKV.Value); expires != 0 && now >= expires {
+		value, ctype, expires := decodeValue(ev.PrevKV.Value)
+		if value == nil {
+			value = []byte{} // nil would say the previous value is not known
+		}
+		c.PrevValue, c.PrevContentType = value, ctype
+		if expires != 0 && now >= expires {
 			c.PrevRevision = 0 // it had expired: the put created the key
+			c.PrevValue, c.PrevContentType = nil, ""
 			if ev.Type == "DELETE" {
 				c.Op = kv.OpExpire
 				c.PrevRevision = ev.PrevKV.ModRevision
+				c.PrevValue, c.PrevContentType = value, ctype
 			}
 		}
 	}

@@ -9,9 +9,10 @@
 //	payload length bytes
 //
 // and a payload is an op byte followed by uvarint/varint fields (see
-// Append). Every file starts with an 8-byte magic naming its kind and
-// format version, so that a file of another kind or version is refused, not
-// misread.
+// Append), and, for a change record, an optional part that carries the
+// key's previous value (see Record.HasPrev). Every file starts with an
+// 8-byte magic naming its kind and format version, so that a file of
+// another kind or version is refused, not misread.
 //
 // A log segment (LogMagic, "kvsseLG2") is a sequence of batches. A batch
 // is one or more change records (OpPut, OpDelete, OpExpire) and the
@@ -98,7 +99,22 @@ type Record struct {
 	ContentType []byte // OpPut only
 	Expires     int64  // OpPut only: Unix nanoseconds, 0 for no expiry
 	Value       []byte // OpPut only
+
+	// HasPrev says that a change record (OpPut, OpDelete, OpExpire)
+	// carries the key's value before the change, PrevValue, and its
+	// content type, PrevContentType: the store writes them only when the
+	// key's previous revision lies before the segment the record is
+	// written to, since a reader of the segment finds the others in it.
+	// They are an optional part at the end of the payload, a byte 1 then
+	// the two fields; records without it are those of logs written
+	// before it existed, which read as before.
+	HasPrev         bool
+	PrevContentType []byte
+	PrevValue       []byte
 }
+
+// prevPart is the byte that starts a change record's optional part.
+const prevPart = 1
 
 // Append appends r as one whole frame to b and returns the extended slice.
 // It allocates only when b lacks capacity.
@@ -116,6 +132,13 @@ func Append(b []byte, r *Record) []byte {
 		b = binary.AppendVarint(b, r.Expires)
 		b = binary.AppendUvarint(b, uint64(len(r.Value)))
 		b = append(b, r.Value...)
+	}
+	if r.HasPrev && r.Op >= OpPut && r.Op <= OpExpire {
+		b = append(b, prevPart)
+		b = binary.AppendUvarint(b, uint64(len(r.PrevContentType)))
+		b = append(b, r.PrevContentType...)
+		b = binary.AppendUvarint(b, uint64(len(r.PrevValue)))
+		b = append(b, r.PrevValue...)
 	}
 	payload := b[start+HeaderSize:]
 	binary.LittleEndian.PutUint32(b[start:], uint32(len(payload)))
@@ -179,6 +202,12 @@ func parsePayload(p []byte) (Record, error) {
 		r.ContentType = d.bytes()
 		r.Expires = d.varint()
 		r.Value = d.bytes()
+	}
+	if len(d.b) > 0 && d.b[0] == prevPart && r.Op >= OpPut && r.Op <= OpExpire {
+		d.b = d.b[1:]
+		r.HasPrev = true
+		r.PrevContentType = d.bytes()
+		r.PrevValue = d.bytes()
 	}
 	if d.err != nil {
 		return Record{}, d.err

@@ -59,9 +59,14 @@ func encodeAllWith(magic [8]byte, records []wal.Record) []byte {
 	return buf.Bytes()
 }
 
-func TestGolden(t *testing.T) {
-	path := filepath.Join("testdata", "records.golden")
-	got := encodeAll(goldenRecords())
+func TestGolden(t *testing.T) { checkGolden(t, "records.golden", goldenRecords()) }
+
+// checkGolden holds records to the file name in testdata, both ways:
+// they encode to its bytes, and its bytes decode to them.
+func checkGolden(t *testing.T, name string, records []wal.Record) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	got := encodeAll(records)
 	if *update {
 		if err := os.WriteFile(path, got, 0o644); err != nil {
 			t.Fatal(err)
@@ -79,10 +84,10 @@ func TestGolden(t *testing.T) {
 	// The golden file decodes back to the list, whatever the encoder does.
 	decoded, valid, err := scanAll(want)
 	if err != nil || valid != len(want) {
-		t.Fatalf("Scan(golden) = %d, %v; want %d, nil", valid, err, len(want))
+		t.Fatalf("Scan(%s) = %d, %v; want %d, nil", name, valid, err, len(want))
 	}
-	if diff := cmp.Diff(goldenRecords(), decoded, equateEmpty); diff != "" {
-		t.Errorf("golden records (-want +got):\n%s", diff)
+	if diff := cmp.Diff(records, decoded, equateEmpty); diff != "" {
+		t.Errorf("%s records (-want +got):\n%s", name, diff)
 	}
 }
 
@@ -107,6 +112,34 @@ func TestGoldenV1(t *testing.T) {
 	}
 }
 
+// prevRecords are change records that carry their key's previous value,
+// pinned by testdata/records-prev.golden: the optional part that logs
+// written before it lack (records.golden), which still read the same.
+func prevRecords() []wal.Record {
+	return []wal.Record{
+		{Op: wal.OpPut, Rev: 40, PrevRev: 2, Key: []byte("config/a"), ContentType: []byte("text/plain"), Value: []byte("on"),
+			HasPrev: true, PrevContentType: []byte("text/plain"), PrevValue: []byte("off")},
+		{Op: wal.OpDelete, Rev: 41, PrevRev: 4, Key: []byte("bin"), HasPrev: true, PrevContentType: []byte("application/octet-stream"), PrevValue: []byte{0, 0xff, '\n'}},
+		{Op: wal.OpExpire, Rev: 42, PrevRev: 3, Key: []byte("empty"), HasPrev: true},
+		{Op: wal.OpCommit, Rev: 42},
+	}
+}
+
+func TestGoldenPrev(t *testing.T) {
+	checkGolden(t, "records-prev.golden", prevRecords())
+	// The optional part belongs to change records only, and starts with
+	// its own byte: anything else after a record's fields is damage.
+	for _, tail := range [][]byte{{2}, {1}, {1, 0}, {1, 5, 'a'}} {
+		payload := append([]byte{byte(wal.OpDelete), 5, 4, 1, 'k'}, tail...)
+		if _, _, err := wal.Decode(frame(payload)); !errors.Is(err, wal.ErrCorrupt) {
+			t.Errorf("a delete followed by %x: %v, want ErrCorrupt", tail, err)
+		}
+	}
+	if _, _, err := wal.Decode(frame([]byte{byte(wal.OpCommit), 5, 0, 0, 1, 0, 0})); !errors.Is(err, wal.ErrCorrupt) {
+		t.Errorf("a commit marker with a previous value: %v, want ErrCorrupt", err)
+	}
+}
+
 func TestRoundTrip(t *testing.T) {
 	all := make([]byte, 256)
 	for i := range all {
@@ -126,6 +159,11 @@ func TestRoundTrip(t *testing.T) {
 		{"put min expiry", wal.Record{Op: wal.OpPut, Rev: 1 << 62, PrevRev: 1 << 62, Key: []byte("k"), Expires: math.MinInt64}},
 		{"delete", wal.Record{Op: wal.OpDelete, Rev: 9, PrevRev: 8, Key: []byte("a/b")}},
 		{"expire", wal.Record{Op: wal.OpExpire, Rev: 10, PrevRev: 9, Key: []byte("a/b")}},
+		{"put with prev", wal.Record{Op: wal.OpPut, Rev: 7, PrevRev: 3, Key: []byte("k"), Value: []byte("new"),
+			HasPrev: true, PrevContentType: []byte("text/plain"), PrevValue: []byte("old")}},
+		{"put with empty prev", wal.Record{Op: wal.OpPut, Rev: 7, PrevRev: 3, Key: []byte("k"), Value: []byte("new"), HasPrev: true}},
+		{"delete with binary prev", wal.Record{Op: wal.OpDelete, Rev: 9, PrevRev: 8, Key: []byte("k"), HasPrev: true, PrevValue: all}},
+		{"expire with prev", wal.Record{Op: wal.OpExpire, Rev: 10, PrevRev: 9, Key: []byte("k"), HasPrev: true, PrevContentType: []byte("a"), PrevValue: []byte("b")}},
 		{"snapshot start", wal.Record{Op: wal.OpSnapRev, Rev: 1 << 62}},
 		{"snapshot end", wal.Record{Op: wal.OpSnapEnd, Rev: 0}},
 		{"commit marker", wal.Record{Op: wal.OpCommit, Rev: 1 << 62}},
@@ -312,6 +350,7 @@ func FuzzDecode(f *testing.F) {
 		f.Add(wal.Append(nil, &r))
 	}
 	f.Add(encodeAll(goldenRecords()))
+	f.Add(encodeAll(prevRecords()))
 	f.Add(encodeAll(goldenRecords()[:3])[:60])
 	for _, tt := range decodeErrorCases() {
 		f.Add(tt.buf)

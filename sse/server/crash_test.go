@@ -21,11 +21,13 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
+	"kvsse/kv/wal"
 	"kvsse/sse"
 	"kvsse/sse/server/servertest"
 )
@@ -1209,4 +1211,125 @@ func TestCompactionRestart(t *testing.T) {
 	}
 	check("after 100 writes past the SIGKILL", p.URL)
 	crashSettled(t, dir)
+}
+
+// TestPrevAcrossRestart: after SIGKILL and after a clean stop (SIGTERM) of
+// the binary, a resume with prev=1 replays every change with the value it
+// replaced, from the log: also a change whose key's previous value was
+// written to a segment that compaction has since removed, one whose
+// previous value lies in an earlier segment that is kept, and one whose
+// previous value lies in its own segment.
+func TestPrevAcrossRestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	c := crashClient(t)
+	const history = 200
+	args := []string{"-data", dir, "-compact-bytes", "2048", "-history", strconv.Itoa(history)}
+
+	type change struct {
+		event, key string
+		prev       *string // the value the change replaced
+	}
+	want := map[int64]change{} // by revision
+	values := map[string]string{}
+	var last int64
+	write := func(base, method, key, value string) {
+		t.Helper()
+		status, rev, body, err := crashWrite(c, method, base, key, []byte(value), map[string]string{"Content-Type": "text/plain"})
+		if err != nil || status/100 != 2 {
+			t.Fatalf("%s %s: %d %s %v", method, key, status, body, err)
+		}
+		ch := change{event: "put", key: key}
+		if method == http.MethodDelete {
+			ch.event = "delete"
+		}
+		if v, ok := values[key]; ok {
+			ch.prev = &v
+		}
+		want[rev], last = ch, rev
+		if method == http.MethodDelete {
+			delete(values, key)
+		} else {
+			values[key] = value
+		}
+	}
+	hot := func(base string, n int) {
+		for i := range n {
+			key := fmt.Sprintf("hot/%d", i%7)
+			if i%40 == 39 {
+				write(base, http.MethodDelete, key, "")
+				continue
+			}
+			write(base, http.MethodPut, key, fmt.Sprintf("value %d of %s, long enough to fill the log", i, key))
+		}
+	}
+	// verify resumes from well inside the history and checks every
+	// change replayed, and that the replay reaches the last write.
+	verify := func(when, base string) {
+		t.Helper()
+		since := last - history*3/4
+		s := servertest.Open(t, base+"/watch/**?prev=1&since="+servertest.ID(since), nil)
+		n := 0
+		for _, e := range s.Until(t, func(e servertest.Event) bool { return e.Event == "sync" }) {
+			if e.Event == "sync" {
+				break
+			}
+			n++
+			w, ok := want[e.Data.Revision]
+			var got *string
+			if e.Data.PrevValue != nil {
+				v := *e.Data.PrevValue
+				got = &v
+			}
+			if !ok || e.Event != w.event || e.Data.Key != w.key || !cmp.Equal(got, w.prev) ||
+				(got != nil && (e.Data.PrevContentType == nil || *e.Data.PrevContentType != "text/plain")) {
+				t.Fatalf("%s: replayed %+v (previous value %v), want %+v (previous value %v)", when, e, deref(got), w, deref(w.prev))
+			}
+		}
+		if int64(n) != last-since {
+			t.Fatalf("%s: replayed %d changes after %d, want %d", when, n, since, last-since)
+		}
+	}
+	p := servertest.StartProc(t, args...)
+	write(p.URL, http.MethodPut, "cold/a", "first a")
+	write(p.URL, http.MethodPut, "cold/b", "first b")
+	hot(p.URL, 400)
+	// Compaction has removed the segment that holds the first values of
+	// the cold keys.
+	first := filepath.Base(wal.SegmentPath(dir, 1))
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if wals, _ := crashFiles(t, dir); len(wals) > 0 && wals[0] != first {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("segment %s still there after 400 writes", first)
+		}
+	}
+	write(p.URL, http.MethodPut, "cold/a", "second a")
+	write(p.URL, http.MethodDelete, "cold/b", "")
+	hot(p.URL, 20)
+	verify("before any restart", p.URL)
+	p.Kill()
+
+	p = servertest.StartProc(t, args...)
+	verify("after SIGKILL", p.URL)
+	hot(p.URL, 30)
+	write(p.URL, http.MethodPut, "cold/a", "third a")
+	hot(p.URL, 10)
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Cmd.Wait(); err != nil {
+		t.Fatalf("the server did not stop cleanly: %v", err)
+	}
+
+	p = servertest.StartProc(t, args...)
+	verify("after a clean stop", p.URL)
+}
+
+func deref(s *string) any {
+	if s == nil {
+		return nil
+	}
+	return *s
 }

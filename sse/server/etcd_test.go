@@ -439,11 +439,22 @@ func TestEtcdResumeFromEtcdHistory(t *testing.T) {
 	args := c.ServerArgs(servertest.EtcdPrefix())
 	first := servertest.Start(t, args...)
 	var revs []int64
+	values := map[string]string{}
+	prevs := map[int64]*string{} // the value each change replaced
 	for i := range 10 {
 		if i%3 == 2 { // delete what the write before put
-			revs = append(revs, servertest.Del(t, first.URL, fmt.Sprintf("h/k%d", (i-1)%4)))
+			key := fmt.Sprintf("h/k%d", (i-1)%4)
+			revs = append(revs, servertest.Del(t, first.URL, key))
+			v := values[key]
+			prevs[revs[i]] = &v
+			delete(values, key)
 		} else {
-			revs = append(revs, servertest.Put(t, first.URL, fmt.Sprintf("h/k%d", i%4), strconv.Itoa(i)))
+			key := fmt.Sprintf("h/k%d", i%4)
+			revs = append(revs, servertest.Put(t, first.URL, key, strconv.Itoa(i)))
+			if v, ok := values[key]; ok {
+				prevs[revs[i]] = &v
+			}
+			values[key] = strconv.Itoa(i)
 		}
 	}
 	first.Stop(t)
@@ -463,6 +474,17 @@ func TestEtcdResumeFromEtcdHistory(t *testing.T) {
 	}
 	if diff := cmp.Diff(revs[3:], ids); diff != "" {
 		t.Errorf("resume from %d on a fresh node: revisions (-want +got):\n%s", revs[2], diff)
+	}
+	s.Close()
+
+	// With prev=1, the changes read from etcd's history carry the values
+	// they replaced.
+	s = servertest.Open(t, servertest.Start(t, args...).URL+"/watch/h/**?prev=1", hdr)
+	got = s.Until(t, func(e servertest.Event) bool { return e.Event == "sync" })
+	for _, e := range got[:len(got)-1] {
+		if want := prevs[e.Data.Revision]; !cmp.Equal(e.Data.PrevValue, want) {
+			t.Errorf("resume with prev=1 on a fresh node: %+v carries previous value %v, want %v", e, deref(e.Data.PrevValue), deref(want))
+		}
 	}
 	s.Close()
 

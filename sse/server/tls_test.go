@@ -52,6 +52,7 @@ type tlsEvent struct {
 	Key      string `json:"key"`
 	Value    string `json:"value"`
 	Revision int64  `json:"revision"`
+	Prev     string `json:"prev_value"` // with prev=1
 }
 
 // tlsStream is an open NDJSON stream of /watch.
@@ -178,7 +179,7 @@ func TestTLSStreamsShareOneConnection(t *testing.T) {
 	for i := range n {
 		go func() {
 			key := fmt.Sprintf("tls/%d", i)
-			s, err := tlsOpen(ctx, client, ts.URL+"/watch/"+key)
+			s, err := tlsOpen(ctx, client, ts.URL+"/watch/"+key+"?prev=1")
 			if err == nil && s.resp.Proto != "HTTP/2.0" {
 				err = fmt.Errorf("stream %d over %s", i, s.resp.Proto)
 			}
@@ -225,7 +226,8 @@ func TestTLSStreamsShareOneConnection(t *testing.T) {
 }
 
 // TestH2C checks that, without TLS, HTTP/2 with prior knowledge is served,
-// streams included, and HTTP/1.1 still is.
+// streams included (with prev=1: a put carries the value it replaced),
+// and HTTP/1.1 still is.
 func TestH2C(t *testing.T) {
 	ts := servertest.Start(t)
 	tests := []struct {
@@ -243,7 +245,7 @@ func TestH2C(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			key := "h2c/" + tt.wantProto
-			s, err := tlsOpen(ctx, client, ts.URL+"/watch/"+key)
+			s, err := tlsOpen(ctx, client, ts.URL+"/watch/"+key+"?prev=1")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -263,6 +265,12 @@ func TestH2C(t *testing.T) {
 			}
 			if e, err := s.until("put", key); err != nil || e.Value != "on" {
 				t.Errorf("stream got %+v, %v; want the put of %s", e, err, key)
+			}
+			if _, _, err := servertest.Do(ctx, client, http.MethodPut, ts.URL+"/kv/"+key, "off"); err != nil {
+				t.Fatal(err)
+			}
+			if e, err := s.until("put", key); err != nil || e.Value != "off" || e.Prev != "on" {
+				t.Errorf("stream got %+v, %v; want the put of %s over on", e, err, key)
 			}
 		})
 	}

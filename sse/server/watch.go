@@ -200,6 +200,7 @@ func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 	var logAccess func(bytes int64) // set when the connection is handed over
 	a.streams.Serve(w, r, sub, sse.StreamOptions{
 		Format:        wr.format,
+		Prev:          wr.prev,
 		Retry:         2 * time.Second,
 		Heartbeat:     a.cfg.Heartbeat,
 		FlushInterval: a.flushInterval,

@@ -45,7 +45,11 @@ type Change struct {
 	PrevRevision int64   `json:"prev_revision,omitempty"`
 	Expires      string  `json:"expires,omitempty"`
 	Reason       string  `json:"reason,omitempty"`
-	Last         bool    `json:"last,omitempty"` // NDJSON: the last change of its revision on the stream
+	// The previous value, with prev=1.
+	PrevValue       *string `json:"prev_value,omitempty"`
+	PrevEncoding    string  `json:"prev_encoding,omitempty"`
+	PrevContentType *string `json:"prev_content_type,omitempty"`
+	Last            bool    `json:"last,omitempty"` // NDJSON: the last change of its revision on the stream
 }
 
 // Event is a dispatched SSE message with its data decoded.
