@@ -78,6 +78,10 @@ type StreamOptions struct {
 	// before a Pool takes the connection over from net/http: from then on
 	// the handler's return does not end the response.
 	HandOver func()
+	// Poll, when not nil, makes the watch a long poll: one JSON answer
+	// instead of a stream (Format, Retry, Heartbeat and FlushInterval do
+	// not apply).
+	Poll *PollOptions
 }
 
 // Stream writes a subscription to w until the client goes away, the
@@ -92,6 +96,9 @@ type StreamOptions struct {
 // only writer of w and must run in the request's handler goroutine. It
 // does not cancel sub.
 func Stream(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts StreamOptions) string {
+	if opts.Poll != nil {
+		return servePoll(w, r, newPollState(sub, &opts), &opts)
+	}
 	s := newStream(w, sub, opts)
 	defer s.release()
 	if !s.catchUp() {
