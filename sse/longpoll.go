@@ -114,8 +114,12 @@ func (ps *pollState) answer(b []byte, revoked bool) []byte {
 		}
 	default:
 		sent = ps.changes[:cutAt(ps.changes, ps.poll.Limit)]
-		if n := len(sent); n > 0 && (n < len(ps.changes) || ps.sub.Lagged()) {
+		switch n := len(sent); {
+		case n == 0:
+		case n < len(ps.changes) || ps.sub.Lagged():
 			rev = sent[n-1].Revision
+		default: // the store's revision may be read before it reaches the last change published
+			rev = max(rev, sent[n-1].Revision)
 		}
 	}
 	b = strconv.AppendInt(b, rev, 10)
