@@ -1132,7 +1132,8 @@ func TestSSEMaxSubscribers(t *testing.T) {
 	s1.Sync(t)
 	s2 := servertest.Open(t, ts.URL+"/watch/b?format=ndjson", nil)
 
-	for _, path := range []string{"/watch/c", "/watch/c?format=ndjson", "/watch?pattern=a&pattern=b&snapshot=1"} {
+	// A long poll holds a subscription as a stream does, waiting or not.
+	for _, path := range []string{"/watch/c", "/watch/c?format=ndjson", "/watch?pattern=a&pattern=b&snapshot=1", "/watch/c?wait=1m", "/watch/c?poll=1"} {
 		ctx, cancel := context.WithTimeout(context.Background(), servertest.Timeout)
 		resp, err := servertest.Get(ctx, ts.URL+path, nil)
 		if err != nil {
