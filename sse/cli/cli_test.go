@@ -1351,3 +1351,71 @@ func TestCLIDelPrefix(t *testing.T) {
 		t.Errorf("del -prefix with a key too: exit %d, want 2", r.code)
 	}
 }
+
+// TestCLIWatchPoll runs "watch -poll" (long polls instead of a stream)
+// against the binary: the same lines as watch, a transaction whole,
+// nothing twice across a server restart; -snapshot -json prints the keys
+// as puts; a since past the history says so and prints the snapshot.
+func TestCLIWatchPoll(t *testing.T) {
+	t.Parallel()
+	t.Run("text", func(t *testing.T) {
+		t.Parallel()
+		addr, dir := servertest.FreeAddr(t), t.TempDir()
+		srv := cliStartBin(t, nil, "-addr", addr, "-data", dir)
+		since := cliPut(t, srv.URL, "config/old", []byte("before"))
+		w := cliStartWatch(t, nil, "-server", srv.URL, "watch", "-poll", "-since", strconv.FormatInt(since, 10), "config/**")
+		var want []string
+		want = append(want, fmt.Sprintf("%d put config/a on", cliPut(t, srv.URL, "config/a", []byte("on"))))
+		cliPut(t, srv.URL, "other/x", []byte("no"))
+		code, rev, b := cliDo(t, http.MethodPost, srv.URL+"/txn", []byte(`{"then": [{"put": "config/t1", "value": "1"}, {"put": "other/t", "value": "no"}, {"put": "config/t2", "value": "two words"}]}`))
+		if code != http.StatusOK {
+			t.Fatalf("POST /txn: %d %s", code, b)
+		}
+		want = append(want, fmt.Sprintf("%d put config/t1 1", rev), fmt.Sprintf("%d put config/t2 two words", rev))
+		want = append(want, fmt.Sprintf("%d delete config/a", cliDelete(t, srv.URL, "config/a")))
+		var got []string
+		for range want {
+			got = append(got, w.next(t))
+		}
+
+		srv.Kill() // SIGKILL: the poll under way fails, the next ones resume
+		srv = cliStartBin(t, nil, "-addr", addr, "-data", dir)
+		want = append(want, fmt.Sprintf("%d put config/b 2", cliPut(t, srv.URL, "config/b", []byte("2"))))
+		got = append(got, w.next(t))
+		got = append(got, w.interrupt(t)...)
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("watch -poll (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("snapshot json", func(t *testing.T) {
+		t.Parallel()
+		ts := servertest.Start(t)
+		ra := cliPut(t, ts.URL, "config/a", []byte("1"))
+		cliPut(t, ts.URL, "other/z", []byte("no"))
+		w := cliStartWatch(t, nil, "-server", ts.URL, "-snapshot", "-json", "-poll", "watch", "config/**")
+		w.expectEvents(t, "watch -poll -snapshot -json", []cliEvent{{Event: "put", Key: "config/a", Value: cliStr("1"), Revision: ra}})
+		rb := cliPut(t, ts.URL, "config/b", []byte("2"))
+		w.expectEvents(t, "watch -poll -json, a change", []cliEvent{{Event: "put", Key: "config/b", Value: cliStr("2"), Revision: rb}})
+		w.interrupt(t)
+	})
+	t.Run("reset", func(t *testing.T) {
+		t.Parallel()
+		ts := servertest.Start(t, "-history", "2")
+		first := cliPut(t, ts.URL, "config/a", []byte("1"))
+		var rb int64
+		for i := range 4 {
+			rb = cliPut(t, ts.URL, "config/b", []byte(strconv.Itoa(i)))
+		}
+		w := cliStartWatch(t, nil, "-server", ts.URL, "-poll", "-since", strconv.FormatInt(first-1, 10), "watch", "config/**")
+		want := []string{fmt.Sprintf("%d put config/a 1", first), fmt.Sprintf("%d put config/b 3", rb)}
+		if got := []string{w.next(t), w.next(t)}; !cmp.Equal(got, want) {
+			t.Errorf("watch -poll past the history printed %q, want %q", got, want)
+		}
+		if rest := w.interrupt(t); len(rest) != 0 {
+			t.Errorf("watch printed more: %q", rest)
+		}
+		if !strings.Contains(w.stderr.String(), "history reset at revision") {
+			t.Errorf("watch -poll did not say the history was reset; stderr:\n%s", w.stderr)
+		}
+	})
+}

@@ -23,10 +23,11 @@ type config struct {
 	snapshot bool
 	since    int64
 	prefix   string
+	poll     bool
 }
 
 // clientFlags are the flags of the client commands.
-var clientFlags = map[string]bool{"server": true, "token": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true, "prefix": true}
+var clientFlags = map[string]bool{"server": true, "token": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true, "prefix": true, "poll": true}
 
 // rawArgs are the commands that parse their own flags.
 var rawArgs = map[string]bool{"bench": true, "hub": true}
@@ -68,6 +69,7 @@ func parseFlags(args []string, getenv func(string) string) (*config, []string, *
 	fs.BoolVar(&c.snapshot, "snapshot", false, "print the matching keys first")
 	fs.StringVar(&c.prefix, "prefix", "", "del: delete every key that starts with this `prefix`, as one write")
 	fs.Int64Var(&c.since, "since", -1, "replay the changes after this `revision` first (-1: none)")
+	fs.BoolVar(&c.poll, "poll", false, "watch with long polls (wait=30s each) instead of a stream, for proxies that buffer streams")
 
 	var rest []string
 	for {
