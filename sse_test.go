@@ -1664,6 +1664,20 @@ func testLongPollWait(t *testing.T, be servertest.Backend) {
 			waitSubscribers(t, ts.URL, 0)
 		})
 	}
+
+	// A client that gives up its wait frees its subscription.
+	ctx, cancel := context.WithCancel(context.Background())
+	gone := make(chan error, 1)
+	go func() {
+		_, _, err := servertest.Do(ctx, servertest.Client, "GET", w+"?wait=1m", "")
+		gone <- err
+	}()
+	waitSubscribers(t, ts.URL, 1)
+	cancel()
+	if err := <-gone; err == nil {
+		t.Error("a wait whose client gave up answered")
+	}
+	waitSubscribers(t, ts.URL, 0)
 }
 
 // waitSubscribers waits until the server's kvsse_subscribers gauge is n.
