@@ -192,29 +192,25 @@ func (ps *pollState) wait(ctx context.Context, opts *StreamOptions) string {
 	if ps.due() {
 		return EndAnswered
 	}
-	var revoked <-chan struct{}
-	if opts.Revoked != nil {
-		revoked = opts.Revoked.Done()
-	}
 	timer := time.NewTimer(ps.waitLeft())
 	defer timer.Stop()
-	ready := ps.sub.Ready()
-	for {
+	for ready := ps.sub.Ready(); ; {
 		select {
-		case <-ctx.Done():
-			return EndClient
-		case <-revoked:
-			return EndAuth
-		case <-opts.Stop.Done():
-			ps.take()
-			return EndShutdown
+		case <-ready:
+			if ps.take(); !ps.due() {
+				continue
+			}
+			return EndAnswered
 		case <-timer.C:
 			ps.take()
 			return EndAnswered
-		case <-ready:
-			if ps.take(); ps.due() {
-				return EndAnswered
-			}
+		case <-opts.Stop.Done():
+			ps.take()
+			return EndShutdown
+		case <-opts.revoked():
+			return EndAuth
+		case <-ctx.Done():
+			return EndClient
 		}
 	}
 }

@@ -164,10 +164,7 @@ func (s *stream) catchUp() bool {
 
 // run writes the live changes until the stream ends, and returns why.
 func (s *stream) run(ctx context.Context) string {
-	var revoked <-chan struct{}
-	if s.opts.Revoked != nil {
-		revoked = s.opts.Revoked.Done()
-	}
+	revoked := s.opts.revoked()
 	ready := s.sub.Ready()
 	beat := time.NewTimer(jitter(s.opts.Heartbeat))
 	defer beat.Stop()
@@ -203,6 +200,14 @@ func (s *stream) run(ctx context.Context) string {
 	}
 }
 
+// revoked is Revoked's Done channel; nil (never ready) without one.
+func (o *StreamOptions) revoked() <-chan struct{} {
+	if o.Revoked == nil {
+		return nil
+	}
+	return o.Revoked.Done()
+}
+
 // flushInterval is the least time between two flushes now.
 func (o *StreamOptions) flushInterval() time.Duration {
 	if o.FlushInterval == nil {
@@ -226,14 +231,10 @@ func (s *stream) pace(ctx context.Context) {
 	} else {
 		s.paceTimer.Reset(wait)
 	}
-	var revoked <-chan struct{}
-	if s.opts.Revoked != nil {
-		revoked = s.opts.Revoked.Done()
-	}
 	select {
 	case <-s.paceTimer.C:
 	case <-ctx.Done():
-	case <-revoked:
+	case <-s.opts.revoked():
 	case <-s.opts.Stop.Done():
 	}
 }

@@ -1150,16 +1150,26 @@ func TestCLIWatchReset(t *testing.T) {
 		rb = cliPut(t, ts.URL, "config/b", []byte(strconv.Itoa(i)))
 	}
 	rc := cliPut(t, ts.URL, "config/c", []byte("c"))
-	w := cliStartWatch(t, nil, "-server", ts.URL, "-json", "-since", strconv.FormatInt(first-1, 10), "watch", "config/**")
-	want := []cliEvent{
-		{Event: "reset", Revision: rc, Reason: "history"},
+	snapshot := []cliEvent{
 		{Event: "put", Key: "config/a", Value: cliStr("1"), Revision: first},
 		{Event: "put", Key: "config/b", Value: cliStr("3"), Revision: rb},
 		{Event: "put", Key: "config/c", Value: cliStr("c"), Revision: rc},
-		{Event: "sync", Revision: rc},
 	}
-	w.expectEvents(t, "watch -json -since past the history", want)
-	w.interrupt(t)
+	for _, poll := range []bool{false, true} {
+		args := []string{"-server", ts.URL, "-json", "-since", strconv.FormatInt(first-1, 10), "watch", "config/**"}
+		want := append(append([]cliEvent{{Event: "reset", Revision: rc, Reason: "history"}}, snapshot...), cliEvent{Event: "sync", Revision: rc})
+		if poll {
+			// A long poll's reset is an answer's field: it is said on
+			// stderr, and the snapshot printed as puts.
+			args, want = append(args, "-poll"), snapshot
+		}
+		w := cliStartWatch(t, nil, args...)
+		w.expectEvents(t, fmt.Sprintf("watch -json -since past the history, -poll %v", poll), want)
+		w.interrupt(t)
+		if !strings.Contains(w.stderr.String(), "history reset at revision") {
+			t.Errorf("watch -poll %v did not say the history was reset; stderr:\n%s", poll, w.stderr)
+		}
+	}
 }
 
 // TestCLIWatchTransaction runs watch against a fake server whose first
@@ -1355,7 +1365,7 @@ func TestCLIDelPrefix(t *testing.T) {
 // TestCLIWatchPoll runs "watch -poll" (long polls instead of a stream)
 // against the binary: the same lines as watch, a transaction whole,
 // nothing twice across a server restart; -snapshot -json prints the keys
-// as puts; a since past the history says so and prints the snapshot.
+// as puts (a reset: TestCLIWatchReset).
 func TestCLIWatchPoll(t *testing.T) {
 	t.Parallel()
 	t.Run("text", func(t *testing.T) {
@@ -1398,24 +1408,5 @@ func TestCLIWatchPoll(t *testing.T) {
 		w.expectEvents(t, "watch -poll -json, a change", []cliEvent{{Event: "put", Key: "config/b", Value: cliStr("2"), Revision: rb}})
 		w.interrupt(t)
 	})
-	t.Run("reset", func(t *testing.T) {
-		t.Parallel()
-		ts := servertest.Start(t, "-history", "2")
-		first := cliPut(t, ts.URL, "config/a", []byte("1"))
-		var rb int64
-		for i := range 4 {
-			rb = cliPut(t, ts.URL, "config/b", []byte(strconv.Itoa(i)))
-		}
-		w := cliStartWatch(t, nil, "-server", ts.URL, "-poll", "-since", strconv.FormatInt(first-1, 10), "watch", "config/**")
-		want := []string{fmt.Sprintf("%d put config/a 1", first), fmt.Sprintf("%d put config/b 3", rb)}
-		if got := []string{w.next(t), w.next(t)}; !cmp.Equal(got, want) {
-			t.Errorf("watch -poll past the history printed %q, want %q", got, want)
-		}
-		if rest := w.interrupt(t); len(rest) != 0 {
-			t.Errorf("watch printed more: %q", rest)
-		}
-		if !strings.Contains(w.stderr.String(), "history reset at revision") {
-			t.Errorf("watch -poll did not say the history was reset; stderr:\n%s", w.stderr)
-		}
-	})
+
 }
