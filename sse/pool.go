@@ -37,6 +37,9 @@ import (
 // other systems keep the ordinary path: [Stream] on the handler's
 // goroutine.
 //
+// A long poll that has to wait (StreamOptions.Poll) is taken over the
+// same way, its headers written first, and answered by a worker.
+//
 // net/http does not track a connection it handed over: [Pool.Close] ends
 // them.
 type Pool struct {

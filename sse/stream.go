@@ -94,7 +94,8 @@ type StreamOptions struct {
 // client cut off in the middle of a revision resumes from before it. It
 // relies on sub's replay and Takes holding whole revisions. It is the
 // only writer of w and must run in the request's handler goroutine. It
-// does not cancel sub.
+// does not cancel sub. With opts.Poll it answers a long poll instead
+// (see PollOptions).
 func Stream(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts StreamOptions) string {
 	if opts.Poll != nil {
 		return servePoll(w, r, newPollState(sub, &opts), &opts)
