@@ -161,16 +161,26 @@ func cutAt(changes []*kv.Change, limit int) int {
 // servePoll answers a long poll on the handler's goroutine: at once when
 // it can, else once a matching change comes, the wait is over or the
 // server stops (with what came until then), or the client's rights go
-// (with nothing). It returns why it ended.
+// (with nothing). A poll that waits gets its headers first, as it does
+// in a Pool: the client knows that it waits. It returns why it ended.
 func servePoll(w http.ResponseWriter, r *http.Request, ps *pollState, opts *StreamOptions) string {
+	waits := !ps.due()
+	pollHeaders(w.Header())
+	if waits {
+		w.WriteHeader(http.StatusOK)
+		if http.NewResponseController(w).Flush() != nil {
+			return EndWrite
+		}
+	}
 	why := ps.wait(r.Context(), opts)
 	if why == EndClient {
 		return why
 	}
 	body := ps.answer(nil, why == EndAuth)
-	pollHeaders(w.Header())
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusOK)
+	if !waits {
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(http.StatusOK)
+	}
 	if opts.WriteTimeout > 0 {
 		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(opts.WriteTimeout))
 	}
