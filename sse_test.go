@@ -1202,7 +1202,8 @@ func TestSSEMaxSubscribers(t *testing.T) {
 	s1.Sync(t)
 	s2 := servertest.Open(t, ts.URL+"/watch/b?format=ndjson", nil)
 
-	for _, path := range []string{"/watch/c", "/watch/c?format=ndjson", "/watch?pattern=a&pattern=b&snapshot=1"} {
+	// A long poll holds a subscription as a stream does, waiting or not.
+	for _, path := range []string{"/watch/c", "/watch/c?format=ndjson", "/watch?pattern=a&pattern=b&snapshot=1", "/watch/c?wait=1m", "/watch/c?poll=1"} {
 		ctx, cancel := context.WithTimeout(context.Background(), servertest.Timeout)
 		resp, err := servertest.Get(ctx, ts.URL+path, nil)
 		if err != nil {
@@ -1649,4 +1650,317 @@ func testWatchPrev(t *testing.T, be servertest.Backend) {
 	resumed := http.Header{"Authorization": auth["Authorization"], "Last-Event-Id": {servertest.ID(start)}}
 	_, rlines := sseOpenLines(t, ts.URL+"/watch/pv/**?prev=1&format=ndjson", resumed)
 	check("replay NDJSON (Last-Event-ID)", ndjsonRows(rlines))
+}
+
+// pollAnswer is a long poll's JSON answer.
+type pollAnswer struct {
+	Revision int64               `json:"revision"`
+	Reset    string              `json:"reset,omitempty"`
+	Events   []servertest.Change `json:"events"`
+	Items    []struct {
+		Key         string `json:"key"`
+		Value       string `json:"value"`
+		Revision    int64  `json:"revision"`
+		ContentType string `json:"content_type"`
+	} `json:"items"`
+}
+
+// longPoll sends the GET of a long poll and decodes its answer, which
+// must be a 200 with a JSON body holding no unknown field.
+func longPoll(t *testing.T, u string, hdr ...string) pollAnswer {
+	t.Helper()
+	code, h, b := servertest.Call(t, "GET", u, nil, hdr...)
+	return decodePoll(t, u, code, h.Get("Content-Type"), b)
+}
+
+func decodePoll(t *testing.T, u string, code int, ctype string, b []byte) pollAnswer {
+	t.Helper()
+	if code != http.StatusOK || ctype != "application/json" {
+		t.Fatalf("GET %s: %d %q %s, want 200 application/json", u, code, ctype, b)
+	}
+	var a pollAnswer
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&a); err != nil {
+		t.Fatalf("GET %s: %v in %s", u, err, b)
+	}
+	if (a.Events == nil) == (a.Items == nil) && !bytes.Contains(b, []byte(`"items":[]`)) {
+		t.Fatalf("GET %s: %s holds neither events nor items, or both", u, b)
+	}
+	return a
+}
+
+// pollOps are the changes of an answer as Ops, with "last" marked on
+// the event.
+func pollOps(es []servertest.Change) []servertest.Op {
+	var out []servertest.Op
+	for _, e := range es {
+		ev := e.Event
+		if e.Last {
+			ev += " last"
+		}
+		out = append(out, servertest.Op{Rev: e.Revision, Event: ev, Key: e.Key})
+	}
+	return out
+}
+
+func TestLongPoll(t *testing.T) { servertest.ForEachBackend(t, testLongPoll) }
+
+// testLongPoll: poll=1 answers at once with the matching changes after
+// since, whole revisions within limit, and a revision that, passed back,
+// never gives a change twice.
+func testLongPoll(t *testing.T, be servertest.Backend) {
+	ts := be.Start(t)
+	w := ts.URL + "/watch/lp/**"
+	first := longPoll(t, w+"?poll=1")
+	if len(first.Events) != 0 {
+		t.Fatalf("poll=1 without since answered %+v, want no event", first.Events)
+	}
+	start := first.Revision
+
+	var want []servertest.Op
+	rev := servertest.Put(t, ts.URL, "lp/a", "1")
+	want = append(want, servertest.Op{Rev: rev, Event: "put last", Key: "lp/a"})
+	other := servertest.Op{Rev: servertest.Put(t, ts.URL, "other", "x"), Event: "put last", Key: "other"}
+	code, _, b := servertest.Call(t, "POST", ts.URL+"/txn", []byte(`{"then": [{"put": "lp/t1", "value": "1"}, {"put": "lp/t2", "value": "2"}, {"put": "lp/t3", "value": "3"}]}`))
+	if code != http.StatusOK {
+		t.Fatalf("POST /txn: %d %s", code, b)
+	}
+	var txn struct{ Revision int64 }
+	if err := json.Unmarshal(b, &txn); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, servertest.Op{Rev: txn.Revision, Event: "put", Key: "lp/t1"}, servertest.Op{Rev: txn.Revision, Event: "put", Key: "lp/t2"}, servertest.Op{Rev: txn.Revision, Event: "put last", Key: "lp/t3"})
+	rev = servertest.Del(t, ts.URL, "lp/a")
+	want = append(want, servertest.Op{Rev: rev, Event: "delete last", Key: "lp/a"})
+	last := servertest.Put(t, ts.URL, "other", "y")
+
+	all := longPoll(t, w+"?poll=1&since="+servertest.ID(start))
+	if diff := cmp.Diff(want, pollOps(all.Events)); diff != "" {
+		t.Errorf("poll=1 since %d (-want +got):\n%s", start, diff)
+	}
+	// Every matching change was sent: the revision is the store's, past
+	// the non-matching write at the end.
+	if all.Revision != be.StoreRev(last, all.Revision) {
+		t.Errorf("poll=1 answered revision %d, want the store's %d", all.Revision, last)
+	}
+	if a := longPoll(t, w+"?poll=1&since="+servertest.ID(all.Revision)); len(a.Events) != 0 || a.Revision != all.Revision {
+		t.Errorf("poll from the revision given back answered %+v, want nothing at %d", a, all.Revision)
+	}
+	if a := longPoll(t, w+"?poll=1", "Last-Event-ID", servertest.ID(start)); !cmp.Equal(pollOps(a.Events), want) {
+		t.Errorf("poll=1 with Last-Event-ID %d answered %+v", start, a.Events)
+	}
+
+	tests := []struct {
+		name  string
+		since int64
+		query string
+		want  []servertest.Op
+		rev   int64 // 0: the store's
+	}{
+		{"limit cuts before a transaction", start, "&limit=2", want[:1], want[0].Rev},
+		{"limit cuts inside a transaction", start, "&limit=3", want[:1], want[0].Rev},
+		{"a first transaction goes whole", want[0].Rev, "&limit=1", want[1:4], txn.Revision},
+		{"limit holds all", start, "&limit=5", want, 0},
+		{"events=delete", start, "&events=delete", want[4:], 0},
+		{"events=put", start, "&events=put", want[:4], 0},
+		{"several patterns", start, "&pattern=other", []servertest.Op{want[0], other, want[1], want[2], want[3], want[4], {Rev: last, Event: "put last", Key: "other"}}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q := "?poll=1&since=" + servertest.ID(tt.since) + tt.query
+			a := longPoll(t, w+q)
+			if diff := cmp.Diff(tt.want, pollOps(a.Events)); diff != "" {
+				t.Errorf("%s (-want +got):\n%s", q, diff)
+			}
+			wantRev := tt.rev
+			if wantRev == 0 {
+				wantRev = be.StoreRev(last, a.Revision)
+			}
+			if a.Revision != wantRev {
+				t.Errorf("%s answered revision %d, want %d", q, a.Revision, wantRev)
+			}
+		})
+	}
+
+	// Passing the revision back, limit by limit, gives every change once.
+	for _, limit := range []int{1, 2, 4} {
+		var got []servertest.Op
+		since := start
+		for range 10 {
+			a := longPoll(t, fmt.Sprintf("%s?poll=1&limit=%d&since=%d", w, limit, since))
+			if len(a.Events) == 0 {
+				break
+			}
+			got = append(got, pollOps(a.Events)...)
+			since = a.Revision
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("limit=%d, since passed back (-want +got):\n%s", limit, diff)
+		}
+	}
+}
+
+func TestLongPollWait(t *testing.T) { servertest.ForEachBackend(t, testLongPollWait) }
+
+// testLongPollWait: wait=D answers as soon as a matching change lands,
+// not for one that does not match, and with no change once D is over.
+func testLongPollWait(t *testing.T, be servertest.Backend) {
+	ts := be.Start(t)
+	w := ts.URL + "/watch/lw/**"
+	start := longPoll(t, w+"?poll=1").Revision
+
+	u := w + "?wait=300ms&since=" + servertest.ID(start)
+	code, h, b := servertest.Call(t, "GET", u, nil)
+	if a := decodePoll(t, u, code, h.Get("Content-Type"), b); !bytes.Contains(b, []byte(`"events":[]`)) || a.Revision < start {
+		t.Errorf("a wait that ran out answered %s, want \"events\":[] at %d or later", b, start)
+	}
+
+	for _, tt := range []struct{ name, query string }{
+		{"since", "?wait=1m&since=" + servertest.ID(start)},
+		{"no since", "?wait=1m"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			type result struct {
+				code  int
+				ctype string
+				body  []byte
+				err   error
+			}
+			done := make(chan result, 1)
+			go func() {
+				resp, body, err := servertest.Do(context.Background(), servertest.Client, "GET", w+tt.query, "")
+				if err != nil {
+					done <- result{err: err}
+					return
+				}
+				done <- result{resp.StatusCode, resp.Header.Get("Content-Type"), body, nil}
+			}()
+			waitSubscribers(t, ts.URL, 1)
+			servertest.Put(t, ts.URL, "other", tt.name) // does not match: the wait goes on
+			rev := servertest.Put(t, ts.URL, "lw/"+tt.name, "1")
+			var r result
+			select {
+			case r = <-done:
+			case <-time.After(servertest.Timeout):
+				t.Fatalf("the wait did not answer within %v of a matching change", servertest.Timeout)
+			}
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			a := decodePoll(t, tt.query, r.code, r.ctype, r.body)
+			want := []servertest.Op{{Rev: rev, Event: "put last", Key: "lw/" + tt.name}}
+			if diff := cmp.Diff(want, pollOps(a.Events)); diff != "" {
+				t.Errorf("wait answered (-want +got):\n%s", diff)
+			}
+			if a.Revision != be.StoreRev(rev, a.Revision) {
+				t.Errorf("wait answered revision %d, want %d", a.Revision, rev)
+			}
+			start = a.Revision
+			waitSubscribers(t, ts.URL, 0)
+		})
+	}
+
+	// A client that gives up its wait frees its subscription.
+	ctx, cancel := context.WithCancel(context.Background())
+	gone := make(chan error, 1)
+	go func() {
+		_, _, err := servertest.Do(ctx, servertest.Client, "GET", w+"?wait=1m", "")
+		gone <- err
+	}()
+	waitSubscribers(t, ts.URL, 1)
+	cancel()
+	if err := <-gone; err == nil {
+		t.Error("a wait whose client gave up answered")
+	}
+	waitSubscribers(t, ts.URL, 0)
+}
+
+// waitSubscribers waits until the server's kvsse_subscribers gauge is n.
+func waitSubscribers(t *testing.T, base string, n int) {
+	t.Helper()
+	want := fmt.Sprintf("\nkvsse_subscribers %d\n", n)
+	deadline := time.Now().Add(servertest.Timeout)
+	for {
+		_, _, b := servertest.Call(t, "GET", base+"/metrics", nil)
+		if bytes.Contains(b, []byte(want)) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kvsse_subscribers is not %d after %v", n, servertest.Timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestLongPollReset: a since the history no longer reaches, or one ahead
+// of the store, answers the snapshot with "reset", as snapshot=1 does
+// without it.
+func TestLongPollReset(t *testing.T) {
+	ts := servertest.Start(t, "-history", "10")
+	var cur int64
+	for i := range 30 {
+		cur = servertest.Put(t, ts.URL, fmt.Sprintf("h/%d", i%4), fmt.Sprintf("v%d", i))
+	}
+	servertest.Put(t, ts.URL, "other", "x")
+	cur = servertest.Put(t, ts.URL, "h/x", "last")
+	listing := servertest.List(t, ts.URL, "h/")
+
+	for _, tt := range []struct{ name, query, reset string }{
+		{"history", "?poll=1&since=0", "history"},
+		{"history with wait", "?wait=1m&since=2", "history"},
+		{"future", "?poll=1&since=" + servertest.ID(cur+5), "future"},
+		{"snapshot", "?poll=1&snapshot=1", ""},
+		{"snapshot with wait", "?wait=1m&snapshot=1", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a := longPoll(t, ts.URL+"/watch/h/**"+tt.query)
+			if a.Reset != tt.reset || a.Revision != cur || a.Events != nil {
+				t.Errorf("answered reset %q at %d with events %v, want reset %q at %d and items", a.Reset, a.Revision, a.Events, tt.reset, cur)
+			}
+			got := map[string]servertest.Entry{}
+			for _, it := range a.Items {
+				got[it.Key] = servertest.Entry{Value: it.Value, Revision: it.Revision}
+			}
+			if diff := cmp.Diff(listing, got); diff != "" {
+				t.Errorf("items (-listing +poll):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestLongPollShutdown(t *testing.T) { servertest.ForEachBackend(t, testLongPollShutdown) }
+
+// testLongPollShutdown: a shutdown answers the waiting polls at once,
+// with no change and the store's revision.
+func testLongPollShutdown(t *testing.T, be servertest.Backend) {
+	ts := be.Start(t)
+	rev := servertest.Put(t, ts.URL, "other", "x")
+	type result struct {
+		body []byte
+		err  error
+	}
+	done := make(chan result, 2)
+	for _, q := range []string{"?wait=5m", "?wait=5m&format=ndjson&since=" + servertest.ID(rev)} {
+		go func() {
+			resp, body, err := servertest.Do(context.Background(), servertest.Client, "GET", ts.URL+"/watch/sd/**"+q, "")
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("%s: %s", resp.Status, body)
+			}
+			done <- result{body, err}
+		}()
+	}
+	waitSubscribers(t, ts.URL, 2)
+	start := time.Now()
+	ts.Stop(t)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("shutdown with waiting polls took %v", d)
+	}
+	for range 2 {
+		r := <-done
+		want := fmt.Sprintf(`{"revision":%d,"events":[]}`, be.StoreRev(rev, rev))
+		if r.err != nil || (be.Dense && string(r.body) != want) || !bytes.HasSuffix(r.body, []byte(`"events":[]}`)) {
+			t.Errorf("a poll waiting at shutdown answered %s, %v; want %s", r.body, r.err, want)
+		}
+	}
 }

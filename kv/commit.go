@@ -65,7 +65,7 @@ type Change struct {
 // wire cache: its encodings are its own.
 func (c *Change) since(older *Change) *Change {
 	m := *c
-	m.PrevRevision = older.PrevRevision
+	m.PrevRevision, m.PrevValue, m.PrevContentType = older.PrevRevision, older.PrevValue, older.PrevContentType
 	m.wire = nil
 	return &m
 }

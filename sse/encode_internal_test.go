@@ -169,3 +169,34 @@ func TestEncoderChanges(t *testing.T) {
 		})
 	}
 }
+
+// TestCutAt: a long poll's answer holds the most whole revisions within
+// its limit, or the first revision whole when it alone is bigger.
+func TestCutAt(t *testing.T) {
+	revs := func(rs ...int64) []*kv.Change {
+		var out []*kv.Change
+		for _, r := range rs {
+			out = append(out, &kv.Change{Revision: r})
+		}
+		return out
+	}
+	tests := []struct {
+		name    string
+		changes []*kv.Change
+		limit   int
+		want    int
+	}{
+		{"none", nil, 5, 0},
+		{"all fit", revs(1, 2, 3), 3, 3},
+		{"cut between revisions", revs(1, 2, 3), 2, 2},
+		{"cut inside a revision stops before it", revs(1, 2, 2, 2, 3), 3, 1},
+		{"cut right after a revision", revs(1, 2, 2, 3), 3, 3},
+		{"a first revision bigger than the limit goes whole", revs(4, 4, 4, 5), 2, 3},
+		{"a first revision that is all", revs(4, 4, 4), 1, 3},
+	}
+	for _, tt := range tests {
+		if got := cutAt(tt.changes, tt.limit); got != tt.want {
+			t.Errorf("%s: cutAt(limit %d) = %d, want %d", tt.name, tt.limit, got, tt.want)
+		}
+	}
+}

@@ -37,6 +37,9 @@ import (
 // other systems keep the ordinary path: [Stream] on the handler's
 // goroutine.
 //
+// A long poll that has to wait (StreamOptions.Poll) is taken over the
+// same way, its headers written first, and answered by a worker.
+//
 // net/http does not track a connection it handed over: [Pool.Close] ends
 // them.
 type Pool struct {
@@ -75,6 +78,10 @@ func NewPool(workers int) *Pool {
 // the request's handler goroutine; it does not cancel sub. A nil pool
 // takes nothing over.
 func (p *Pool) Serve(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts StreamOptions, done func(why string, bytes int64)) {
+	if opts.Poll != nil {
+		p.servePoll(w, r, sub, opts, done)
+		return
+	}
 	if !p.takes(r) {
 		done(Stream(w, r, sub, opts), 0)
 		return
@@ -89,22 +96,34 @@ func (p *Pool) Serve(w http.ResponseWriter, r *http.Request, sub *kv.Subscriptio
 		done(EndWrite, 0)
 		return
 	}
+	c := p.takeOver(s.rc, sub, opts, done)
+	if c == nil {
+		return
+	}
+	c.flushed, c.enc.last = s.flushed, s.enc.last
+	p.start(c)
+}
+
+// takeOver hijacks a response whose headers (and catch-up) are flushed:
+// nothing is left in net/http's buffers. It returns the conn to start,
+// or nil when the hijack failed and done was called.
+func (p *Pool) takeOver(rc *http.ResponseController, sub *kv.Subscription, opts StreamOptions, done func(why string, bytes int64)) *conn {
 	if opts.HandOver != nil {
 		opts.HandOver()
 		opts.HandOver = nil // it may hold the request: let it go
 	}
-	nc, _, err := s.rc.Hijack() // flushed: nothing is left in its buffers
+	nc, _, err := rc.Hijack()
 	if err != nil {
 		done(EndWrite, 0)
-		return
+		return nil
 	}
-	c := &conn{pool: p, nc: nc, done: done, flushed: s.flushed}
+	c := &conn{pool: p, nc: nc, done: done}
 	c.state.Store(running) // until start has set it up: whatever comes meanwhile waits
-	c.live = live{sub: sub, opts: opts, enc: newEncoder(&opts, s.enc.last)}
+	c.live = live{sub: sub, opts: opts, enc: newEncoder(&opts, 0)}
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
 	}
-	p.start(c)
+	return c
 }
 
 // takes reports whether the pool would take r's connection over.
@@ -145,7 +164,11 @@ func (p *Pool) start(c *conn) {
 	if c.raw != nil && p.poller != nil {
 		p.poller.add(c)
 	}
-	c.beat = time.AfterFunc(jitter(c.opts.Heartbeat), func() {
+	first := jitter(c.opts.Heartbeat)
+	if c.poll != nil {
+		first = c.poll.waitLeft() // the beat ends a long poll's wait
+	}
+	c.beat = time.AfterFunc(first, func() {
 		c.beatDue.Store(true)
 		c.schedule()
 	})
@@ -296,6 +319,7 @@ type conn struct {
 	beat       *time.Timer
 	stopStop   func() bool
 	stopRevoke func() bool
+	poll       *pollState // a long poll's, nil for a stream
 }
 
 // schedule asks a worker to run c. Any goroutine may call it; it never
@@ -349,6 +373,10 @@ func (c *conn) run() {
 	}
 	if c.why != "" || c.werr != nil {
 		c.finish()
+		return
+	}
+	if c.poll != nil {
+		c.runPoll()
 		return
 	}
 	switch {
@@ -512,7 +540,11 @@ func (c *conn) finish() {
 // pool closed: the server is stopping.
 func (c *conn) endLate() {
 	c.state.Store(finished)
-	if c.opts.Format == SSE {
+	switch {
+	case c.poll != nil:
+		c.poll.take()
+		c.enc.buf = c.poll.answer(c.enc.buf, false)
+	case c.opts.Format == SSE:
 		c.enc.retry(c.opts.ShutdownRetry)
 	}
 	c.frame()

@@ -81,6 +81,10 @@ type StreamOptions struct {
 	// before a Pool takes the connection over from net/http: from then on
 	// the handler's return does not end the response.
 	HandOver func()
+	// Poll, when not nil, makes the watch a long poll: one JSON answer
+	// instead of a stream (Format, Retry, Heartbeat and FlushInterval do
+	// not apply).
+	Poll *PollOptions
 }
 
 // Stream writes a subscription to w until the client goes away, the
@@ -93,8 +97,12 @@ type StreamOptions struct {
 // client cut off in the middle of a revision resumes from before it. It
 // relies on sub's replay and Takes holding whole revisions. It is the
 // only writer of w and must run in the request's handler goroutine. It
-// does not cancel sub.
+// does not cancel sub. With opts.Poll it answers a long poll instead
+// (see PollOptions).
 func Stream(w http.ResponseWriter, r *http.Request, sub *kv.Subscription, opts StreamOptions) string {
+	if opts.Poll != nil {
+		return servePoll(w, r, newPollState(sub, &opts), &opts)
+	}
 	s := newStream(w, sub, opts)
 	defer s.release()
 	if !s.catchUp() {
@@ -160,10 +168,7 @@ func (s *stream) catchUp() bool {
 
 // run writes the live changes until the stream ends, and returns why.
 func (s *stream) run(ctx context.Context) string {
-	var revoked <-chan struct{}
-	if s.opts.Revoked != nil {
-		revoked = s.opts.Revoked.Done()
-	}
+	revoked := s.opts.revoked()
 	ready := s.sub.Ready()
 	beat := time.NewTimer(jitter(s.opts.Heartbeat))
 	defer beat.Stop()
@@ -199,6 +204,14 @@ func (s *stream) run(ctx context.Context) string {
 	}
 }
 
+// revoked is Revoked's Done channel; nil (never ready) without one.
+func (o *StreamOptions) revoked() <-chan struct{} {
+	if o.Revoked == nil {
+		return nil
+	}
+	return o.Revoked.Done()
+}
+
 // flushInterval is the least time between two flushes now.
 func (o *StreamOptions) flushInterval() time.Duration {
 	if o.FlushInterval == nil {
@@ -222,14 +235,10 @@ func (s *stream) pace(ctx context.Context) {
 	} else {
 		s.paceTimer.Reset(wait)
 	}
-	var revoked <-chan struct{}
-	if s.opts.Revoked != nil {
-		revoked = s.opts.Revoked.Done()
-	}
 	select {
 	case <-s.paceTimer.C:
 	case <-ctx.Done():
-	case <-revoked:
+	case <-s.opts.revoked():
 	case <-s.opts.Stop.Done():
 	}
 }

@@ -76,6 +76,18 @@ func TestBenchRealServer(t *testing.T) {
 			writes: 1000,
 			perSub: 10, // 1000 writes over 100 keys
 		},
+		{
+			name:   "long polls one key each",
+			args:   []string{"-prefix", "lp", "-writers", "2", "-writes", "1000", "-subscribers", "20", "-format", "poll", "-keys", "100", "-pattern", "lp/%d", "-value-size", "100"},
+			writes: 1000,
+			perSub: 10,
+		},
+		{
+			name:   "long polls all keys",
+			args:   []string{"-prefix", "lpa", "-writers", "4", "-writes", "2000", "-subscribers", "20", "-format", "poll"},
+			writes: 2000,
+			perSub: 2000,
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

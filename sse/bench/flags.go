@@ -59,7 +59,7 @@ func flags(cfg *config, server string) *flag.FlagSet {
 	fs.StringVar(&cfg.prefix, "prefix", "bench", "the first segment(s) of the keys written")
 	fs.IntVar(&cfg.subscribers, "subscribers", 0, "streams opened, and live, before the first write")
 	fs.StringVar(&cfg.pattern, "pattern", "", "each subscriber's pattern (default PREFIX/**); a %d in it stands for\nthe subscriber's number modulo -keys: PREFIX/%d gives each subscriber one key")
-	fs.StringVar(&cfg.format, "format", "sse", "stream format: sse or ndjson")
+	fs.StringVar(&cfg.format, "format", "sse", "stream format: sse or ndjson, or poll: long polls (wait=1m, since the last answer) instead of streams")
 	fs.IntVar(&cfg.pid, "pid", 0, "the server's process id: report its CPU time and memory (Linux /proc)")
 	fs.BoolVar(&cfg.json, "json", false, "also print the figures as one JSON object, on the last line")
 	fs.DurationVar(&cfg.syncTimeout, "sync-timeout", 10*time.Second, "how long to wait for the subscribers to be live, and, after the\nlast write, for them to receive every change")
@@ -121,14 +121,14 @@ func parseBench(args []string, server string, stdout io.Writer) (*config, error)
 		problem = "-baseline compares single PUTs only: leave out -txn"
 	case cfg.subscribers < 0:
 		problem = "-subscribers must not be negative"
-	case cfg.format != "sse" && cfg.format != "ndjson":
-		problem = "-format must be sse or ndjson"
+	case cfg.format != "sse" && cfg.format != "ndjson" && cfg.format != "poll":
+		problem = "-format must be sse, ndjson or poll"
 	case cfg.pid < 0:
 		problem = "-pid must not be negative"
 	case cfg.syncTimeout <= 0:
 		problem = "-sync-timeout must be positive"
 	case cfg.baseline && cfg.format != "sse":
-		problem = "-baseline streams SSE only: leave out -format ndjson"
+		problem = "-baseline streams SSE only: leave out -format"
 	case kv.ValidateKey(cfg.prefix+"/0") != nil:
 		problem = fmt.Sprintf("-prefix: %v", kv.ValidateKey(cfg.prefix+"/0"))
 	}

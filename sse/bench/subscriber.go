@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -42,12 +43,14 @@ func (b *load) newSubscribers() ([]*subscriber, error) {
 		if cfg.format == "ndjson" {
 			q.Set("format", "ndjson")
 		}
+		poll := cfg.format == "poll"
 		subs[i] = &subscriber{
 			n:       i,
 			pattern: text,
 			keys:    keys,
 			url:     cfg.serverFor(i) + "/watch?" + q.Encode(),
-			ndjson:  cfg.format == "ndjson",
+			ndjson:  cfg.format == "ndjson" || poll, // a poll's events are NDJSON objects
+			poll:    poll,
 		}
 	}
 	return subs, nil
@@ -61,6 +64,7 @@ type subscriber struct {
 	keys    []int // numbers of the keys its pattern matches
 	url     string
 	ndjson  bool
+	poll    bool        // long polls instead of a stream
 	ready   func(error) // reports the first sync or the first failure; nil after
 
 	// last is the highest id received: of the last change of a revision,
@@ -132,8 +136,12 @@ func (s *subscriber) run(ctx context.Context, b *load, ready chan<- error) {
 	backoff := minBackoff
 	for {
 		s.live, s.inReset = false, false
-		body, err := s.connect(ctx, b)
-		if err == nil {
+		var err error
+		if s.poll {
+			err = s.follow(ctx, b)
+		} else if body, cerr := s.connect(ctx, b); cerr != nil {
+			err = cerr
+		} else {
 			err = s.read(body)
 			body.Close()
 		}
@@ -162,7 +170,13 @@ func (s *subscriber) run(ctx context.Context, b *load, ready chan<- error) {
 
 // connect opens the stream, resuming after the last id once synced.
 func (s *subscriber) connect(ctx context.Context, b *load) (io.ReadCloser, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
+	return s.get(ctx, b, s.url)
+}
+
+// get sends a GET of u (a /watch URL), with the last id once synced, and
+// returns the body of a 200.
+func (s *subscriber) get(ctx context.Context, b *load, u string) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -179,6 +193,69 @@ func (s *subscriber) connect(ctx context.Context, b *load) (io.ReadCloser, error
 		return nil, fmt.Errorf("GET /watch: %s: %s", resp.Status, bytes.TrimSpace(msg))
 	}
 	return resp.Body, nil
+}
+
+// follow long-polls until a poll fails: poll=1 first, whose revision is
+// the subscriber's sync, then waits from the last revision (sent as
+// Last-Event-ID). The subscriber is ready once its first wait's headers
+// came: the server sends them when the poll waits, so that the idle
+// memory is measured with every poll waiting.
+func (s *subscriber) follow(ctx context.Context, b *load) error {
+	for {
+		u := s.url + "&poll=1"
+		if s.synced {
+			u = s.url + "&wait=1m"
+		}
+		body, err := s.get(ctx, b, u)
+		if err != nil {
+			return err
+		}
+		if s.synced && s.ready != nil {
+			s.ready(nil)
+		}
+		answer, err := io.ReadAll(io.LimitReader(body, maxAnswer))
+		body.Close()
+		if err != nil {
+			return err
+		}
+		if err := s.answer(answer, time.Now()); err != nil {
+			return err
+		}
+	}
+}
+
+// maxAnswer bounds a long poll's answer: 1,000 changes of the longest
+// line.
+const maxAnswer = 1000 * maxLine
+
+// answer handles a long poll's answer: its changes as the NDJSON lines
+// they are, then its revision as a heartbeat's (the first answer's as the
+// sync, without calling ready).
+func (s *subscriber) answer(body []byte, now time.Time) error {
+	var a struct {
+		Revision int64             `json:"revision"`
+		Reset    string            `json:"reset"`
+		Events   []json.RawMessage `json:"events"`
+	}
+	if err := json.Unmarshal(body, &a); err != nil {
+		return fmt.Errorf("bad answer %.200q: %w", body, err)
+	}
+	if a.Reset != "" {
+		s.resets++
+	}
+	for _, ev := range a.Events {
+		name, _, _ := bytes.Cut(bytes.TrimPrefix(ev, []byte(`{"event":"`)), []byte(`"`))
+		if err := s.frame(sse.Frame{Event: name, Data: ev, HasData: true}, now); err != nil {
+			return err
+		}
+	}
+	s.live = true
+	if !s.synced {
+		s.synced, s.base = true, a.Revision
+		s.last.Store(a.Revision)
+	}
+	s.advance(a.Revision)
+	return nil
 }
 
 // maxLine bounds a line of the stream (a value of 1 MiB escaped as JSON

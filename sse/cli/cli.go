@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -84,8 +85,11 @@ change of a revision carries "last":true. A dropped connection is opened
 again, resuming after the last revision received whole, so no change is
 missed or printed twice (with -json, the objects of a revision cut off
 in the middle come again).
+With -poll, long polls of up to 30 seconds each replace the stream
+(for proxies that buffer streams): the same lines, each revision whole;
+-json then prints the changes' objects, and a snapshot's keys as puts.
 Exit status: 0 when interrupted, 2 when the server refuses the watch.
-`, flags: []string{"json", "snapshot", "since"}, run: cmdWatch},
+`, flags: []string{"json", "snapshot", "since", "poll"}, run: cmdWatch},
 	}
 	return append(cmds, backupCommands()...)
 }
@@ -358,9 +362,14 @@ func cmdWatch(ctx context.Context, c *client, args []string, _ io.Reader, stdout
 		last = c.cfg.since
 	}
 	w := bufio.NewWriter(stdout)
+	once := c.watchOnce
+	if c.cfg.poll {
+		q.Del("format")
+		once = c.pollOnce
+	}
 	backoff := 100 * time.Millisecond
 	for {
-		connected, err := c.watchOnce(ctx, q, &last, w, stderr)
+		connected, err := once(ctx, q, &last, w, stderr)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -453,6 +462,73 @@ func (c *client) watchOnce(ctx context.Context, q url.Values, last *int64, w *bu
 		}
 	}
 	return true, errors.New("stream ended")
+}
+
+// pollWait is the wait= of the long polls of watch -poll: well within
+// the server's default -max-wait, and short enough that a proxy's idle
+// timeout seldom cuts one.
+const pollWait = "30s"
+
+// pollOnce long-polls until a poll fails, and reports whether one
+// succeeded. Each answer holds whole revisions (or a snapshot, after a
+// reset or for -snapshot), printed as watch prints them; the revision it
+// gives back is the since of the next poll, so nothing is printed twice.
+func (c *client) pollOnce(ctx context.Context, q url.Values, last *int64, w *bufio.Writer, stderr io.Writer) (bool, error) {
+	q = maps.Clone(q)
+	q.Set("wait", pollWait)
+	for polled := false; ; polled = true {
+		if *last >= 0 {
+			q.Set("since", strconv.FormatInt(*last, 10))
+			q.Del("snapshot")
+		}
+		resp, err := c.send(ctx, http.MethodGet, c.base+"/watch?"+q.Encode(), nil, nil, http.StatusOK)
+		if err != nil {
+			return polled, err
+		}
+		var a struct {
+			Revision int64             `json:"revision"`
+			Reset    string            `json:"reset"`
+			Events   []json.RawMessage `json:"events"`
+			Items    []json.RawMessage `json:"items"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&a)
+		resp.Body.Close()
+		if err != nil {
+			return polled, fmt.Errorf("bad answer: %w", err)
+		}
+		if a.Reset != "" {
+			fmt.Fprintf(stderr, "kvsse: watch: history reset at revision %d (%s): a snapshot follows\n", a.Revision, a.Reset)
+		}
+		for _, raw := range a.Items {
+			if err := c.printRaw(w, append([]byte(`{"event":"put",`), raw[1:]...)); err != nil {
+				return polled, err
+			}
+		}
+		for _, raw := range a.Events {
+			if err := c.printRaw(w, raw); err != nil {
+				return polled, err
+			}
+		}
+		if err := w.Flush(); err != nil {
+			return polled, err
+		}
+		*last = a.Revision
+	}
+}
+
+// printRaw prints one NDJSON object: as it is with -json, else as a line
+// of printEvent.
+func (c *client) printRaw(w *bufio.Writer, raw []byte) error {
+	if c.cfg.json {
+		w.Write(raw)
+		return w.WriteByte('\n')
+	}
+	var ev watchEvent
+	if err := json.Unmarshal(raw, &ev); err != nil {
+		return fmt.Errorf("bad event %q: %w", raw, err)
+	}
+	printEvent(w, &ev)
+	return nil
 }
 
 // printEvent prints a change as "<revision> put <key> <value>" or

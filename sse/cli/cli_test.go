@@ -1143,16 +1143,26 @@ func TestCLIWatchReset(t *testing.T) {
 		rb = cliPut(t, ts.URL, "config/b", []byte(strconv.Itoa(i)))
 	}
 	rc := cliPut(t, ts.URL, "config/c", []byte("c"))
-	w := cliStartWatch(t, nil, "-server", ts.URL, "-json", "-since", strconv.FormatInt(first-1, 10), "watch", "config/**")
-	want := []cliEvent{
-		{Event: "reset", Revision: rc, Reason: "history"},
+	snapshot := []cliEvent{
 		{Event: "put", Key: "config/a", Value: cliStr("1"), Revision: first},
 		{Event: "put", Key: "config/b", Value: cliStr("3"), Revision: rb},
 		{Event: "put", Key: "config/c", Value: cliStr("c"), Revision: rc},
-		{Event: "sync", Revision: rc},
 	}
-	w.expectEvents(t, "watch -json -since past the history", want)
-	w.interrupt(t)
+	for _, poll := range []bool{false, true} {
+		args := []string{"-server", ts.URL, "-json", "-since", strconv.FormatInt(first-1, 10), "watch", "config/**"}
+		want := append(append([]cliEvent{{Event: "reset", Revision: rc, Reason: "history"}}, snapshot...), cliEvent{Event: "sync", Revision: rc})
+		if poll {
+			// A long poll's reset is an answer's field: it is said on
+			// stderr, and the snapshot printed as puts.
+			args, want = append(args, "-poll"), snapshot
+		}
+		w := cliStartWatch(t, nil, args...)
+		w.expectEvents(t, fmt.Sprintf("watch -json -since past the history, -poll %v", poll), want)
+		w.interrupt(t)
+		if !strings.Contains(w.stderr.String(), "history reset at revision") {
+			t.Errorf("watch -poll %v did not say the history was reset; stderr:\n%s", poll, w.stderr)
+		}
+	}
 }
 
 // TestCLIWatchTransaction runs watch against a fake server whose first
@@ -1593,4 +1603,53 @@ func TestCLIBackupKill9(t *testing.T) {
 	if got := servertest.List(t, p.URL, "big/"); len(got) != len(keys) {
 		t.Errorf("after the kills the server holds %d keys, want %d", len(got), len(keys))
 	}
+}
+
+// TestCLIWatchPoll runs "watch -poll" (long polls instead of a stream)
+// against the binary: the same lines as watch, a transaction whole,
+// nothing twice across a server restart; -snapshot -json prints the keys
+// as puts (a reset: TestCLIWatchReset).
+func TestCLIWatchPoll(t *testing.T) {
+	t.Parallel()
+	t.Run("text", func(t *testing.T) {
+		t.Parallel()
+		addr, dir := servertest.FreeAddr(t), t.TempDir()
+		srv := cliStartBin(t, nil, "-addr", addr, "-data", dir)
+		since := cliPut(t, srv.URL, "config/old", []byte("before"))
+		w := cliStartWatch(t, nil, "-server", srv.URL, "watch", "-poll", "-since", strconv.FormatInt(since, 10), "config/**")
+		var want []string
+		want = append(want, fmt.Sprintf("%d put config/a on", cliPut(t, srv.URL, "config/a", []byte("on"))))
+		cliPut(t, srv.URL, "other/x", []byte("no"))
+		code, rev, b := cliDo(t, http.MethodPost, srv.URL+"/txn", []byte(`{"then": [{"put": "config/t1", "value": "1"}, {"put": "other/t", "value": "no"}, {"put": "config/t2", "value": "two words"}]}`))
+		if code != http.StatusOK {
+			t.Fatalf("POST /txn: %d %s", code, b)
+		}
+		want = append(want, fmt.Sprintf("%d put config/t1 1", rev), fmt.Sprintf("%d put config/t2 two words", rev))
+		want = append(want, fmt.Sprintf("%d delete config/a", cliDelete(t, srv.URL, "config/a")))
+		var got []string
+		for range want {
+			got = append(got, w.next(t))
+		}
+
+		srv.Kill() // SIGKILL: the poll under way fails, the next ones resume
+		srv = cliStartBin(t, nil, "-addr", addr, "-data", dir)
+		want = append(want, fmt.Sprintf("%d put config/b 2", cliPut(t, srv.URL, "config/b", []byte("2"))))
+		got = append(got, w.next(t))
+		got = append(got, w.interrupt(t)...)
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("watch -poll (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("snapshot json", func(t *testing.T) {
+		t.Parallel()
+		ts := servertest.Start(t)
+		ra := cliPut(t, ts.URL, "config/a", []byte("1"))
+		cliPut(t, ts.URL, "other/z", []byte("no"))
+		w := cliStartWatch(t, nil, "-server", ts.URL, "-snapshot", "-json", "-poll", "watch", "config/**")
+		w.expectEvents(t, "watch -poll -snapshot -json", []cliEvent{{Event: "put", Key: "config/a", Value: cliStr("1"), Revision: ra}})
+		rb := cliPut(t, ts.URL, "config/b", []byte("2"))
+		w.expectEvents(t, "watch -poll -json, a change", []cliEvent{{Event: "put", Key: "config/b", Value: cliStr("2"), Revision: rb}})
+		w.interrupt(t)
+	})
+
 }

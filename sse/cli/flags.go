@@ -24,10 +24,11 @@ type config struct {
 	since    int64
 	prefix   string
 	batch    int
+	poll     bool
 }
 
 // clientFlags are the flags of the client commands.
-var clientFlags = map[string]bool{"server": true, "token": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true, "prefix": true, "batch": true}
+var clientFlags = map[string]bool{"server": true, "token": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true, "prefix": true, "batch": true, "poll": true}
 
 // rawArgs are the commands that parse their own flags.
 var rawArgs = map[string]bool{"bench": true, "hub": true}
@@ -70,6 +71,7 @@ func parseFlags(args []string, getenv func(string) string) (*config, []string, *
 	fs.StringVar(&c.prefix, "prefix", "", "del: delete every key that starts with this `prefix`, as one write")
 	fs.IntVar(&c.batch, "batch", 1000, "import: the most keys in one transaction (fewer when the server finds it too large)")
 	fs.Int64Var(&c.since, "since", -1, "replay the changes after this `revision` first (-1: none)")
+	fs.BoolVar(&c.poll, "poll", false, "watch with long polls (wait=30s each) instead of a stream, for proxies that buffer streams")
 
 	var rest []string
 	for {

@@ -559,6 +559,30 @@ func TestAuthSIGHUP(t *testing.T) {
 	lost := authWatch(t, p.URL, "/watch/team-b/**?access_token=query-secret-a", nil)
 	kept := authWatch(t, p.URL, "/watch/team-a/**", bearer("secret-b"))
 	keptA := authWatch(t, p.URL, "/watch/team-a/x", bearer("query-secret-a"))
+	// A long poll that loses its right during its wait answers with no
+	// change and the revision it was given, then gets 403.
+	_, b := authDo(t, nil, "GET", p.URL+"/watch/**?poll=1", authAdmin, "", nil)
+	var at struct{ Revision int64 }
+	if err := json.Unmarshal(b, &at); err != nil {
+		t.Fatalf("poll=1: %v in %s", err, b)
+	}
+	lostPollURL := fmt.Sprintf("%s/watch/team-b/**?wait=1m&since=%d", p.URL, at.Revision)
+	lostPoll := make(chan []byte, 1)
+	go func() {
+		resp, b, err := servertest.Do(context.Background(), http.DefaultClient, "GET", lostPollURL+"&access_token=query-secret-a", "")
+		if err != nil || resp.StatusCode != http.StatusOK {
+			b = fmt.Appendf(nil, "%v %v %s", err, resp, b)
+		}
+		lostPoll <- b
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, b := authDo(t, nil, "GET", p.URL+"/metrics", authAdmin, "", nil); strings.Contains(string(b), "\nkvsse_subscribers 4\n") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the long poll does not wait")
+		}
+	}
 
 	servertest.AuthFile(t, dir, tokens(`"team-a/**"`))
 	if err := syscall.Kill(p.Cmd.Process.Pid, syscall.SIGHUP); err != nil {
@@ -566,6 +590,12 @@ func TestAuthSIGHUP(t *testing.T) {
 	}
 	if ev, err := lost.next(); err != io.EOF {
 		t.Fatalf("the stream that lost its right got %+v, %v; want its end", ev, err)
+	}
+	if got, want := string(<-lostPoll), fmt.Sprintf(`{"revision":%d,"events":[]}`, at.Revision); got != want {
+		t.Errorf("the long poll that lost its right answered %s, want %s", got, want)
+	}
+	if resp, b := authDo(t, nil, "GET", lostPollURL, "query-secret-a", "", nil); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("the next long poll: %d %s, want 403", resp.StatusCode, b)
 	}
 	authPut(t, p.URL, "team-a/x", "after")
 	for name, s := range map[string]*authStream{"b": kept, "a": keptA} {

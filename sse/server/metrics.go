@@ -48,7 +48,7 @@ type routeCode struct {
 
 // streamEnds are the reasons sse.Stream gives, the values of the "why"
 // label; any other reason is counted as "other".
-var streamEnds = [...]string{sse.EndClient, sse.EndLag, sse.EndShutdown, sse.EndClosed, sse.EndWrite, sse.EndAuth}
+var streamEnds = [...]string{sse.EndClient, sse.EndLag, sse.EndShutdown, sse.EndClosed, sse.EndWrite, sse.EndAuth, sse.EndAnswered}
 
 // Buckets, in seconds, of the request and stream duration histograms.
 var (

@@ -310,3 +310,82 @@ func TestTLSShutdownWithStreams(t *testing.T) {
 		}
 	}
 }
+
+// TestLongPollProtocols: a long poll answers over HTTP/2 (TLS and h2c)
+// and HTTP/1.1 over TLS on the handler's goroutine, keeping the
+// connection; over HTTP/1.1 in clear a waiting poll is taken over by the
+// pool and its connection closes after the answer.
+func TestLongPollProtocols(t *testing.T) {
+	cert, key, roots := servertest.TLSCert(t)
+	tlsSrv := servertest.Start(t, "-tls-cert", cert, "-tls-key", key)
+	clear := servertest.Start(t)
+	tests := []struct {
+		name      string
+		url       string
+		transport *http.Transport
+		wantProto string
+		wantDials int64
+	}{
+		{"HTTP/2", tlsSrv.URL, &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}, ForceAttemptHTTP2: true}, "HTTP/2.0", 1},
+		{"HTTP/1.1 over TLS", tlsSrv.URL, &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}, Protocols: tlsProtocols("http1")}, "HTTP/1.1", 1},
+		{"h2c", clear.URL, &http.Transport{Protocols: tlsProtocols("h2c")}, "HTTP/2.0", 1},
+		{"HTTP/1.1 pooled", clear.URL, &http.Transport{Protocols: tlsProtocols("http1")}, "HTTP/1.1", 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var dials, writerDials atomic.Int64
+			client := tlsClient(t, tt.transport, &dials)
+			writer := tlsClient(t, &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}, &writerDials)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			prefix := "lp/" + strings.NewReplacer("/", "", " ", "", ".", "").Replace(tt.name)
+			type answer struct {
+				rev    int64
+				events []tlsEvent
+				err    error
+			}
+			poll := func(query string) (a answer) {
+				resp, b, err := servertest.Do(ctx, client, http.MethodGet, tt.url+"/watch/"+prefix+"/*"+query, "")
+				if err != nil {
+					return answer{err: err}
+				}
+				var body struct {
+					Revision int64      `json:"revision"`
+					Events   []tlsEvent `json:"events"`
+				}
+				if err := json.Unmarshal(b, &body); resp.StatusCode != http.StatusOK || resp.Proto != tt.wantProto || err != nil {
+					return answer{err: fmt.Errorf("GET %s: %s over %s, %s (%v); want 200 over %s", query, resp.Status, resp.Proto, b, err, tt.wantProto)}
+				}
+				return answer{body.Revision, body.Events, nil}
+			}
+			first := poll("?poll=1")
+			if first.err != nil {
+				t.Fatal(first.err)
+			}
+			got := make(chan answer, 1)
+			go func() { got <- poll(fmt.Sprintf("?wait=1m&since=%d", first.rev)) }()
+			resp, b, err := servertest.Do(ctx, writer, http.MethodPut, tt.url+"/kv/"+prefix+"/k", "v")
+			if err != nil || resp.StatusCode != http.StatusCreated {
+				t.Fatalf("PUT: %v %s", err, b)
+			}
+			var put struct{ Revision int64 }
+			if err := json.Unmarshal(b, &put); err != nil {
+				t.Fatal(err)
+			}
+			rev := put.Revision
+			a := <-got
+			if a.err != nil {
+				t.Fatal(a.err)
+			}
+			if want := []tlsEvent{{Event: "put", Key: prefix + "/k", Value: "v", Revision: rev}}; a.rev != rev || len(a.events) != 1 || a.events[0] != want[0] {
+				t.Errorf("the wait answered %d %+v, want %d %+v", a.rev, a.events, rev, want)
+			}
+			if again := poll(fmt.Sprintf("?poll=1&since=%d", a.rev)); again.err != nil || again.rev != rev || len(again.events) != 0 {
+				t.Errorf("poll=1 from %d answered %+v, want nothing at %d", a.rev, again, rev)
+			}
+			if n := dials.Load(); n != tt.wantDials {
+				t.Errorf("%d connections, want %d", n, tt.wantDials)
+			}
+		})
+	}
+}

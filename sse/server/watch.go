@@ -28,6 +28,23 @@ type watchRequest struct {
 // isPoll reports whether wr asks for a long poll rather than a stream.
 func (wr *watchRequest) isPoll() bool { return wr.poll || wr.wait > 0 }
 
+// pollOptions are the options of a long poll, nil for a stream.
+func (wr *watchRequest) pollOptions() *sse.PollOptions {
+	if !wr.isPoll() {
+		return nil
+	}
+	from := int64(-1)
+	if wr.opts.Resume {
+		from = wr.opts.From
+	}
+	return &sse.PollOptions{
+		Wait:     wr.wait,
+		Limit:    wr.limit,
+		Snapshot: wr.opts.Snapshot && !wr.opts.Resume,
+		From:     from,
+	}
+}
+
 // The events a long poll answers with: by default, and at most.
 const (
 	defaultPollLimit = 1000
@@ -143,6 +160,9 @@ func parseWatch(r *http.Request, wr *watchRequest, maxWait time.Duration) error 
 		}
 		wr.limit = n
 	}
+	if wr.isPoll() {
+		wr.opts.Coalesce = false // an answer holds whole revisions, none skipped
+	}
 
 	switch f := q.Get("format"); f {
 	case "":
@@ -196,7 +216,10 @@ func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.metrics.streamOpened()
-	patterns, remote := len(wr.opts.Patterns), r.RemoteAddr
+	patterns, remote, kind := len(wr.opts.Patterns), r.RemoteAddr, "stream"
+	if wr.isPoll() {
+		kind = "poll"
+	}
 	var logAccess func(bytes int64) // set when the connection is handed over
 	a.streams.Serve(w, r, sub, sse.StreamOptions{
 		Format:        wr.format,
@@ -211,9 +234,10 @@ func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 		Revoked:       revoked,
 		Sent:          &a.metrics.eventsSent,
 		HandOver:      func() { logAccess = handOver(w) },
+		Poll:          wr.pollOptions(),
 	}, func(why string, bytes int64) {
 		a.metrics.streamEnded(why)
-		a.logger.Info("stream ended", "why", why, "patterns", patterns, "remote", remote)
+		a.logger.Info(kind+" ended", "why", why, "patterns", patterns, "remote", remote)
 		sub.Cancel()
 		release()
 		if logAccess != nil {
