@@ -150,3 +150,45 @@ func TestCoalesceBounded(t *testing.T) {
 		t.Errorf("merged (-want +got):\n%s", diff)
 	}
 }
+
+// BenchmarkPublishCoalesce publishes changes to 20 keys to one
+// subscription whose consumer takes them in turns: plain, with a buffer
+// that never fills, and coalescing, with a buffer of 8 that fills between
+// two takes, so that publishing merges. Per change published.
+func BenchmarkPublishCoalesce(b *testing.B) {
+	for _, tc := range []struct {
+		name     string
+		buffer   int
+		coalesce bool
+	}{{"plain", 1 << 20, false}, {"coalesce", 8, true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			f := kv.NewFeed(16, tc.buffer, 0)
+			sub, _, err := f.Subscribe(kv.WatchOptions{Patterns: patterns(b, "c/**"), Coalesce: tc.coalesce})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sub.Cancel()
+			keys := make([]string, 20)
+			for i := range keys {
+				keys[i] = fmt.Sprintf("c/%d", i)
+			}
+			value := []byte("v")
+			var spare []*kv.Change
+			taken := 0
+			b.ResetTimer()
+			for i := range b.N {
+				rev := int64(i + 1)
+				f.Publish([]kv.Change{{Op: kv.OpPut, Key: keys[i%len(keys)], Value: value, Revision: rev}}, rev)
+				if i%64 == 63 {
+					var ended bool
+					spare, _, ended = sub.TakeMerged(spare)
+					if ended {
+						b.Fatal("the subscription ended")
+					}
+					taken += len(spare)
+				}
+			}
+			b.ReportMetric(float64(taken)/float64(b.N), "delivered/op")
+		})
+	}
+}

@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"cmp"
 	"context"
 	"sync"
 )
@@ -45,15 +46,15 @@ type Subscription struct {
 	seen     uint64 // guarded by feed.mu: the number (Feed.seq) of the last change it matched
 	gone     bool   // guarded by feed.mu: dropped from the index
 
-	mu     sync.Mutex     // guards the fields below; taken after feed.mu
-	queue  []*Change      // matching changes not taken yet, oldest first
-	before int            // the queue's length before the revision being published (see publishGroup)
-	ended  bool           // no change will be queued any more
-	lagged bool           // it ended because the queue was full
-	newest map[string]int // while coalescing: each key's index in queue
-	holes  int            // while coalescing: the nil slots merged changes left in queue
-	ready  chan struct{}  // made by Ready: one value when changes are queued, closed at the end
-	notify func()         // set by OnReady: called instead of signalling ready
+	mu     sync.Mutex        // guards the fields below; taken after feed.mu
+	queue  []*Change         // matching changes not taken yet, oldest first
+	before int               // the queue's length before the revision being published (see publishGroup)
+	ended  bool              // no change will be queued any more
+	lagged bool              // it ended because the queue was full
+	newest map[string]queued // while coalescing: each key's change in queue
+	holes  int               // while coalescing: the nil slots merged changes left in queue
+	ready  chan struct{}     // made by Ready: one value when changes are queued, closed at the end
+	notify func()            // set by OnReady: called instead of signalling ready
 }
 
 // push queues c and more, the changes of one revision that match, all of
@@ -83,6 +84,15 @@ func (sub *Subscription) push(c *Change, more []*Change, max int) bool {
 	return true
 }
 
+// queued is where a coalescing queue holds a key's change, and the oldest
+// change it stands for (nil: none but itself), whose previous state the
+// consumer has: the merged change is made from the two once, when taken,
+// not at every change it replaces.
+type queued struct {
+	i      int
+	oldest *Change
+}
+
 // add appends c to the queue; while coalescing, in place of the key's
 // older change, which leaves a hole. The caller holds sub.mu.
 func (sub *Subscription) add(c *Change) {
@@ -90,12 +100,13 @@ func (sub *Subscription) add(c *Change) {
 		sub.queue = append(sub.queue, c)
 		return
 	}
-	if i, ok := sub.newest[c.Key]; ok {
-		c = c.since(sub.queue[i])
-		sub.queue[i] = nil
+	var oldest *Change
+	if q, ok := sub.newest[c.Key]; ok {
+		oldest = cmp.Or(q.oldest, sub.queue[q.i])
+		sub.queue[q.i] = nil
 		sub.holes++
 	}
-	sub.newest[c.Key] = len(sub.queue)
+	sub.newest[c.Key] = queued{len(sub.queue), oldest}
 	sub.queue = append(sub.queue, c)
 	if sub.holes > len(sub.queue)/2 {
 		sub.closeHoles()
@@ -105,7 +116,7 @@ func (sub *Subscription) add(c *Change) {
 // merge begins coalescing: it keeps the newest change of each key in the
 // queue, in revision order, and indexes them. The caller holds sub.mu.
 func (sub *Subscription) merge() {
-	sub.newest = make(map[string]int, len(sub.queue))
+	sub.newest = make(map[string]queued, len(sub.queue))
 	q := sub.queue
 	sub.queue = q[:0:0]
 	for _, c := range q {
@@ -120,12 +131,27 @@ func (sub *Subscription) closeHoles() {
 	q := sub.queue[:0]
 	for _, c := range sub.queue {
 		if c != nil {
-			sub.newest[c.Key] = len(q)
+			slot := sub.newest[c.Key]
+			slot.i = len(q)
+			sub.newest[c.Key] = slot
 			q = append(q, c)
 		}
 	}
 	clear(sub.queue[len(q):])
 	sub.queue, sub.holes = q, 0
+}
+
+// unmerge ends coalescing: the queue holds the merged changes, each made
+// from a key's newest change and the oldest it stands for. The caller
+// holds sub.mu.
+func (sub *Subscription) unmerge() {
+	sub.closeHoles()
+	for i, c := range sub.queue {
+		if oldest := sub.newest[c.Key].oldest; oldest != nil {
+			sub.queue[i] = c.since(oldest)
+		}
+	}
+	sub.newest = nil
 }
 
 // overflow handles a queue over max changes after publishGroup queued a
@@ -229,8 +255,7 @@ func (sub *Subscription) TakeMerged(spare []*Change) (changes []*Change, merged,
 	sub.mu.Lock()
 	defer sub.mu.Unlock()
 	if merged = sub.newest != nil; merged {
-		sub.closeHoles()
-		sub.newest = nil
+		sub.unmerge()
 	}
 	changes, sub.queue = sub.queue, spare[:0]
 	return changes, merged, sub.ended
@@ -245,8 +270,7 @@ func (sub *Subscription) Next(ctx context.Context) (c *Change, ok bool) {
 	for {
 		sub.mu.Lock()
 		if sub.newest != nil { // the indexes would not survive taking one
-			sub.closeHoles()
-			sub.newest = nil
+			sub.unmerge()
 		}
 		if len(sub.queue) > 0 {
 			c = sub.queue[0]
