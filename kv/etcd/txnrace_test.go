@@ -86,6 +86,21 @@ func (ip *interposer) result() (int, error) {
 	return ip.writes, ip.err
 }
 
+// rawPutFunc puts key as another client would, and returns the revision
+// of the write.
+type rawPutFunc func(key, value string) (int64, error)
+
+// putBeforeFirst is a before of TestTxnRace that puts key once, before
+// the first txn that writes, and lets the later ones through.
+func putBeforeFirst(key, value string) func(n int, rawPut rawPutFunc) (int64, error) {
+	return func(n int, rawPut rawPutFunc) (int64, error) {
+		if n > 1 {
+			return 0, nil
+		}
+		return rawPut(key, value)
+	}
+}
+
 // A key that another client creates or changes between a transaction's
 // read and its txn makes the txn fail its compare; the transaction is
 // decided again on the new state, and is exact.
@@ -97,8 +112,8 @@ func TestTxnRace(t *testing.T) {
 	for i, tc := range []struct {
 		name string
 		// before runs before the n-th txn that writes, and writes with
-		// rawPut, which returns the revision of the write.
-		before func(n int, rawPut func(key, value string) (int64, error)) (int64, error)
+		// rawPut.
+		before func(n int, rawPut rawPutFunc) (int64, error)
 		txn    func(r revs) kv.Txn
 		// want are the changes, given the revision of the last write
 		// of before.
@@ -107,14 +122,9 @@ func TestTxnRace(t *testing.T) {
 		wantWrites int
 		after      map[string]string
 	}{{
-		name: "a key created under the prefix",
-		before: func(n int, rawPut func(key, value string) (int64, error)) (int64, error) {
-			if n > 1 {
-				return 0, nil
-			}
-			return rawPut("p/c", "new")
-		},
-		txn: func(revs) kv.Txn { return kv.Txn{Then: []kv.TxnOp{prefixOp("p/")}} },
+		name:   "a key created under the prefix",
+		before: putBeforeFirst("p/c", "new"),
+		txn:    func(revs) kv.Txn { return kv.Txn{Then: []kv.TxnOp{prefixOp("p/")}} },
 		want: func(r revs, rev int64) []kv.TxnChange {
 			return []kv.TxnChange{
 				{Key: "p/a", Op: kv.OpDelete, PrevRevision: r["p/a"]},
@@ -125,14 +135,9 @@ func TestTxnRace(t *testing.T) {
 		wantWrites: 2,
 		after:      map[string]string{"a": "a"},
 	}, {
-		name: "a key changed under the prefix",
-		before: func(n int, rawPut func(key, value string) (int64, error)) (int64, error) {
-			if n > 1 {
-				return 0, nil
-			}
-			return rawPut("p/a", "changed")
-		},
-		txn: func(revs) kv.Txn { return kv.Txn{Then: []kv.TxnOp{prefixOp("p/")}} },
+		name:   "a key changed under the prefix",
+		before: putBeforeFirst("p/a", "changed"),
+		txn:    func(revs) kv.Txn { return kv.Txn{Then: []kv.TxnOp{prefixOp("p/")}} },
 		want: func(r revs, rev int64) []kv.TxnChange {
 			return []kv.TxnChange{
 				{Key: "p/a", Op: kv.OpDelete, PrevRevision: rev},
@@ -143,7 +148,7 @@ func TestTxnRace(t *testing.T) {
 		after:      map[string]string{"a": "a"},
 	}, {
 		name: "a key created under the prefix every time",
-		before: func(n int, rawPut func(key, value string) (int64, error)) (int64, error) {
+		before: func(n int, rawPut rawPutFunc) (int64, error) {
 			return rawPut("p/new/"+string(rune('a'+n)), "new")
 		},
 		txn:        func(revs) kv.Txn { return kv.Txn{Then: []kv.TxnOp{prefixOp("p/"), putOp("x", "1")}} },
@@ -153,13 +158,8 @@ func TestTxnRace(t *testing.T) {
 			"p/new/b": "new", "p/new/c": "new", "p/new/d": "new", "p/new/e": "new",
 			"p/new/f": "new", "p/new/g": "new", "p/new/h": "new", "p/new/i": "new"},
 	}, {
-		name: "a condition's key changed",
-		before: func(n int, rawPut func(key, value string) (int64, error)) (int64, error) {
-			if n > 1 {
-				return 0, nil
-			}
-			return rawPut("a", "changed")
-		},
+		name:   "a condition's key changed",
+		before: putBeforeFirst("a", "changed"),
 		txn: func(r revs) kv.Txn {
 			return kv.Txn{If: []kv.Compare{{Key: "a", Cond: kv.IfRevision(r["a"])}}, Then: []kv.TxnOp{putOp("x", "1")}}
 		},
