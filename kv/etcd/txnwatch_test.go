@@ -87,7 +87,7 @@ func TestTxnWatchOneTake(t *testing.T) {
 	skipUnlessFeedQueuesEveryChangeOfARevision(t)
 	url := startEtcd(t)
 	s := openStore(t, url, Options{})
-	sub, err := s.Watch(kv.WatchOptions{Patterns: []kv.Pattern{mustPattern(t, "**")}})
+	sub, err := s.Watch(watchOptions(t, "**"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +117,7 @@ func TestTxnWatchOneTake(t *testing.T) {
 func skipUnlessFeedQueuesEveryChangeOfARevision(t *testing.T) {
 	t.Helper()
 	f := kv.NewFeed(10, 10, 0)
-	sub, _, err := f.Subscribe(kv.WatchOptions{Patterns: []kv.Pattern{mustPattern(t, "**")}})
+	sub, _, err := f.Subscribe(watchOptions(t, "**"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,13 +127,19 @@ func skipUnlessFeedQueuesEveryChangeOfARevision(t *testing.T) {
 	}
 }
 
-func mustPattern(t *testing.T, s string) kv.Pattern {
+// watchOptions are the options of a watch of the keys that match any of
+// patterns.
+func watchOptions(t *testing.T, patterns ...string) kv.WatchOptions {
 	t.Helper()
-	p, err := kv.ParsePattern(s)
-	if err != nil {
-		t.Fatal(err)
+	var opts kv.WatchOptions
+	for _, s := range patterns {
+		p, err := kv.ParsePattern(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Patterns = append(opts.Patterns, p)
 	}
-	return p
+	return opts
 }
 
 // A put with a time to live is gone for kvsse at its exact expiry, and
@@ -147,7 +153,7 @@ func TestTxnTTL(t *testing.T) {
 	// revision's changes together.
 	subs := make(map[string]*kv.Subscription)
 	for _, k := range []string{"a", "b"} {
-		sub, err := s.Watch(kv.WatchOptions{Patterns: []kv.Pattern{mustPattern(t, k)}})
+		sub, err := s.Watch(watchOptions(t, k))
 		if err != nil {
 			t.Fatal(err)
 		}
