@@ -150,46 +150,56 @@ func readSnapshot(path string) (int64, []wal.Record, error) {
 	return rev, got, err
 }
 
-func TestSnapshotRoundTrip(t *testing.T) {
-	tests := []struct {
+// testRoundTrip checks that roundTrip, which writes a store's records at
+// a revision to a file and reads them back, gives back the same, compared
+// with opt, for stores with keys and without.
+func testRoundTrip(t *testing.T, opt cmp.Option, roundTrip func(t *testing.T, rev int64, records []wal.Record) (int64, []wal.Record, error)) {
+	for _, tt := range []struct {
 		name    string
 		rev     int64
 		records []wal.Record
 	}{
 		{"keys", 12, snapRecords()},
 		{"no keys", 40, nil},
-		{"revision 0", 0, nil},
-	}
-	for _, tt := range tests {
+		{"empty store", 0, nil},
+	} {
 		t.Run(tt.name, func(t *testing.T) {
-			dir := t.TempDir()
-			path := writeSnapshot(t, dir, tt.rev, tt.records)
-			rev, got, err := readSnapshot(path)
-			if err != nil {
-				t.Fatalf("ReadSnapshot: %v", err)
-			}
-			if rev != tt.rev {
-				t.Errorf("revision = %d, want %d", rev, tt.rev)
-			}
-			if diff := cmp.Diff(tt.records, got, equateEmpty); diff != "" {
-				t.Errorf("records (-want +got):\n%s", diff)
-			}
-			hint := -1
-			if _, err := wal.ReadSnapshotSized(path, func(n int) { hint = n }, func(wal.Record) error { return nil }); err != nil {
-				t.Fatalf("ReadSnapshotSized: %v", err)
-			}
-			if hint != len(tt.records) {
-				t.Errorf("size hint = %d, want %d", hint, len(tt.records))
-			}
-			files, err := wal.List(dir)
+			rev, got, err := roundTrip(t, tt.rev, tt.records)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(wal.Files{Snapshots: []int64{tt.rev}}, files); diff != "" {
-				t.Errorf("files after WriteSnapshot (-want +got):\n%s", diff)
+			if rev != tt.rev {
+				t.Errorf("revision %d, want %d", rev, tt.rev)
+			}
+			if diff := cmp.Diff(tt.records, got, opt); diff != "" {
+				t.Errorf("records (-want +got):\n%s", diff)
 			}
 		})
 	}
+}
+
+// A snapshot reads back as written, tells its size, and is the one file
+// of its directory.
+func TestSnapshotRoundTrip(t *testing.T) {
+	testRoundTrip(t, equateEmpty, func(t *testing.T, rev int64, records []wal.Record) (int64, []wal.Record, error) {
+		dir := t.TempDir()
+		path := writeSnapshot(t, dir, rev, records)
+		hint := -1
+		if _, err := wal.ReadSnapshotSized(path, func(n int) { hint = n }, func(wal.Record) error { return nil }); err != nil {
+			t.Fatalf("ReadSnapshotSized: %v", err)
+		}
+		if hint != len(records) {
+			t.Errorf("size hint = %d, want %d", hint, len(records))
+		}
+		files, err := wal.List(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(wal.Files{Snapshots: []int64{rev}}, files); diff != "" {
+			t.Errorf("files after WriteSnapshot (-want +got):\n%s", diff)
+		}
+		return readSnapshot(path)
+	})
 }
 
 func TestWriteSnapshotFailureLeavesNothing(t *testing.T) {
@@ -566,33 +576,15 @@ func readBackup(data []byte) (int64, []wal.Record, error) {
 	}
 }
 
+// A backup reads back as written, and starts with its magic.
 func TestBackupRoundTrip(t *testing.T) {
-	for _, tt := range []struct {
-		name    string
-		rev     int64
-		records []wal.Record
-	}{
-		{"keys", 12, snapRecords()},
-		{"no keys", 40, nil},
-		{"empty store", 0, nil},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			data := backupOf(t, tt.rev, tt.records)
-			if !bytes.HasPrefix(data, wal.BackupMagic[:]) {
-				t.Fatalf("backup starts with %q", data[:8])
-			}
-			rev, got, err := readBackup(data)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rev != tt.rev {
-				t.Errorf("revision %d, want %d", rev, tt.rev)
-			}
-			if diff := cmp.Diff(tt.records, got, cmp.Comparer(bytes.Equal)); diff != "" {
-				t.Errorf("records (-want +got):\n%s", diff)
-			}
-		})
-	}
+	testRoundTrip(t, cmp.Comparer(bytes.Equal), func(t *testing.T, rev int64, records []wal.Record) (int64, []wal.Record, error) {
+		data := backupOf(t, rev, records)
+		if !bytes.HasPrefix(data, wal.BackupMagic[:]) {
+			t.Fatalf("backup starts with %q", data[:8])
+		}
+		return readBackup(data)
+	})
 }
 
 // TestBackupDamage flips every byte of a backup, and cuts it at every
