@@ -46,15 +46,16 @@ type Subscription struct {
 	seen     uint64 // guarded by feed.mu: the number (Feed.seq) of the last change it matched
 	gone     bool   // guarded by feed.mu: dropped from the index
 
-	mu     sync.Mutex        // guards the fields below; taken after feed.mu
-	queue  []*Change         // matching changes not taken yet, oldest first
-	before int               // the queue's length before the revision being published (see publishGroup)
-	ended  bool              // no change will be queued any more
-	lagged bool              // it ended because the queue was full
-	newest map[string]queued // while coalescing: each key's change in queue
-	holes  int               // while coalescing: the nil slots merged changes left in queue
-	ready  chan struct{}     // made by Ready: one value when changes are queued, closed at the end
-	notify func()            // set by OnReady: called instead of signalling ready
+	mu     sync.Mutex         // guards the fields below; taken after feed.mu
+	queue  []*Change          // matching changes not taken yet, oldest first
+	before int                // the queue's length before the revision being published (see publishGroup)
+	ended  bool               // no change will be queued any more
+	lagged bool               // it ended because the queue was full
+	newest map[string]*queued // while coalescing: each key's change in queue
+	slots  []*queued          // while coalescing: the key of each change in queue (nil for a hole)
+	holes  int                // while coalescing: the nil slots merged changes left in queue
+	ready  chan struct{}      // made by Ready: one value when changes are queued, closed at the end
+	notify func()             // set by OnReady: called instead of signalling ready
 }
 
 // push queues c and more, the changes of one revision that match, all of
@@ -94,20 +95,25 @@ type queued struct {
 }
 
 // add appends c to the queue; while coalescing, in place of the key's
-// older change, which leaves a hole. The caller holds sub.mu.
+// older change, which leaves a hole. It costs one map lookup: the slots
+// move with their changes when the holes close. The caller holds sub.mu.
 func (sub *Subscription) add(c *Change) {
 	if sub.newest == nil {
 		sub.queue = append(sub.queue, c)
 		return
 	}
-	var oldest *Change
-	if q, ok := sub.newest[c.Key]; ok {
-		oldest = cmp.Or(q.oldest, sub.queue[q.i])
-		sub.queue[q.i] = nil
+	q, ok := sub.newest[c.Key]
+	if ok {
+		q.oldest = cmp.Or(q.oldest, sub.queue[q.i])
+		sub.queue[q.i], sub.slots[q.i] = nil, nil
 		sub.holes++
+	} else {
+		q = new(queued)
+		sub.newest[c.Key] = q
 	}
-	sub.newest[c.Key] = queued{len(sub.queue), oldest}
+	q.i = len(sub.queue)
 	sub.queue = append(sub.queue, c)
+	sub.slots = append(sub.slots, q)
 	if sub.holes > len(sub.queue)/2 {
 		sub.closeHoles()
 	}
@@ -116,7 +122,7 @@ func (sub *Subscription) add(c *Change) {
 // merge begins coalescing: it keeps the newest change of each key in the
 // queue, in revision order, and indexes them. The caller holds sub.mu.
 func (sub *Subscription) merge() {
-	sub.newest = make(map[string]queued, len(sub.queue))
+	sub.newest = make(map[string]*queued) // sized by the keys, not by the queue
 	q := sub.queue
 	sub.queue = q[:0:0]
 	for _, c := range q {
@@ -125,20 +131,20 @@ func (sub *Subscription) merge() {
 	sub.closeHoles()
 }
 
-// closeHoles removes the holes from a coalescing queue, and indexes it
-// again. The caller holds sub.mu.
+// closeHoles removes the holes from a coalescing queue. The caller holds
+// sub.mu.
 func (sub *Subscription) closeHoles() {
-	q := sub.queue[:0]
-	for _, c := range sub.queue {
+	n := 0
+	for i, c := range sub.queue {
 		if c != nil {
-			slot := sub.newest[c.Key]
-			slot.i = len(q)
-			sub.newest[c.Key] = slot
-			q = append(q, c)
+			sub.queue[n], sub.slots[n] = c, sub.slots[i]
+			sub.slots[n].i = n
+			n++
 		}
 	}
-	clear(sub.queue[len(q):])
-	sub.queue, sub.holes = q, 0
+	clear(sub.queue[n:])
+	clear(sub.slots[n:])
+	sub.queue, sub.slots, sub.holes = sub.queue[:n], sub.slots[:n], 0
 }
 
 // unmerge ends coalescing: the queue holds the merged changes, each made
@@ -147,11 +153,11 @@ func (sub *Subscription) closeHoles() {
 func (sub *Subscription) unmerge() {
 	sub.closeHoles()
 	for i, c := range sub.queue {
-		if oldest := sub.newest[c.Key].oldest; oldest != nil {
+		if oldest := sub.slots[i].oldest; oldest != nil {
 			sub.queue[i] = c.since(oldest)
 		}
 	}
-	sub.newest = nil
+	sub.newest, sub.slots = nil, nil
 }
 
 // overflow handles a queue over max changes after publishGroup queued a
