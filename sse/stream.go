@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -340,6 +341,14 @@ func (e *encoder) change(c *kv.Change, last bool) {
 // whole state only at its end: only its last change is a point to resume
 // from.
 func (e *encoder) changes(batch []*kv.Change, merged bool) {
+	need := 0
+	for _, c := range batch {
+		need += len(c.Key) + len(c.Value) + 96
+		if e.prev {
+			need += len(c.PrevValue)
+		}
+	}
+	e.buf = slices.Grow(e.buf, need) // one allocation, not a growth by steps of a quarter
 	for i, c := range batch {
 		e.change(c, i+1 == len(batch) || !merged && endsRevision(batch, i))
 	}
