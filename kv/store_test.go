@@ -19,6 +19,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"golang.org/x/sync/errgroup"
 
 	"kvsse/kv"
 	"kvsse/kv/wal"
@@ -604,23 +605,20 @@ func TestGroupCommit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	errc := make(chan error, writers)
+	var puts errgroup.Group
 	for w := range writers {
-		go func() {
+		puts.Go(func() error {
 			for i := range each {
 				key := fmt.Sprintf("w%02d/%02d", w, i)
 				if _, err := s.Put(context.Background(), key, []byte(key), kv.PutOptions{}); err != nil {
-					errc <- err
-					return
+					return err
 				}
 			}
-			errc <- nil
-		}()
+			return nil
+		})
 	}
-	for range writers {
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
+	if err := puts.Wait(); err != nil {
+		t.Fatal(err)
 	}
 	const writes = writers * each
 	st := s.Stats()
@@ -681,9 +679,9 @@ func TestCASRace(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, kv.Options{})
 	var conflicts atomic.Int64
-	errc := make(chan error, n)
+	var increments errgroup.Group
 	for range n {
-		go func() {
+		increments.Go(func() error {
 			for {
 				cond, v := kv.IfAbsent(), 0
 				e, err := s.Get(ctx, "counter")
@@ -691,27 +689,22 @@ func TestCASRace(t *testing.T) {
 				case err == nil:
 					cond = kv.IfRevision(e.Revision)
 					if v, err = strconv.Atoi(string(e.Value)); err != nil {
-						errc <- err
-						return
+						return err
 					}
 				case !errors.Is(err, kv.ErrNotFound):
-					errc <- err
-					return
+					return err
 				}
 				_, err = s.Put(ctx, "counter", []byte(strconv.Itoa(v+1)), kv.PutOptions{Cond: cond})
 				if errors.Is(err, kv.ErrPrecondition) {
 					conflicts.Add(1)
 					continue
 				}
-				errc <- err
-				return
+				return err
 			}
-		}()
+		})
 	}
-	for range n {
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
+	if err := increments.Wait(); err != nil {
+		t.Fatal(err)
 	}
 	e, err := s.Get(ctx, "counter")
 	if err != nil {
@@ -1171,12 +1164,11 @@ func TestBackupDuringWrites(t *testing.T) {
 	s := open(t, kv.Options{Dir: t.TempDir(), CompactBytes: 32 << 10})
 	const writers, perWriter = 4, 400
 	halfway := make(chan struct{})
-	var done sync.WaitGroup
+	var writes errgroup.Group
 	acks := make([][]backupAck, writers)
-	errc := make(chan error, writers)
 	var count atomic.Int64
 	for w := range writers {
-		done.Go(func() {
+		writes.Go(func() error {
 			rng := rand.New(rand.NewPCG(uint64(w), 1))
 			for i := range perWriter {
 				if count.Add(1) == writers*perWriter/2 {
@@ -1188,19 +1180,18 @@ func TestBackupDuringWrites(t *testing.T) {
 					if err == nil {
 						acks[w] = append(acks[w], backupAck{key: key, rev: r.Revision})
 					} else if !errors.Is(err, kv.ErrNotFound) {
-						errc <- err
-						return
+						return err
 					}
 					continue
 				}
 				v := []byte{byte(w), byte(i), 0xff, byte(i >> 8)} // not UTF-8
 				r, err := s.Put(ctx, key, v, kv.PutOptions{ContentType: "x/" + strconv.Itoa(w)})
 				if err != nil {
-					errc <- err
-					return
+					return err
 				}
 				acks[w] = append(acks[w], backupAck{key: key, value: v, rev: r.Revision})
 			}
+			return nil
 		})
 	}
 	<-halfway
@@ -1209,9 +1200,7 @@ func TestBackupDuringWrites(t *testing.T) {
 	if _, err := b.WriteTo(&file); err != nil {
 		t.Fatal(err)
 	}
-	done.Wait()
-	close(errc)
-	for err := range errc {
+	if err := writes.Wait(); err != nil {
 		t.Fatal(err)
 	}
 	if b.Revision <= 0 || b.Revision >= s.Revision() {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sync/errgroup"
 
 	"kvsse/kv"
 	"kvsse/kv/wal"
@@ -139,17 +140,15 @@ func writeTxns(t *testing.T, s *kv.Store) {
 			t.Fatal(err)
 		}
 	}
-	errc := make(chan error, 8)
+	var writes errgroup.Group
 	for i := range 8 {
-		go func() {
+		writes.Go(func() error {
 			_, err := s.Txn(ctx, kv.Txn{Then: []kv.TxnOp{putOp(fmt.Sprintf("r/%d/a", i), "x"), putOp(fmt.Sprintf("r/%d/b", i), "y")}})
-			errc <- err
-		}()
+			return err
+		})
 	}
-	for range 8 {
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
+	if err := writes.Wait(); err != nil {
+		t.Fatal(err)
 	}
 	put(t, s, "last", "v")
 }
