@@ -488,9 +488,7 @@ func TestHistoryAfterReopen(t *testing.T) {
 		}
 	}
 	all := receive(t, sub, 30)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 
 	s = open(t, kv.Options{Dir: dir})
 	for _, from := range []int64{0, 10, 29, 30} {

@@ -40,6 +40,15 @@ func open(t testing.TB, opts kv.Options) *kv.Store {
 	return s
 }
 
+// closeStore closes s before the end of the test, to open its directory
+// again or to look at the files it leaves.
+func closeStore(t testing.TB, s *kv.Store) {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
 func put(t testing.TB, s *kv.Store, key, value string) kv.Result {
 	t.Helper()
 	r, err := s.Put(context.Background(), key, []byte(value), kv.PutOptions{})
@@ -559,9 +568,7 @@ func TestTTLAfterReopen(t *testing.T) {
 	if _, err := s.Put(ctx, "k", []byte("v"), kv.PutOptions{TTL: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	clk.Advance(time.Hour)
 	s = open(t, kv.Options{Dir: dir, Now: clk.Now})
 	if _, err := s.Get(ctx, "k"); !errors.Is(err, kv.ErrNotFound) {
@@ -624,9 +631,7 @@ func TestGroupCommit(t *testing.T) {
 		t.Errorf("Revision = %d, want %d", s.Revision(), writes)
 	}
 	before := listAll(t, s)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 
 	s = open(t, kv.Options{Dir: dir})
 	if s.Revision() != writes {
@@ -775,9 +780,7 @@ func TestCloseDuringWrites(t *testing.T) {
 		}()
 	}
 	started.Wait()
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	var acked []string
 	for range writers {
 		o := <-out
@@ -842,9 +845,7 @@ func writeKeys(t *testing.T, dir string, n int) (kv.Page, string) {
 		put(t, s, fmt.Sprintf("k%d", i), "v")
 	}
 	held := listAll(t, s)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	files, err := wal.List(dir)
 	if err != nil || len(files.Segments) != 1 {
 		t.Fatalf("List = %+v, %v; want one segment", files, err)
@@ -878,9 +879,7 @@ func TestReopenCutsTornTail(t *testing.T) {
 		t.Errorf("state (-want +got):\n%s", diff)
 	}
 	put(t, s, "after", "v")
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	s = open(t, kv.Options{Dir: dir})
 	if s.Revision() != 6 {
 		t.Errorf("Revision = %d, want 6", s.Revision())
@@ -925,9 +924,7 @@ func TestReopenCutsUncommittedBatch(t *testing.T) {
 		if line := logged.String(); !strings.Contains(line, "uncommitted_records=2") {
 			t.Errorf("the log says %q, want a line on the 2 uncommitted records cut off", line)
 		}
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
+		closeStore(t, s)
 	}
 	s := open(t, kv.Options{Dir: dir})
 	if r := put(t, s, "after", "v"); r.Revision != 6 {
@@ -966,9 +963,7 @@ func TestOpenFormat1Log(t *testing.T) {
 		t.Errorf("the first write took revision %d, want 4", r.Revision)
 	}
 	want := listAll(t, s)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	files, err := wal.List(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -1000,9 +995,7 @@ func TestOpenFormat1EmptyLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	put(t, s, "a", "1")
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	if b, err := os.ReadFile(path); err != nil || !bytes.HasPrefix(b, wal.LogMagic[:]) {
 		t.Errorf("%s starts with %q (%v), want %q", path, b[:min(len(b), 8)], err, wal.LogMagic[:])
 	}
@@ -1084,9 +1077,7 @@ func TestCompaction(t *testing.T) {
 	rev := s.Revision()
 	live := receive(t, sub, int(rev))
 	before := listAll(t, s)
-	if err := s.Close(); err != nil { // waits for a running compaction
-		t.Fatal(err)
-	}
+	closeStore(t, s) // waits for a running compaction
 	compactions := s.Stats().Compactions.Load()
 	if compactions == 0 {
 		t.Fatalf("no compaction after %d writes with CompactBytes 2048", rev)
@@ -1515,9 +1506,7 @@ func TestPrevValues(t *testing.T) {
 		t.Fatalf("live previous values (-want +got):\n%s", diff)
 	}
 	sharesPrev(t, "live", live)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	files, err := wal.List(dir)
 	if err != nil {
 		t.Fatal(err)

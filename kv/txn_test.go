@@ -349,9 +349,7 @@ func TestTxnFull(t *testing.T) {
 			s := open(t, kv.Options{Dir: dir})
 			put(t, s, "a", "12345")
 			put(t, s, "b", "1")
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
+			closeStore(t, s)
 			tt.opts.Dir = dir
 			s = open(t, tt.opts)
 			before := stateOf(t, s)

@@ -167,9 +167,7 @@ func TestTxnRestart(t *testing.T) {
 			}
 			writeTxns(t, s)
 			rev, state, before := s.Revision(), stateOf(t, s), resumes(t, s)
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
+			closeStore(t, s)
 			s = open(t, opts)
 			if s.Revision() != rev {
 				t.Errorf("Revision after a restart = %d, want %d", s.Revision(), rev)
@@ -198,9 +196,7 @@ func TestTxnTornTail(t *testing.T) {
 	}
 	seed(t, s, "a", "b", "p/1", "p/2")
 	before := stateOf(t, s)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	path := wal.SegmentPath(dir, 1)
 	st, err := os.Stat(path)
 	if err != nil {
@@ -219,9 +215,7 @@ func TestTxnTornTail(t *testing.T) {
 		t.Fatal(err)
 	}
 	after := stateOf(t, s)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -246,9 +240,7 @@ func TestTxnTornTail(t *testing.T) {
 			t.Fatalf("Open with the log cut at %d of %d: %v", cut, len(data), err)
 		}
 		got, gotRev := stateOf(t, s), s.Revision()
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
+		closeStore(t, s)
 		if diff := cmp.Diff(want, got); diff != "" || gotRev != rev {
 			t.Fatalf("the log cut at %d of %d: Revision %d, want %d; state (-want +got):\n%s", cut, len(data), gotRev, rev, diff)
 		}
