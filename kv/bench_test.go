@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"kvsse/kv/wal"
 )
 
@@ -311,15 +313,14 @@ func BenchmarkGetWhileWriting(b *testing.B) {
 	s, keys := benchKeys(b)
 	ctx := context.Background()
 	stop := make(chan struct{})
-	errc := make(chan error, 4)
+	var writes errgroup.Group
 	for w := range 4 {
-		go func() {
+		writes.Go(func() error {
 			value := make([]byte, 64)
 			for n := 0; ; n++ {
 				select {
 				case <-stop:
-					errc <- nil
-					return
+					return nil
 				default:
 				}
 				ops := make([]TxnOp, 10)
@@ -327,19 +328,16 @@ func BenchmarkGetWhileWriting(b *testing.B) {
 					ops[i] = TxnOp{Kind: TxnPut, Key: keys[(w*2500+n*10+i)%len(keys)], Value: value}
 				}
 				if _, err := s.Txn(ctx, Txn{Then: ops}); err != nil {
-					errc <- err
-					return
+					return err
 				}
 			}
-		}()
+		})
 	}
 	getParallel(b, s, keys)
 	b.StopTimer()
 	close(stop)
-	for range 4 {
-		if err := <-errc; err != nil {
-			b.Fatal(err)
-		}
+	if err := writes.Wait(); err != nil {
+		b.Fatal(err)
 	}
 }
 
@@ -371,10 +369,10 @@ func BenchmarkTxnThroughput(b *testing.B) {
 				}
 			}
 			var next atomic.Int64
-			errc := make(chan error, writers)
+			var writes errgroup.Group
 			b.ResetTimer()
 			for w := range writers {
-				go func() {
+				writes.Go(func() error {
 					ops := make([]TxnOp, 10)
 					for n := next.Add(1); n <= int64(b.N); n = next.Add(1) {
 						for i := range ops {
@@ -382,25 +380,21 @@ func BenchmarkTxnThroughput(b *testing.B) {
 						}
 						if bc.txn {
 							if _, err := s.Txn(ctx, Txn{Then: ops}); err != nil {
-								errc <- err
-								return
+								return err
 							}
 							continue
 						}
 						for _, o := range ops {
 							if _, err := s.Put(ctx, o.Key, o.Value, PutOptions{}); err != nil {
-								errc <- err
-								return
+								return err
 							}
 						}
 					}
-					errc <- nil
-				}()
+					return nil
+				})
 			}
-			for range writers {
-				if err := <-errc; err != nil {
-					b.Fatal(err)
-				}
+			if err := writes.Wait(); err != nil {
+				b.Fatal(err)
 			}
 			b.StopTimer()
 			st := s.Stats()
@@ -536,26 +530,23 @@ func putsWhile(b *testing.B, s *Store, backups bool, backup func()) []time.Durat
 			}
 		}
 	}()
-	errc := make(chan error, writers)
+	var writes errgroup.Group
 	value := make([]byte, 64)
 	for w := range writers {
-		go func() {
+		writes.Go(func() error {
 			for i := range each {
 				t := time.Now()
 				_, err := s.Put(context.Background(), fmt.Sprintf("bench/%08d", (w*each+i)*97%1_000_000), value, PutOptions{})
 				lat[w*each+i] = time.Since(t)
 				if err != nil {
-					errc <- err
-					return
+					return err
 				}
 			}
-			errc <- nil
-		}()
+			return nil
+		})
 	}
-	for range writers {
-		if err := <-errc; err != nil {
-			b.Fatal(err)
-		}
+	if err := writes.Wait(); err != nil {
+		b.Fatal(err)
 	}
 	close(stop)
 	<-backed
@@ -578,22 +569,19 @@ func fillStore(tb testing.TB, s *Store, n int) {
 	tb.Helper()
 	ctx := context.Background()
 	value := make([]byte, 64)
-	errc := make(chan error, 64)
+	var writes errgroup.Group
 	for w := range 64 {
-		go func() {
+		writes.Go(func() error {
 			for i := w; i < n; i += 64 {
 				if _, err := s.Put(ctx, fmt.Sprintf("bench/%08d", i), value, PutOptions{}); err != nil {
-					errc <- err
-					return
+					return err
 				}
 			}
-			errc <- nil
-		}()
+			return nil
+		})
 	}
-	for range 64 {
-		if err := <-errc; err != nil {
-			tb.Fatal(err)
-		}
+	if err := writes.Wait(); err != nil {
+		tb.Fatal(err)
 	}
 }
 

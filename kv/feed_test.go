@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sync/errgroup"
 
 	"kvsse/kv"
 )
@@ -258,9 +259,9 @@ func TestWatchSnapshot(t *testing.T) {
 func TestWatchCatchUpMeetsLive(t *testing.T) {
 	const writers, each, keys = 4, 300, 50
 	s := open(t, kv.Options{SubBuffer: writers*each + 10})
-	errc := make(chan error, writers)
+	var writes errgroup.Group
 	for w := range writers {
-		go func() {
+		writes.Go(func() error {
 			rng := rand.New(rand.NewPCG(uint64(w), 1))
 			for i := range each {
 				key := fmt.Sprintf("k/%02d", rng.IntN(keys))
@@ -274,12 +275,11 @@ func TestWatchCatchUpMeetsLive(t *testing.T) {
 					_, err = s.Put(context.Background(), key, []byte(fmt.Sprintf("%d/%d", w, i)), kv.PutOptions{})
 				}
 				if err != nil {
-					errc <- err
-					return
+					return err
 				}
 			}
-			errc <- nil
-		}()
+			return nil
+		})
 	}
 	type watcher struct {
 		sub    *kv.Subscription
@@ -301,10 +301,8 @@ func TestWatchCatchUpMeetsLive(t *testing.T) {
 			runtime.Gosched()
 		}
 	}
-	for range writers {
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
+	if err := writes.Wait(); err != nil {
+		t.Fatal(err)
 	}
 	final := s.Revision()
 	want := map[string]string{}
@@ -490,9 +488,7 @@ func TestHistoryAfterReopen(t *testing.T) {
 		}
 	}
 	all := receive(t, sub, 30)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 
 	s = open(t, kv.Options{Dir: dir})
 	for _, from := range []int64{0, 10, 29, 30} {

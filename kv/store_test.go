@@ -19,6 +19,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"golang.org/x/sync/errgroup"
 
 	"kvsse/kv"
 	"kvsse/kv/wal"
@@ -37,6 +38,15 @@ func open(t testing.TB, opts kv.Options) *kv.Store {
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// closeStore closes s before the end of the test, to open its directory
+// again or to look at the files it leaves.
+func closeStore(t testing.TB, s *kv.Store) {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
 }
 
 func put(t testing.TB, s *kv.Store, key, value string) kv.Result {
@@ -160,7 +170,7 @@ func TestPreconditions(t *testing.T) {
 	tests := []struct {
 		name    string
 		w       write
-		want    kv.Result         // when the write succeeds
+		want    kv.Result         // when the write succeeds; zero when it fails
 		wantErr error             // ErrNotFound, or nil
 		con     *kv.ConflictError // when the precondition fails
 	}{
@@ -211,12 +221,8 @@ func TestPreconditions(t *testing.T) {
 				if !errors.Is(err, kv.ErrPrecondition) {
 					t.Errorf("errors.Is(%v, ErrPrecondition) = false", err)
 				}
-			case tt.wantErr != nil:
-				if !errors.Is(err, tt.wantErr) {
-					t.Fatalf("error = %v, want %v", err, tt.wantErr)
-				}
-			case err != nil:
-				t.Fatalf("error = %v, want success", err)
+			case !errors.Is(err, tt.wantErr): // errors.Is(err, nil) is err == nil
+				t.Fatalf("error = %v, want %v", err, tt.wantErr)
 			default:
 				if diff := cmp.Diff(tt.want, r); diff != "" {
 					t.Errorf("Result (-want +got):\n%s", diff)
@@ -545,19 +551,9 @@ func TestTTLIdleWithClockBehind(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := calls.Load()
-	deadline := time.NewTimer(budget)
-	defer deadline.Stop()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-deadline.C:
-			return
-		case <-tick.C:
-			if n := calls.Load() - start; n > 1000 {
-				t.Fatalf("the committer called Now %d times in under %v with nothing to do: it spins until the injected clock reaches the expiry", n, budget)
-			}
-		}
+	time.Sleep(budget)
+	if n := calls.Load() - start; n > 1000 {
+		t.Fatalf("the committer called Now %d times in %v with nothing to do: it spins until the injected clock reaches the expiry", n, budget)
 	}
 }
 
@@ -572,9 +568,7 @@ func TestTTLAfterReopen(t *testing.T) {
 	if _, err := s.Put(ctx, "k", []byte("v"), kv.PutOptions{TTL: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	clk.Advance(time.Hour)
 	s = open(t, kv.Options{Dir: dir, Now: clk.Now})
 	if _, err := s.Get(ctx, "k"); !errors.Is(err, kv.ErrNotFound) {
@@ -604,23 +598,20 @@ func TestGroupCommit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	errc := make(chan error, writers)
+	var puts errgroup.Group
 	for w := range writers {
-		go func() {
+		puts.Go(func() error {
 			for i := range each {
 				key := fmt.Sprintf("w%02d/%02d", w, i)
 				if _, err := s.Put(context.Background(), key, []byte(key), kv.PutOptions{}); err != nil {
-					errc <- err
-					return
+					return err
 				}
 			}
-			errc <- nil
-		}()
+			return nil
+		})
 	}
-	for range writers {
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
+	if err := puts.Wait(); err != nil {
+		t.Fatal(err)
 	}
 	const writes = writers * each
 	st := s.Stats()
@@ -640,9 +631,7 @@ func TestGroupCommit(t *testing.T) {
 		t.Errorf("Revision = %d, want %d", s.Revision(), writes)
 	}
 	before := listAll(t, s)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 
 	s = open(t, kv.Options{Dir: dir})
 	if s.Revision() != writes {
@@ -681,9 +670,9 @@ func TestCASRace(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, kv.Options{})
 	var conflicts atomic.Int64
-	errc := make(chan error, n)
+	var increments errgroup.Group
 	for range n {
-		go func() {
+		increments.Go(func() error {
 			for {
 				cond, v := kv.IfAbsent(), 0
 				e, err := s.Get(ctx, "counter")
@@ -691,27 +680,22 @@ func TestCASRace(t *testing.T) {
 				case err == nil:
 					cond = kv.IfRevision(e.Revision)
 					if v, err = strconv.Atoi(string(e.Value)); err != nil {
-						errc <- err
-						return
+						return err
 					}
 				case !errors.Is(err, kv.ErrNotFound):
-					errc <- err
-					return
+					return err
 				}
 				_, err = s.Put(ctx, "counter", []byte(strconv.Itoa(v+1)), kv.PutOptions{Cond: cond})
 				if errors.Is(err, kv.ErrPrecondition) {
 					conflicts.Add(1)
 					continue
 				}
-				errc <- err
-				return
+				return err
 			}
-		}()
+		})
 	}
-	for range n {
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
+	if err := increments.Wait(); err != nil {
+		t.Fatal(err)
 	}
 	e, err := s.Get(ctx, "counter")
 	if err != nil {
@@ -796,9 +780,7 @@ func TestCloseDuringWrites(t *testing.T) {
 		}()
 	}
 	started.Wait()
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	var acked []string
 	for range writers {
 		o := <-out
@@ -863,9 +845,7 @@ func writeKeys(t *testing.T, dir string, n int) (kv.Page, string) {
 		put(t, s, fmt.Sprintf("k%d", i), "v")
 	}
 	held := listAll(t, s)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	files, err := wal.List(dir)
 	if err != nil || len(files.Segments) != 1 {
 		t.Fatalf("List = %+v, %v; want one segment", files, err)
@@ -899,9 +879,7 @@ func TestReopenCutsTornTail(t *testing.T) {
 		t.Errorf("state (-want +got):\n%s", diff)
 	}
 	put(t, s, "after", "v")
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	s = open(t, kv.Options{Dir: dir})
 	if s.Revision() != 6 {
 		t.Errorf("Revision = %d, want 6", s.Revision())
@@ -946,9 +924,7 @@ func TestReopenCutsUncommittedBatch(t *testing.T) {
 		if line := logged.String(); !strings.Contains(line, "uncommitted_records=2") {
 			t.Errorf("the log says %q, want a line on the 2 uncommitted records cut off", line)
 		}
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
+		closeStore(t, s)
 	}
 	s := open(t, kv.Options{Dir: dir})
 	if r := put(t, s, "after", "v"); r.Revision != 6 {
@@ -987,9 +963,7 @@ func TestOpenFormat1Log(t *testing.T) {
 		t.Errorf("the first write took revision %d, want 4", r.Revision)
 	}
 	want := listAll(t, s)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	files, err := wal.List(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -1021,9 +995,7 @@ func TestOpenFormat1EmptyLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	put(t, s, "a", "1")
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	if b, err := os.ReadFile(path); err != nil || !bytes.HasPrefix(b, wal.LogMagic[:]) {
 		t.Errorf("%s starts with %q (%v), want %q", path, b[:min(len(b), 8)], err, wal.LogMagic[:])
 	}
@@ -1105,9 +1077,7 @@ func TestCompaction(t *testing.T) {
 	rev := s.Revision()
 	live := receive(t, sub, int(rev))
 	before := listAll(t, s)
-	if err := s.Close(); err != nil { // waits for a running compaction
-		t.Fatal(err)
-	}
+	closeStore(t, s) // waits for a running compaction
 	compactions := s.Stats().Compactions.Load()
 	if compactions == 0 {
 		t.Fatalf("no compaction after %d writes with CompactBytes 2048", rev)
@@ -1171,12 +1141,11 @@ func TestBackupDuringWrites(t *testing.T) {
 	s := open(t, kv.Options{Dir: t.TempDir(), CompactBytes: 32 << 10})
 	const writers, perWriter = 4, 400
 	halfway := make(chan struct{})
-	var done sync.WaitGroup
+	var writes errgroup.Group
 	acks := make([][]backupAck, writers)
-	errc := make(chan error, writers)
 	var count atomic.Int64
 	for w := range writers {
-		done.Go(func() {
+		writes.Go(func() error {
 			rng := rand.New(rand.NewPCG(uint64(w), 1))
 			for i := range perWriter {
 				if count.Add(1) == writers*perWriter/2 {
@@ -1188,19 +1157,18 @@ func TestBackupDuringWrites(t *testing.T) {
 					if err == nil {
 						acks[w] = append(acks[w], backupAck{key: key, rev: r.Revision})
 					} else if !errors.Is(err, kv.ErrNotFound) {
-						errc <- err
-						return
+						return err
 					}
 					continue
 				}
 				v := []byte{byte(w), byte(i), 0xff, byte(i >> 8)} // not UTF-8
 				r, err := s.Put(ctx, key, v, kv.PutOptions{ContentType: "x/" + strconv.Itoa(w)})
 				if err != nil {
-					errc <- err
-					return
+					return err
 				}
 				acks[w] = append(acks[w], backupAck{key: key, value: v, rev: r.Revision})
 			}
+			return nil
 		})
 	}
 	<-halfway
@@ -1209,9 +1177,7 @@ func TestBackupDuringWrites(t *testing.T) {
 	if _, err := b.WriteTo(&file); err != nil {
 		t.Fatal(err)
 	}
-	done.Wait()
-	close(errc)
-	for err := range errc {
+	if err := writes.Wait(); err != nil {
 		t.Fatal(err)
 	}
 	if b.Revision <= 0 || b.Revision >= s.Revision() {
@@ -1540,9 +1506,7 @@ func TestPrevValues(t *testing.T) {
 		t.Fatalf("live previous values (-want +got):\n%s", diff)
 	}
 	sharesPrev(t, "live", live)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	files, err := wal.List(dir)
 	if err != nil {
 		t.Fatal(err)

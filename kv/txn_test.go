@@ -40,6 +40,15 @@ func stateOf(t testing.TB, s *kv.Store) map[string]string {
 	return out
 }
 
+// unchanged checks that s still holds before, at revision rev: a
+// refused transaction writes nothing.
+func unchanged(t testing.TB, s *kv.Store, before map[string]string, rev int64) {
+	t.Helper()
+	if diff := cmp.Diff(before, stateOf(t, s)); diff != "" || s.Revision() != rev {
+		t.Errorf("Revision %d, want %d; state (-before +after):\n%s", s.Revision(), rev, diff)
+	}
+}
+
 // seed puts each key with its name as value, in order: key i takes
 // revision i+1.
 func seed(t testing.TB, s *kv.Store, keys ...string) {
@@ -215,9 +224,7 @@ func TestTxnFailed(t *testing.T) {
 	if diff := cmp.Diff(want, failed.Failed); diff != "" {
 		t.Errorf("failed (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(before, stateOf(t, s)); diff != "" || s.Revision() != 3 {
-		t.Errorf("Revision %d; state (-before +after):\n%s", s.Revision(), diff)
-	}
+	unchanged(t, s, before, 3)
 }
 
 // TestTxnInvalid checks the transactions that are refused, with the part
@@ -264,9 +271,7 @@ func TestTxnInvalid(t *testing.T) {
 			if opErr.Part != tt.part || opErr.Index != tt.index {
 				t.Errorf("Txn: %v, want it on %s[%d]", err, tt.part, tt.index)
 			}
-			if diff := cmp.Diff(before, stateOf(t, s)); diff != "" || s.Revision() != 3 {
-				t.Errorf("Revision %d; state (-before +after):\n%s", s.Revision(), diff)
-			}
+			unchanged(t, s, before, 3)
 		})
 	}
 }
@@ -314,9 +319,7 @@ func TestTxnTooLarge(t *testing.T) {
 			if diff := cmp.Diff(kv.TxnSizeError{Ops: tt.ops, Max: max, Limit: "MaxTxnOps"}, *size); diff != "" {
 				t.Errorf("TxnSizeError (-want +got):\n%s", diff)
 			}
-			if diff := cmp.Diff(before, stateOf(t, s)); diff != "" || s.Revision() != 3 {
-				t.Errorf("Revision %d; state (-before +after):\n%s", s.Revision(), diff)
-			}
+			unchanged(t, s, before, 3)
 		})
 	}
 }
@@ -346,9 +349,7 @@ func TestTxnFull(t *testing.T) {
 			s := open(t, kv.Options{Dir: dir})
 			put(t, s, "a", "12345")
 			put(t, s, "b", "1")
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
+			closeStore(t, s)
 			tt.opts.Dir = dir
 			s = open(t, tt.opts)
 			before := stateOf(t, s)
@@ -363,9 +364,7 @@ func TestTxnFull(t *testing.T) {
 			if !errors.As(err, &full) || !errors.Is(err, kv.ErrFull) || full.Limit != tt.limit {
 				t.Fatalf("Txn: %v, want a *FullError on %s", err, tt.limit)
 			}
-			if diff := cmp.Diff(before, stateOf(t, s)); diff != "" || s.Revision() != 2 {
-				t.Errorf("Revision %d; state (-before +after):\n%s", s.Revision(), diff)
-			}
+			unchanged(t, s, before, 2)
 		})
 	}
 }

@@ -32,9 +32,7 @@ func TestTxnAtomicVisibility(t *testing.T) {
 	var readers sync.WaitGroup
 	errc := make(chan error, 4*groups)
 	read := func(check func() error) {
-		readers.Add(1)
-		go func() {
-			defer readers.Done()
+		readers.Go(func() {
 			for {
 				select {
 				case <-done:
@@ -47,7 +45,7 @@ func TestTxnAtomicVisibility(t *testing.T) {
 				}
 				runtime.Gosched() // let the writers and the committer run on few CPUs
 			}
-		}()
+		})
 	}
 	for g := range 2 * groups {
 		g %= groups
@@ -113,9 +111,7 @@ func TestTxnAtomicVisibility(t *testing.T) {
 
 	var writers sync.WaitGroup
 	for g := range groups {
-		writers.Add(1)
-		go func() {
-			defer writers.Done()
+		writers.Go(func() {
 			for n := range txns {
 				var ops []kv.TxnOp
 				for i := range size {
@@ -126,7 +122,7 @@ func TestTxnAtomicVisibility(t *testing.T) {
 					return
 				}
 			}
-		}()
+		})
 	}
 	writers.Wait()
 	close(done)

@@ -65,9 +65,7 @@ func checkTxn(t *testing.T, data []byte) string {
 			m.put(k, k[:1])
 		}
 	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	if s, err = kv.Open(opts); err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sync/errgroup"
 
 	"kvsse/kv"
 	"kvsse/kv/wal"
@@ -139,17 +140,15 @@ func writeTxns(t *testing.T, s *kv.Store) {
 			t.Fatal(err)
 		}
 	}
-	errc := make(chan error, 8)
+	var writes errgroup.Group
 	for i := range 8 {
-		go func() {
+		writes.Go(func() error {
 			_, err := s.Txn(ctx, kv.Txn{Then: []kv.TxnOp{putOp(fmt.Sprintf("r/%d/a", i), "x"), putOp(fmt.Sprintf("r/%d/b", i), "y")}})
-			errc <- err
-		}()
+			return err
+		})
 	}
-	for range 8 {
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
+	if err := writes.Wait(); err != nil {
+		t.Fatal(err)
 	}
 	put(t, s, "last", "v")
 }
@@ -168,9 +167,7 @@ func TestTxnRestart(t *testing.T) {
 			}
 			writeTxns(t, s)
 			rev, state, before := s.Revision(), stateOf(t, s), resumes(t, s)
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
+			closeStore(t, s)
 			s = open(t, opts)
 			if s.Revision() != rev {
 				t.Errorf("Revision after a restart = %d, want %d", s.Revision(), rev)
@@ -199,9 +196,7 @@ func TestTxnTornTail(t *testing.T) {
 	}
 	seed(t, s, "a", "b", "p/1", "p/2")
 	before := stateOf(t, s)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	path := wal.SegmentPath(dir, 1)
 	st, err := os.Stat(path)
 	if err != nil {
@@ -220,9 +215,7 @@ func TestTxnTornTail(t *testing.T) {
 		t.Fatal(err)
 	}
 	after := stateOf(t, s)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closeStore(t, s)
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -247,9 +240,7 @@ func TestTxnTornTail(t *testing.T) {
 			t.Fatalf("Open with the log cut at %d of %d: %v", cut, len(data), err)
 		}
 		got, gotRev := stateOf(t, s), s.Revision()
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
+		closeStore(t, s)
 		if diff := cmp.Diff(want, got); diff != "" || gotRev != rev {
 			t.Fatalf("the log cut at %d of %d: Revision %d, want %d; state (-want +got):\n%s", cut, len(data), gotRev, rev, diff)
 		}
