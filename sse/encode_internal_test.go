@@ -14,14 +14,7 @@ import (
 func published(tb testing.TB, c kv.Change) *kv.Change {
 	tb.Helper()
 	f := kv.NewFeed(16, 16, c.Revision-1)
-	p, err := kv.ParsePattern("**")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	sub, _, err := f.Subscribe(kv.WatchOptions{Patterns: []kv.Pattern{p}})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	sub := SubscribeAll(tb, f, kv.WatchOptions{})
 	f.Publish([]kv.Change{c}, c.Revision)
 	got, _ := sub.Take(nil)
 	if len(got) != 1 {
@@ -120,14 +113,7 @@ func TestEncoderChanges(t *testing.T) {
 	} {
 		f.Publish(rev, rev[0].Revision)
 	}
-	p, err := kv.ParsePattern("**")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, _, err := f.Subscribe(kv.WatchOptions{Patterns: []kv.Pattern{p}, Resume: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := SubscribeAll(t, f, kv.WatchOptions{Resume: true})
 	batch := sub.Replay // published changes, whole revisions
 	tests := []struct {
 		format Format

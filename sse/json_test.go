@@ -1,4 +1,4 @@
-package sse
+package sse_test
 
 import (
 	"bytes"
@@ -11,30 +11,21 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"kvsse/kv"
+	"kvsse/sse"
+	"kvsse/sse/server/servertest"
 )
 
-// decoded is a change event's data as a JSON decoder sees it.
-type decoded struct {
-	Key      string `json:"key"`
-	Value    string `json:"value"`
-	Encoding string `json:"encoding"`
-	Revision int64  `json:"revision"`
-	Prev     int64  `json:"prev_revision"`
-	Reason   string `json:"reason"`
-
-	PrevValue       *string `json:"prev_value"`
-	PrevEncoding    string  `json:"prev_encoding"`
-	PrevContentType *string `json:"prev_content_type"`
-}
-
-// bytesOf is the bytes of a JSON string value, decoding it when encoding
-// says base64.
-func bytesOf(t *testing.T, s, encoding string) []byte {
+// bytesOf is the bytes of a JSON string value (nil when there is none),
+// decoding it when encoding says base64.
+func bytesOf(t *testing.T, s *string, encoding string) []byte {
 	t.Helper()
-	if encoding != "base64" {
-		return []byte(s)
+	if s == nil {
+		return nil
 	}
-	b, err := base64.StdEncoding.DecodeString(s)
+	if encoding != "base64" {
+		return []byte(*s)
+	}
+	b, err := base64.StdEncoding.DecodeString(*s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +64,7 @@ func TestAppendChange(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := string(AppendChange(nil, &tt.c, false, tt.prev))
+			got := string(sse.AppendChange(nil, &tt.c, false, tt.prev))
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("AppendChange (-want +got):\n%s", diff)
 			}
@@ -87,8 +78,9 @@ func TestAppendChange(t *testing.T) {
 // FuzzChangeEvent holds AppendChangeEvent, which writes its fields without
 // New, to what a standard parser and a JSON decoder make of it: one
 // message, with the revision as id (none when the change is not the last
-// of its revision), the event name, and data that decodes to the same key
-// and value bytes.
+// of its revision), the event name, and data that decodes, as the
+// server's tests decode a change (servertest.Decode: no unknown field),
+// to the same key and value bytes.
 func FuzzChangeEvent(f *testing.F) {
 	f.Add("config/a", []byte("on"), int64(1), false, true, []byte(nil), "")
 	f.Add("k", []byte("line\r\nbreak\rcr\u2028"), int64(99), true, true, []byte("old\r\n"), "text/plain")
@@ -104,14 +96,14 @@ func FuzzChangeEvent(f *testing.F) {
 		if prev != nil {
 			c.PrevRevision, c.PrevValue, c.PrevContentType = rev-1, prev, prevType
 		}
-		wire := AppendChangeEvent(nil, &c, last, true)
+		wire := sse.AppendChangeEvent(nil, &c, last, true)
 		if n := bytes.Count(wire, []byte("\n\n")); n != 1 || !bytes.HasSuffix(wire, []byte("\n\n")) {
 			t.Fatalf("event is not one block: %q", wire)
 		}
 		if bytes.IndexByte(wire, '\r') >= 0 || bytes.IndexByte(wire, 0) >= 0 {
 			t.Fatalf("raw CR or NUL on the wire: %q", wire)
 		}
-		r := NewReader(bytes.NewReader(wire))
+		r := sse.NewReader(bytes.NewReader(wire))
 		m, err := r.Next()
 		if err != nil {
 			t.Fatalf("parse %q: %v", wire, err)
@@ -123,10 +115,7 @@ func FuzzChangeEvent(f *testing.F) {
 		if m.ID != wantID || m.Event != c.Event() {
 			t.Fatalf("id %q event %q, want %q %s", m.ID, m.Event, wantID, c.Event())
 		}
-		var d decoded
-		if err := json.Unmarshal([]byte(m.Data), &d); err != nil {
-			t.Fatalf("data %q: %v", m.Data, err)
-		}
+		d := servertest.EventOf(t, m).Data
 		got := bytesOf(t, d.Value, d.Encoding)
 		if d.Key != key || d.Revision != rev || (!del && !bytes.Equal(got, value)) {
 			t.Fatalf("decoded %+v from %q, want key %q value %q", d, wire, key, value)
@@ -134,7 +123,7 @@ func FuzzChangeEvent(f *testing.F) {
 		if (d.PrevValue != nil) != (prev != nil) {
 			t.Fatalf("prev_value %v from %q, want it when the previous value is %q", d.PrevValue, wire, prev)
 		}
-		if prev != nil && (!bytes.Equal(bytesOf(t, *d.PrevValue, d.PrevEncoding), prev) || *d.PrevContentType != prevType) {
+		if prev != nil && (!bytes.Equal(bytesOf(t, d.PrevValue, d.PrevEncoding), prev) || *d.PrevContentType != prevType) {
 			t.Fatalf("decoded %+v from %q, want previous value %q of type %q", d, wire, prev, prevType)
 		}
 	})
@@ -145,6 +134,6 @@ func BenchmarkAppendChangeEvent(b *testing.B) {
 	buf := make([]byte, 0, 512)
 	b.ReportAllocs()
 	for b.Loop() {
-		buf = AppendChangeEvent(buf[:0], &c, true, false)
+		buf = sse.AppendChangeEvent(buf[:0], &c, true, false)
 	}
 }

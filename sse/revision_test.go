@@ -179,14 +179,7 @@ func TestStreamRevisions(t *testing.T) {
 func feedQueuesWholeRevisions(t *testing.T) bool {
 	t.Helper()
 	f := kv.NewFeed(10, 10, 0)
-	p, err := kv.ParsePattern("**")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, _, err := f.Subscribe(kv.WatchOptions{Patterns: []kv.Pattern{p}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := sse.SubscribeAll(t, f, kv.WatchOptions{})
 	f.Publish([]kv.Change{putAt("a", "1", 1, 0), putAt("b", "2", 1, 0)}, 1)
 	got, _ := sub.Take(nil)
 	return len(got) == 2

@@ -268,6 +268,18 @@ func TestBenchDetectsBrokenStreams(t *testing.T) {
 			}
 		}
 	}
+	// replace sends, for each revision in m, m's events instead of the
+	// revision whole.
+	replace := func(m map[int64][]fakeRev) func() func(rev int64) ([]fakeRev, bool) {
+		return func() func(rev int64) ([]fakeRev, bool) {
+			return func(rev int64) ([]fakeRev, bool) {
+				if revs, ok := m[rev]; ok {
+					return revs, false
+				}
+				return whole(rev), false
+			}
+		}
+	}
 	tests := []struct {
 		name    string
 		send    func() func(rev int64) ([]fakeRev, bool)
@@ -277,44 +289,20 @@ func TestBenchDetectsBrokenStreams(t *testing.T) {
 		wantIDs []string // the Last-Event-ID of each stream, when checked
 	}{
 		{
-			name: "gap",
-			send: func() func(rev int64) ([]fakeRev, bool) {
-				return func(rev int64) ([]fakeRev, bool) {
-					if rev == 5 {
-						return nil, false
-					}
-					return whole(rev), false
-				}
-			},
+			name:    "gap",
+			send:    replace(map[int64][]fakeRev{5: nil}),
 			wantErr: "missed 1 of 10 changes (a gap), the lowest at revision 5",
 			want:    checks{Writes: 10, Events: 9, Expected: 10, Gaps: 1},
 		},
 		{
-			name: "duplicate",
-			send: func() func(rev int64) ([]fakeRev, bool) {
-				return func(rev int64) ([]fakeRev, bool) {
-					if rev == 5 {
-						return whole(5, 5), false
-					}
-					return whole(rev), false
-				}
-			},
+			name:    "duplicate",
+			send:    replace(map[int64][]fakeRev{5: whole(5, 5)}),
 			wantErr: "1 duplicate changes",
 			want:    checks{Writes: 10, Events: 11, Expected: 10, Duplicates: 1},
 		},
 		{
-			name: "out of order",
-			send: func() func(rev int64) ([]fakeRev, bool) {
-				return func(rev int64) ([]fakeRev, bool) {
-					switch rev {
-					case 5:
-						return nil, false
-					case 6:
-						return whole(6, 5), false
-					}
-					return whole(rev), false
-				}
-			},
+			name:    "out of order",
+			send:    replace(map[int64][]fakeRev{5: nil, 6: whole(6, 5)}),
 			wantErr: "1 changes out of order",
 			want:    checks{Writes: 10, Events: 10, Expected: 10, OutOfOrder: 1},
 		},

@@ -222,6 +222,9 @@ func (r *result) print(w io.Writer, asJSON bool) error {
 	line := func(name, format string, a ...any) {
 		fmt.Fprintf(&b, "%-26s "+format+"\n", append([]any{name}, a...)...)
 	}
+	// Most figures are counts or latencies.
+	count := func(name string, n int64) { line(name, "%d", n) }
+	ms := func(name string, v float64) { line(name, "%.3f ms", v) }
 	line("writers", "%d", r.Writers)
 	if r.Subscribers > 0 {
 		line("subscribers", "%d (%s, %s)", r.Subscribers, r.Format, r.Pattern)
@@ -229,29 +232,29 @@ func (r *result) print(w io.Writer, asJSON bool) error {
 		line("subscribers", "0")
 	}
 	line("seconds", "%.3f", r.Seconds)
-	line("writes", "%d", r.Writes)
+	count("writes", r.Writes)
 	line("writes/s", "%.1f", r.WritesPerSec)
 	if r.Txn > 0 {
 		line("keys/s", "%.1f (transactions of %d keys)", r.KeysPerSec, r.Txn)
 	}
-	line("write errors", "%d", r.WriteErrors)
-	line("put latency p50", "%.3f ms", r.PutP50)
-	line("put latency p99", "%.3f ms", r.PutP99)
-	line("put latency max", "%.3f ms", r.PutMax)
+	count("write errors", r.WriteErrors)
+	ms("put latency p50", r.PutP50)
+	ms("put latency p99", r.PutP99)
+	ms("put latency max", r.PutMax)
 	if r.Subscribers > 0 {
-		line("events delivered", "%d", r.Events)
-		line("events expected", "%d", r.Expected)
+		count("events delivered", r.Events)
+		count("events expected", r.Expected)
 		line("events/s", "%.1f", r.EventsPerSec)
-		line("latency p50", "%.3f ms", r.LatencyP50)
-		line("latency p90", "%.3f ms", r.LatencyP90)
-		line("latency p99", "%.3f ms", r.LatencyP99)
-		line("latency max", "%.3f ms", r.LatencyMax)
-		line("gaps", "%d", r.Gaps)
-		line("duplicates", "%d", r.Duplicates)
-		line("out of order", "%d", r.OutOfOrder)
-		line("unexpected", "%d", r.Unexpected)
-		line("reconnects", "%d", r.Reconnects)
-		line("resets", "%d", r.Resets)
+		ms("latency p50", r.LatencyP50)
+		ms("latency p90", r.LatencyP90)
+		ms("latency p99", r.LatencyP99)
+		ms("latency max", r.LatencyMax)
+		count("gaps", r.Gaps)
+		count("duplicates", r.Duplicates)
+		count("out of order", r.OutOfOrder)
+		count("unexpected", r.Unexpected)
+		count("reconnects", r.Reconnects)
+		count("resets", r.Resets)
 	}
 	if s := r.Server; s != nil {
 		line("server cpu", "%.2f s", s.CPUSeconds)

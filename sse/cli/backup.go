@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"kvsse/kv"
@@ -143,14 +144,25 @@ func readBackup(r io.Reader) (int64, error) {
 	}
 }
 
+// dataArgs checks the arguments of a command that works on a data
+// directory without a server, as wantArgs does, and returns -data, which
+// the command needs; what says what the directory is to it.
+func (c *client) dataArgs(args []string, lo, hi int, usage, what string) (string, error) {
+	if err := wantArgs(args, lo, hi, usage); err != nil {
+		return "", err
+	}
+	if c.cfg.srv.Data == "" {
+		cmd := strings.Fields(usage)[0]
+		return "", usageErr(cmd, "%s needs -data DIR, %s", cmd, what)
+	}
+	return c.cfg.srv.Data, nil
+}
+
 // cmdRestore makes -data a data directory holding a backup.
 func cmdRestore(_ context.Context, c *client, args []string, stdin io.Reader, stdout, _ io.Writer) error {
-	if err := wantArgs(args, 1, 1, "restore FILE -data DIR"); err != nil {
+	dir, err := c.dataArgs(args, 1, 1, "restore FILE -data DIR", "the directory to make")
+	if err != nil {
 		return err
-	}
-	dir := c.cfg.srv.Data
-	if dir == "" {
-		return usageErr("restore", "restore needs -data DIR, the directory to make")
 	}
 	in, done, err := input(stdin, args, "restore")
 	if err != nil {
@@ -171,12 +183,9 @@ func cmdRestore(_ context.Context, c *client, args []string, stdin io.Reader, st
 
 // cmdCheck reads every record of -data and prints what it holds.
 func cmdCheck(_ context.Context, c *client, args []string, _ io.Reader, stdout, _ io.Writer) error {
-	if err := wantArgs(args, 0, 0, "check -data DIR"); err != nil {
+	dir, err := c.dataArgs(args, 0, 0, "check -data DIR", "the data directory to read")
+	if err != nil {
 		return err
-	}
-	dir := c.cfg.srv.Data
-	if dir == "" {
-		return usageErr("check", "check needs -data DIR, the data directory to read")
 	}
 	if _, err := os.Stat(dir); err != nil {
 		return fmt.Errorf("check: %w", err)

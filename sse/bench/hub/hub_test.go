@@ -16,12 +16,19 @@ import (
 	"kvsse/sse/bench/hub"
 )
 
-func TestPublishDropsFullSubscriber(t *testing.T) {
-	h := hub.New()
-	slow, err := h.Subscribe("**")
+// subscribe subscribes to h with patterns, which must be valid.
+func subscribe(t *testing.T, h *hub.Hub, patterns ...string) *hub.Subscription {
+	t.Helper()
+	s, err := h.Subscribe(patterns...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s
+}
+
+func TestPublishDropsFullSubscriber(t *testing.T) {
+	h := hub.New()
+	slow := subscribe(t, h, "**")
 	for i := range hub.Buffer + 1 {
 		h.Publish(fmt.Sprintf("k/%d", i), []byte("v"))
 	}
@@ -41,10 +48,7 @@ func TestPublishMatches(t *testing.T) {
 	patterns := [][]string{{"**"}, {"a/**"}, {"a/b"}, {"b/**", "a/c"}}
 	subs := make([]*hub.Subscription, len(patterns))
 	for i, p := range patterns {
-		var err error
-		if subs[i], err = h.Subscribe(p...); err != nil {
-			t.Fatal(err)
-		}
+		subs[i] = subscribe(t, h, p...)
 	}
 	for _, key := range []string{"a/b", "a/c", "b/x/y", "ab"} {
 		h.Publish(key, []byte(`x"`))
