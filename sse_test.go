@@ -715,36 +715,11 @@ func TestSSEResumeAfterRestart(t *testing.T) {
 	}
 }
 
-// openAtSync opens a stream on a connection of its own, for a client that
-// stops reading, and reads up to its sync. The connection keeps its
-// default receive buffer: on loopback a window smaller than a segment
-// opens again only when the sender probes it, seconds later.
-func openAtSync(t *testing.T, base, path string) (net.Conn, *sse.Reader) {
-	t.Helper()
-	host := strings.TrimPrefix(base, "http://")
-	conn, err := net.Dial("tcp", host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, host)
-	conn.SetReadDeadline(time.Now().Add(servertest.Timeout))
-	resp, err := http.ReadResponse(bufio.NewReaderSize(conn, 512), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rd := sse.NewReaderSize(resp.Body, 1<<20)
-	if m, err := rd.Next(); err != nil || m.Event != "sync" {
-		t.Fatalf("got %+v, %v; want the sync", m, err)
-	}
-	return conn, rd
-}
-
 func TestSSESlowSubscriber(t *testing.T) {
 	// -sync none: this is about the feed, not the log; it saves an fsync
 	// per batch of the 20,000 writes.
 	ts := servertest.Start(t, "-sub-buffer", "64", "-sync", "none")
-	conn, rd := openAtSync(t, ts.URL, "/watch/slow/**")
+	conn, rd := servertest.OpenAtSync(t, ts.URL, "/watch/slow/**", 0)
 	// From here on the client reads nothing until every write is done.
 
 	const writers, total = 8, 20_000
@@ -819,7 +794,7 @@ func TestSSESlowSubscriber(t *testing.T) {
 // event id reaches the last write.
 func TestSSECoalesce(t *testing.T) {
 	ts := servertest.Start(t, "-sub-buffer", "64", "-sync", "none")
-	conn, rd := openAtSync(t, ts.URL, "/watch/co/**?coalesce=1")
+	conn, rd := servertest.OpenAtSync(t, ts.URL, "/watch/co/**?coalesce=1", 0)
 	// From here on the client reads nothing until every write is done:
 	// 4 writers on 5 keys each, 20 MB of events.
 	const writers, total = 4, 20_000

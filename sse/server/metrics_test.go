@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"bufio"
 	"bytes"
 	"cmp"
 	"context"
@@ -621,23 +620,8 @@ func TestMetricsCounters(t *testing.T) {
 
 func TestMetricsLag(t *testing.T) {
 	ts := servertest.Start(t, "-memory", "-sync", "none", "-sub-buffer", "1")
-	host := strings.TrimPrefix(ts.URL, "http://")
-	conn, err := net.Dial("tcp", host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.(*net.TCPConn).SetReadBuffer(64 << 10) // no autotuning: the server's writes block soon
-	fmt.Fprintf(conn, "GET /watch/lag/** HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+	conn, rd := servertest.OpenAtSync(t, ts.URL, "/watch/lag/**", 64<<10)
 	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReaderSize(conn, 512), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rd := sse.NewReaderSize(resp.Body, 2<<20)
-	if m, err := rd.Next(); err != nil || m.Event != "sync" {
-		t.Fatalf("got %+v, %v; want the sync", m, err)
-	}
 	// The client reads nothing while 16 MiB of events are written: far
 	// more than the socket buffers hold, so the one-event buffer fills.
 	value := strings.Repeat("v", 1<<20)
