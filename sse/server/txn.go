@@ -2,7 +2,6 @@ package server
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -64,8 +63,8 @@ func (a *api) handleTxn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.logger, err)
 		return
 	}
-	res, ok := a.commit(w, r, len(t.Then), func(ctx context.Context) (kv.TxnResult, error) {
-		return a.store.Txn(ctx, t)
+	res, ok := a.commit(w, r, len(t.Then), func() (kv.TxnResult, error) {
+		return a.store.Txn(r.Context(), t)
 	})
 	if !ok {
 		return
@@ -108,8 +107,8 @@ func (a *api) handleDeletePrefix(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	noteOps(w, 1)
-	res, ok := a.commit(w, r, 1, func(ctx context.Context) (kv.TxnResult, error) {
-		return a.store.DeletePrefix(ctx, prefix)
+	res, ok := a.commit(w, r, 1, func() (kv.TxnResult, error) {
+		return a.store.DeletePrefix(r.Context(), prefix)
 	})
 	if !ok {
 		return
@@ -121,11 +120,11 @@ func (a *api) handleDeletePrefix(w http.ResponseWriter, r *http.Request) {
 // prefix) once the client's write rate allows them: it counts the changes
 // made and sets Kvsse-Revision for the answer. A refusal or an error it
 // answers itself, and returns false.
-func (a *api) commit(w http.ResponseWriter, r *http.Request, ops int, write func(context.Context) (kv.TxnResult, error)) (kv.TxnResult, bool) {
+func (a *api) commit(w http.ResponseWriter, r *http.Request, ops int, write func() (kv.TxnResult, error)) (kv.TxnResult, bool) {
 	if !a.allowWrites(w, r, ops) {
 		return kv.TxnResult{}, false
 	}
-	res, err := write(r.Context())
+	res, err := write()
 	if err != nil {
 		writeError(w, r, a.logger, err)
 		return res, false
