@@ -58,12 +58,21 @@ func sseCheckLines(t *testing.T, raw string) {
 	}
 }
 
+// sseStartWatch starts a server on be and opens the stream of path (the
+// URL's path and query) on it, read up to its sync: it gets every change
+// made after.
+func sseStartWatch(t *testing.T, be servertest.Backend, path string) (*servertest.Server, *servertest.Stream) {
+	t.Helper()
+	ts := be.Start(t)
+	s := servertest.Open(t, ts.URL+path, nil)
+	s.Sync(t)
+	return ts, s
+}
+
 func TestSSEPutDelete(t *testing.T) { servertest.ForEachBackend(t, testSSEPutDelete) }
 
 func testSSEPutDelete(t *testing.T, be servertest.Backend) {
-	ts := be.Start(t)
-	s := servertest.Open(t, ts.URL+"/watch/t/**", nil)
-	s.Sync(t)
+	ts, s := sseStartWatch(t, be, "/watch/t/**")
 
 	bin := []byte{0xff, 0x00, 0xfe, 'a', 0x80, '\n'}
 	tricky := "line1\r\nline2\rline3\n\"quoted\" \\back\\ \x00 \t tab \u2028 é"
@@ -512,6 +521,21 @@ func testSSESnapshotConcurrentWriter(t *testing.T, be servertest.Backend) {
 	}
 }
 
+// sseReplay reads s up to its sync event, which it includes, and returns
+// the events as ops; an event whose id is not its revision fails the
+// test.
+func sseReplay(t *testing.T, s *servertest.Stream) []servertest.Op {
+	t.Helper()
+	var got []servertest.Op
+	for _, e := range s.Until(t, func(e servertest.Event) bool { return e.Event == "sync" }) {
+		if e.ID != servertest.ID(e.Data.Revision) {
+			t.Errorf("replayed %+v: id is not the revision", e)
+		}
+		got = append(got, servertest.Op{Rev: e.Data.Revision, Event: e.Event, Key: e.Data.Key})
+	}
+	return got
+}
+
 func TestSSESince(t *testing.T) { servertest.ForEachBackend(t, testSSESince) }
 
 func testSSESince(t *testing.T, be servertest.Backend) {
@@ -557,13 +581,7 @@ func testSSESince(t *testing.T, be servertest.Backend) {
 				}
 			}
 			replay = append(replay, servertest.Op{Rev: storeRev, Event: "sync", Key: ""})
-			var got []servertest.Op
-			for _, e := range s.Until(t, func(e servertest.Event) bool { return e.Event == "sync" }) {
-				if e.ID != servertest.ID(e.Data.Revision) {
-					t.Errorf("replayed %+v: id is not the revision", e)
-				}
-				got = append(got, servertest.Op{Rev: e.Data.Revision, Event: e.Event, Key: e.Data.Key})
-			}
+			got := sseReplay(t, s)
 			replay[len(replay)-1].Rev = be.StoreRev(storeRev, got[len(got)-1].Rev)
 			if diff := cmp.Diff(replay, got); diff != "" {
 				t.Errorf("replay then sync (-want +got):\n%s", diff)
@@ -582,9 +600,7 @@ func testSSESince(t *testing.T, be servertest.Backend) {
 func TestSSEResumeLastEventID(t *testing.T) { servertest.ForEachBackend(t, testSSEResumeLastEventID) }
 
 func testSSEResumeLastEventID(t *testing.T, be servertest.Backend) {
-	ts := be.Start(t)
-	s1 := servertest.Open(t, ts.URL+"/watch/r/**", nil)
-	s1.Sync(t)
+	ts, s1 := sseStartWatch(t, be, "/watch/r/**")
 
 	halfway, done := servertest.GoWriters(ts.URL, "r/", 4, 200, "v")
 
@@ -641,10 +657,7 @@ func TestSSEReset(t *testing.T) {
 			if tt.reason == "" {
 				// The 10 changes kept are the 9 last of ops and "other".
 				want := append(ops[len(ops)-9:len(ops):len(ops)], servertest.Op{Rev: cur, Event: "sync", Key: ""})
-				var got []servertest.Op
-				for _, e := range s.Until(t, func(e servertest.Event) bool { return e.Event == "sync" }) {
-					got = append(got, servertest.Op{Rev: e.Data.Revision, Event: e.Event, Key: e.Data.Key})
-				}
+				got := sseReplay(t, s)
 				if diff := cmp.Diff(want, got); diff != "" {
 					t.Errorf("replay then sync (-want +got):\n%s", diff)
 				}
@@ -696,13 +709,7 @@ func TestSSEResumeAfterRestart(t *testing.T) {
 	ts2 := servertest.Start(t, "-data", dir)
 	s2 := servertest.Open(t, ts2.URL+"/watch/rs/**", http.Header{"Last-Event-ID": {lastID}})
 	want = append(want, servertest.Op{Rev: last, Event: "sync", Key: ""})
-	var replay []servertest.Op
-	for _, e := range s2.Until(t, func(e servertest.Event) bool { return e.Event == "sync" }) {
-		if e.ID != servertest.ID(e.Data.Revision) {
-			t.Errorf("replayed %+v: id is not the revision", e)
-		}
-		replay = append(replay, servertest.Op{Rev: e.Data.Revision, Event: e.Event, Key: e.Data.Key})
-	}
+	replay := sseReplay(t, s2)
 	if diff := cmp.Diff(want, replay); diff != "" {
 		t.Errorf("replay then sync after restart (-want +got):\n%s", diff)
 	}
@@ -715,36 +722,11 @@ func TestSSEResumeAfterRestart(t *testing.T) {
 	}
 }
 
-// openAtSync opens a stream on a connection of its own, for a client that
-// stops reading, and reads up to its sync. The connection keeps its
-// default receive buffer: on loopback a window smaller than a segment
-// opens again only when the sender probes it, seconds later.
-func openAtSync(t *testing.T, base, path string) (net.Conn, *sse.Reader) {
-	t.Helper()
-	host := strings.TrimPrefix(base, "http://")
-	conn, err := net.Dial("tcp", host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, host)
-	conn.SetReadDeadline(time.Now().Add(servertest.Timeout))
-	resp, err := http.ReadResponse(bufio.NewReaderSize(conn, 512), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rd := sse.NewReaderSize(resp.Body, 1<<20)
-	if m, err := rd.Next(); err != nil || m.Event != "sync" {
-		t.Fatalf("got %+v, %v; want the sync", m, err)
-	}
-	return conn, rd
-}
-
 func TestSSESlowSubscriber(t *testing.T) {
 	// -sync none: this is about the feed, not the log; it saves an fsync
 	// per batch of the 20,000 writes.
 	ts := servertest.Start(t, "-sub-buffer", "64", "-sync", "none")
-	conn, rd := openAtSync(t, ts.URL, "/watch/slow/**")
+	conn, rd := servertest.OpenAtSync(t, ts.URL, "/watch/slow/**", 0)
 	// From here on the client reads nothing until every write is done.
 
 	const writers, total = 8, 20_000
@@ -819,7 +801,7 @@ func TestSSESlowSubscriber(t *testing.T) {
 // event id reaches the last write.
 func TestSSECoalesce(t *testing.T) {
 	ts := servertest.Start(t, "-sub-buffer", "64", "-sync", "none")
-	conn, rd := openAtSync(t, ts.URL, "/watch/co/**?coalesce=1")
+	conn, rd := servertest.OpenAtSync(t, ts.URL, "/watch/co/**?coalesce=1", 0)
 	// From here on the client reads nothing until every write is done:
 	// 4 writers on 5 keys each, 20 MB of events.
 	const writers, total = 4, 20_000
@@ -868,9 +850,7 @@ func TestSSECoalesce(t *testing.T) {
 func TestSSEExpiry(t *testing.T) { servertest.ForEachBackend(t, testSSEExpiry) }
 
 func testSSEExpiry(t *testing.T, be servertest.Backend) {
-	ts := be.Start(t)
-	s := servertest.Open(t, ts.URL+"/watch/e/**", nil)
-	s.Sync(t)
+	ts, s := sseStartWatch(t, be, "/watch/e/**")
 	rev, err := servertest.Write(http.MethodPut, servertest.KeyURL(ts.URL, "e/k")+fmt.Sprintf("?ttl=%ds", be.TTL), []byte("soon gone"))
 	if err != nil {
 		t.Fatal(err)
@@ -1113,9 +1093,7 @@ func testSSENDJSON(t *testing.T, be servertest.Backend) {
 func TestSSEShutdown(t *testing.T) { servertest.ForEachBackend(t, testSSEShutdown) }
 
 func testSSEShutdown(t *testing.T, be servertest.Backend) {
-	ts := be.Start(t)
-	s := servertest.Open(t, ts.URL+"/watch/**", nil)
-	s.Sync(t)
+	ts, s := sseStartWatch(t, be, "/watch/**")
 	nd := servertest.Open(t, ts.URL+"/watch/**?format=ndjson", nil)
 	rev := servertest.Put(t, ts.URL, "a", "1")
 	if e := servertest.EventOf(t, s.Next(t)); e.ID != servertest.ID(rev) {

@@ -101,29 +101,31 @@ var (
 
 func ansValue(v string) limitAnswer { return limitAnswer{Status: http.StatusOK, Body: v} }
 
+// atKeyLimit is what a store that holds its -max-keys keys answers: a put
+// of the new key add is refused and stores nothing, a replace of the
+// key old (by a longer value) is done, and its delete makes room for
+// add, after which the store is full again and refuses next.
+func atKeyLimit(add, old, next string) []limitStep {
+	return []limitStep{
+		{"PUT", add, "1", ansFull},
+		{"GET", add, "", ansMissing},
+		{"PUT", old, "a longer value: same number of keys", ansReplaced},
+		{"DELETE", old, "", ansDeleted},
+		{"PUT", add, "1", ansCreated},
+		{"PUT", next, "1", ansFull},
+	}
+}
+
 // TestLimitStoreFull fills the store up to -max-keys or -max-bytes, checks
 // that a write past them gets 507 and stores nothing while the others go
 // on, and that a restart keeps the count.
 func TestLimitStoreFull(t *testing.T) {
-	keysBefore := []limitStep{
+	keysBefore := append([]limitStep{
 		{"PUT", "a", "1", ansCreated},
 		{"PUT", "b", "1", ansCreated},
 		{"PUT", "c", "1", ansCreated},
-		{"PUT", "d", "1", ansFull},
-		{"GET", "d", "", ansMissing},
-		{"PUT", "a", "a longer value: same number of keys", ansReplaced},
-		{"DELETE", "a", "", ansDeleted},
-		{"PUT", "d", "1", ansCreated},
-		{"PUT", "e", "1", ansFull},
-	}
-	keysAfter := []limitStep{
-		{"PUT", "e", "1", ansFull},
-		{"GET", "e", "", ansMissing},
-		{"PUT", "b", "2", ansReplaced},
-		{"DELETE", "b", "", ansDeleted},
-		{"PUT", "e", "1", ansCreated},
-		{"PUT", "f", "1", ansFull},
-	}
+	}, atKeyLimit("d", "a", "e")...)
+	keysAfter := atKeyLimit("e", "b", "f")
 	tests := []struct {
 		name          string
 		args          []string

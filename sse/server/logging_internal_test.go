@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"kvsse/kv/etcd/etcdtest"
 )
 
 // slogLine is the line slog itself writes for e.
@@ -99,25 +100,17 @@ func FuzzAccessLine(f *testing.F) {
 	})
 }
 
-// countingWriter counts the Writes it is given. It is safe for
-// concurrent use.
+// countingWriter is a LockedBuffer that counts the Writes it is given. It
+// is safe for concurrent use. (servertest's LockedBuffer is this one, but
+// servertest imports the server: this package's own tests cannot.)
 type countingWriter struct {
-	mu     sync.Mutex // guards b
-	b      bytes.Buffer
+	etcdtest.LockedBuffer
 	writes atomic.Int32
 }
 
 func (c *countingWriter) Write(b []byte) (int, error) {
 	c.writes.Add(1)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.b.Write(b)
-}
-
-func (c *countingWriter) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.b.String()
+	return c.LockedBuffer.Write(b)
 }
 
 func TestLogWriterGathers(t *testing.T) {

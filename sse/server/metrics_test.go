@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"bufio"
 	"bytes"
 	"cmp"
 	"context"
@@ -621,23 +620,8 @@ func TestMetricsCounters(t *testing.T) {
 
 func TestMetricsLag(t *testing.T) {
 	ts := servertest.Start(t, "-memory", "-sync", "none", "-sub-buffer", "1")
-	host := strings.TrimPrefix(ts.URL, "http://")
-	conn, err := net.Dial("tcp", host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.(*net.TCPConn).SetReadBuffer(64 << 10) // no autotuning: the server's writes block soon
-	fmt.Fprintf(conn, "GET /watch/lag/** HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+	conn, rd := servertest.OpenAtSync(t, ts.URL, "/watch/lag/**", 64<<10)
 	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReaderSize(conn, 512), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rd := sse.NewReaderSize(resp.Body, 2<<20)
-	if m, err := rd.Next(); err != nil || m.Event != "sync" {
-		t.Fatalf("got %+v, %v; want the sync", m, err)
-	}
 	// The client reads nothing while 16 MiB of events are written: far
 	// more than the socket buffers hold, so the one-event buffer fills.
 	value := strings.Repeat("v", 1<<20)
@@ -672,73 +656,13 @@ func TestMetricsRestart(t *testing.T) {
 	}
 }
 
-// loggedServer is a server run in process (servertest.Serve) whose log
-// and printed addresses the test keeps.
-type loggedServer struct {
-	URL        string
-	MetricsURL string // with -metrics-addr
-	cancel     context.CancelFunc
-	done       chan error
-}
-
-// startLogged runs the server on 127.0.0.1:0 in memory, its log going
-// to stderr, and waits until it serves.
-func startLogged(t *testing.T, stderr io.Writer, args ...string) *loggedServer {
-	t.Helper()
-	args = append([]string{"-addr", "127.0.0.1:0", "-memory"}, args...)
-	ctx, cancel := context.WithCancel(context.Background())
-	pr, pw := io.Pipe()
-	o := &loggedServer{cancel: cancel, done: make(chan error, 1)}
-	go func() {
-		err := servertest.Serve(ctx, args, pw, stderr)
-		pw.CloseWithError(fmt.Errorf("server ended: %v", err))
-		o.done <- err
-	}()
-	t.Cleanup(func() { o.stop(t) })
-	br := bufio.NewReader(pr)
-	url, err := sse.ReadBanner(br) // reads from br itself: the next line stays there
-	if err != nil {
-		t.Fatalf("server did not start: %v", err)
-	}
-	o.URL = url
-	if slices.Contains(args, "-metrics-addr") {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatalf("no metrics address: %v", err)
-		}
-		o.MetricsURL = strings.TrimSpace(strings.TrimPrefix(line, "kvsse metrics and pprof on "))
-	}
-	go io.Copy(io.Discard, br)
-	servertest.WaitReady(t, o.URL)
-	return o
-}
-
-// stop shuts the server down and checks that servertest.Serve returned
-// nil. It is idempotent.
-func (o *loggedServer) stop(t *testing.T) {
-	t.Helper()
-	if o.cancel == nil {
-		return
-	}
-	o.cancel()
-	o.cancel = nil
-	select {
-	case err := <-o.done:
-		if err != nil {
-			t.Errorf("servertest.Serve returned %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Errorf("server did not stop")
-	}
-}
-
 func TestMetricsAddr(t *testing.T) {
-	o := startLogged(t, io.Discard, "-metrics-addr", "127.0.0.1:0")
-	if o.MetricsURL == "" || o.MetricsURL == o.URL {
-		t.Fatalf("metrics URL %q, main URL %q", o.MetricsURL, o.URL)
+	ts := servertest.Start(t, "-memory", "-metrics-addr", "127.0.0.1:0")
+	if ts.MetricsURL == "" || ts.MetricsURL == ts.URL {
+		t.Fatalf("metrics URL %q, main URL %q", ts.MetricsURL, ts.URL)
 	}
-	metricsDo(t, "PUT", o.URL+"/kv/m/a", "v")
-	for _, base := range []string{o.MetricsURL, o.URL} {
+	metricsDo(t, "PUT", ts.URL+"/kv/m/a", "v")
+	for _, base := range []string{ts.MetricsURL, ts.URL} {
 		if w := metricsScrape(t, base+"/metrics").val("kvsse_writes_total"); w != 1 {
 			t.Errorf("%s/metrics: kvsse_writes_total %v, want 1", base, w)
 		}
@@ -747,11 +671,11 @@ func TestMetricsAddr(t *testing.T) {
 		url, want string
 		status    int
 	}{
-		{o.MetricsURL + "/debug/pprof/", "goroutine", http.StatusOK},
-		{o.MetricsURL + "/debug/pprof/goroutine?debug=1", "goroutine profile", http.StatusOK},
-		{o.MetricsURL + "/debug/pprof/cmdline", "", http.StatusOK},
-		{o.MetricsURL + "/debug/pprof/symbol", "num_symbols", http.StatusOK},
-		{o.URL + "/debug/pprof/", "no_route", http.StatusNotFound},
+		{ts.MetricsURL + "/debug/pprof/", "goroutine", http.StatusOK},
+		{ts.MetricsURL + "/debug/pprof/goroutine?debug=1", "goroutine profile", http.StatusOK},
+		{ts.MetricsURL + "/debug/pprof/cmdline", "", http.StatusOK},
+		{ts.MetricsURL + "/debug/pprof/symbol", "num_symbols", http.StatusOK},
+		{ts.URL + "/debug/pprof/", "no_route", http.StatusNotFound},
 	} {
 		resp, body := metricsDo(t, "GET", tc.url, "")
 		if resp.StatusCode != tc.status || !bytes.Contains(body, []byte(tc.want)) {
@@ -775,19 +699,19 @@ func TestMetricsAddr(t *testing.T) {
 }
 
 func TestAccessLog(t *testing.T) {
-	logBuf := new(servertest.LockedBuffer)
-	o := startLogged(t, logBuf, "-log-format", "json", "-log-level", "info")
+	ts := servertest.Start(t, "-memory", "-log-format", "json", "-log-level", "info")
+	logBuf := ts.Log
 	const (
 		value = "value-secret-123"
 		token = "token-secret-456"
 	)
-	metricsDo(t, "PUT", o.URL+"/kv/acc/k?ttl=1h", value, "Authorization", "Bearer "+token)
-	metricsDo(t, "GET", o.URL+"/kv/acc/k", "")
-	metricsDo(t, "GET", o.URL+"/kv/acc/missing", "")
-	metricsDo(t, "GET", o.URL+"/kv?prefix=acc/", "")
-	_, cancel := metricsOpenStream(t, o.URL+"/watch/acc/**?access_token="+token)
+	metricsDo(t, "PUT", ts.URL+"/kv/acc/k?ttl=1h", value, "Authorization", "Bearer "+token)
+	metricsDo(t, "GET", ts.URL+"/kv/acc/k", "")
+	metricsDo(t, "GET", ts.URL+"/kv/acc/missing", "")
+	metricsDo(t, "GET", ts.URL+"/kv?prefix=acc/", "")
+	_, cancel := metricsOpenStream(t, ts.URL+"/watch/acc/**?access_token="+token)
 	cancel()
-	o.stop(t) // every handler has returned: every line is written
+	ts.Stop(t) // every handler has returned: every line is written
 
 	type line struct {
 		Method string `json:"method"`

@@ -63,15 +63,12 @@ func (a *api) handleTxn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.logger, err)
 		return
 	}
-	if !a.allowWrites(w, r, len(t.Then)) {
+	res, ok := a.commit(w, r, len(t.Then), func() (kv.TxnResult, error) {
+		return a.store.Txn(r.Context(), t)
+	})
+	if !ok {
 		return
 	}
-	res, err := a.store.Txn(r.Context(), t)
-	if err != nil {
-		writeError(w, r, a.logger, err)
-		return
-	}
-	a.metrics.txn(len(res.Changes))
 	b := append(make([]byte, 0, 64+48*len(res.Changes)), `{"revision":`...)
 	b = strconv.AppendInt(b, res.Revision, 10)
 	b = append(b, `,"changes":[`...)
@@ -90,7 +87,6 @@ func (a *api) handleTxn(w http.ResponseWriter, r *http.Request) {
 		b = strconv.AppendInt(b, c.PrevRevision, 10)
 		b = append(b, '}')
 	}
-	w.Header().Set("Kvsse-Revision", strconv.FormatInt(res.Revision, 10))
 	writeJSON(w, http.StatusOK, append(b, "]}"...))
 }
 
@@ -111,17 +107,31 @@ func (a *api) handleDeletePrefix(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	noteOps(w, 1)
-	if !a.allowWrites(w, r, 1) {
+	res, ok := a.commit(w, r, 1, func() (kv.TxnResult, error) {
+		return a.store.DeletePrefix(r.Context(), prefix)
+	})
+	if !ok {
 		return
 	}
-	res, err := a.store.DeletePrefix(r.Context(), prefix)
+	writeJSON(w, http.StatusOK, fmt.Appendf(nil, `{"revision":%d,"deleted":%d}`, res.Revision, len(res.Changes)))
+}
+
+// commit makes a write of ops changes (a transaction, a delete of a
+// prefix) once the client's write rate allows them: it counts the changes
+// made and sets Kvsse-Revision for the answer. A refusal or an error it
+// answers itself, and returns false.
+func (a *api) commit(w http.ResponseWriter, r *http.Request, ops int, write func() (kv.TxnResult, error)) (kv.TxnResult, bool) {
+	if !a.allowWrites(w, r, ops) {
+		return kv.TxnResult{}, false
+	}
+	res, err := write()
 	if err != nil {
 		writeError(w, r, a.logger, err)
-		return
+		return res, false
 	}
 	a.metrics.txn(len(res.Changes))
 	w.Header().Set("Kvsse-Revision", strconv.FormatInt(res.Revision, 10))
-	writeJSON(w, http.StatusOK, fmt.Appendf(nil, `{"revision":%d,"deleted":%d}`, res.Revision, len(res.Changes)))
+	return res, true
 }
 
 // readTxn reads and decodes the body of POST /txn into req.

@@ -8,16 +8,18 @@
 //
 // It imports the server, never the command line or the load tool, so
 // that their tests may use it. A package whose tests call Binary or
-// SharedEtcd (ForEachBackend does) calls Cleanup from its TestMain.
+// SharedEtcd (ForEachBackend does) calls Main from its TestMain.
 package servertest
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -29,11 +31,12 @@ import (
 // Server is a kvsse server running in this process (server.Serve in a
 // goroutine).
 type Server struct {
-	URL    string        // http://127.0.0.1:PORT, https:// with -tls-cert
-	Dir    string        // the data directory (-data), unused with -memory
-	Log    *LockedBuffer // what the server logged so far
-	cancel context.CancelFunc
-	done   <-chan error
+	URL        string        // http://127.0.0.1:PORT, https:// with -tls-cert
+	MetricsURL string        // http://HOST:PORT of -metrics-addr, "" without it
+	Dir        string        // the data directory (-data), unused with -memory
+	Log        *LockedBuffer // what the server logged so far
+	cancel     context.CancelFunc
+	done       <-chan error
 }
 
 // Start runs a server on 127.0.0.1:0 with a fresh data directory and
@@ -51,14 +54,18 @@ func Start(t testing.TB, args ...string) *Server {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(func() { ShowLog(t, "server log", logs) }) // runs after Stop
-	url, done, err := RunInProcess(func(stdout io.Writer) error {
+	url, out, done, err := runInProcess(func(stdout io.Writer) error {
 		return server.Serve(ctx, cfg, stdout, logs)
 	})
+	s := &Server{Dir: cfg.Data, URL: url, Log: logs, cancel: cancel, done: done}
+	if err == nil && cfg.MetricsAddr != "" {
+		s.MetricsURL, err = readMetricsLine(out)
+	}
+	go io.Copy(io.Discard, out)
 	if err != nil {
 		cancel()
 		t.Fatalf("server did not start: %v", err)
 	}
-	s := &Server{Dir: cfg.Data, URL: url, Log: logs, cancel: cancel, done: done}
 	WaitReady(t, s.URL)
 	t.Cleanup(func() { s.Stop(t) })
 	return s
@@ -116,6 +123,15 @@ func parseFlags(args []string, stderr io.Writer) (*server.Config, error) {
 // result. What run prints after the banner is discarded. If run ends or
 // prints something else first, err says so; done still gets its result.
 func RunInProcess(run func(stdout io.Writer) error) (url string, done <-chan error, err error) {
+	url, out, done, err := runInProcess(run)
+	go io.Copy(io.Discard, out)
+	return url, done, err
+}
+
+// runInProcess is RunInProcess leaving what run prints after the banner
+// in out, which the caller must read to its end so that run's writes do
+// not block.
+func runInProcess(run func(stdout io.Writer) error) (url string, out *bufio.Reader, done <-chan error, err error) {
 	pr, pw := io.Pipe()
 	c := make(chan error, 1)
 	go func() {
@@ -123,9 +139,24 @@ func RunInProcess(run func(stdout io.Writer) error) (url string, done <-chan err
 		pw.CloseWithError(fmt.Errorf("ended: %v", err))
 		c <- err
 	}()
-	url, err = sse.ReadBanner(pr)
-	go io.Copy(io.Discard, pr)
-	return url, c, err
+	out = bufio.NewReader(pr)
+	url, err = sse.ReadBanner(out) // reads from out itself: the next line stays there
+	return url, out, c, err
+}
+
+// readMetricsLine reads the line a server with -metrics-addr prints right
+// after its banner and returns the URL it names.
+func readMetricsLine(out *bufio.Reader) (string, error) {
+	const prefix = "kvsse metrics and pprof on "
+	line, err := out.ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("no metrics address: %w", err)
+	}
+	url, ok := strings.CutPrefix(strings.TrimSpace(line), prefix)
+	if !ok {
+		return "", fmt.Errorf("line %q after the banner, want %s...", line, prefix)
+	}
+	return url, nil
 }
 
 // WaitReady polls url's /healthz until it answers 200, for up to 20 s,

@@ -355,6 +355,40 @@ func (s *Stream) Sync(t testing.TB) int64 {
 	return e.Data.Revision
 }
 
+// OpenAtSync opens the stream at path of the server at base (an http://
+// URL) on a connection of its own, for a client that stops reading, and
+// reads up to its sync, within Timeout; the caller sets the connection's
+// deadline for what it reads next. Lines may be up to 2 MiB long.
+//
+// rcvBuf, when not 0, sets the connection's receive buffer before the
+// request, which turns off its autotuning: the server's writes then block
+// soon. Otherwise it keeps the system's default, which on loopback is the
+// safer choice for small events: a window smaller than a segment opens
+// again only when the sender probes it, seconds later.
+func OpenAtSync(t testing.TB, base, path string, rcvBuf int) (net.Conn, *sse.Reader) {
+	t.Helper()
+	host := strings.TrimPrefix(base, "http://")
+	conn, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if rcvBuf != 0 {
+		conn.(*net.TCPConn).SetReadBuffer(rcvBuf)
+	}
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, host)
+	conn.SetReadDeadline(time.Now().Add(Timeout))
+	resp, err := http.ReadResponse(bufio.NewReaderSize(conn, 512), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd := sse.NewReaderSize(resp.Body, 2<<20)
+	if m, err := rd.Next(); err != nil || m.Event != "sync" {
+		t.Fatalf("got %+v, %v; want the sync", m, err)
+	}
+	return conn, rd
+}
+
 // Tail is the end of a raw stream, for failure messages.
 func Tail(s string) string {
 	if len(s) > 2000 {
