@@ -88,8 +88,11 @@ in the middle come again).
 With -poll, long polls of up to 30 seconds each replace the stream
 (for proxies that buffer streams): the same lines, each revision whole;
 -json then prints the changes' objects, and a snapshot's keys as puts.
+-events put or -events delete prints only that kind of change (a
+snapshot's keys are puts). -prev, with -json, adds to each change its
+key's previous value, as prev_value (and prev_content_type).
 Exit status: 0 when interrupted, 2 when the server refuses the watch.
-`, flags: []string{"json", "snapshot", "since", "poll"}, run: cmdWatch},
+`, flags: []string{"json", "snapshot", "since", "poll", "events", "prev"}, run: cmdWatch},
 	}
 	return append(cmds, backupCommands()...)
 }
@@ -356,6 +359,15 @@ func cmdWatch(ctx context.Context, c *client, args []string, _ io.Reader, stdout
 	q := url.Values{"pattern": args, "format": {"ndjson"}}
 	if c.cfg.snapshot {
 		q.Set("snapshot", "1")
+	}
+	if c.cfg.events != "" {
+		q.Set("events", c.cfg.events) // the server names a bad one
+	}
+	if c.cfg.prev {
+		if !c.cfg.json {
+			return usageErr("watch", "-prev needs -json: the lines print no previous value")
+		}
+		q.Set("prev", "1")
 	}
 	last := int64(-1)
 	if c.cfg.since >= 0 {

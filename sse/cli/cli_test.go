@@ -294,6 +294,7 @@ type cliEvent struct {
 	Encoding     string  `json:"encoding,omitempty"`
 	Revision     int64   `json:"revision"`
 	PrevRevision int64   `json:"prev_revision,omitempty"`
+	PrevValue    *string `json:"prev_value,omitempty"`
 	Reason       string  `json:"reason,omitempty"`
 }
 
@@ -1602,6 +1603,69 @@ func TestCLIBackupKill9(t *testing.T) {
 	p = cliStartBin(t, nil, "-addr", "127.0.0.1:0", "-data", data)
 	if got := servertest.List(t, p.URL, "big/"); len(got) != len(keys) {
 		t.Errorf("after the kills the server holds %d keys, want %d", len(got), len(keys))
+	}
+}
+
+// TestCLIWatchEventsPrev runs "watch -events" and "watch -prev -json",
+// on a stream and with long polls: only the kind of change asked for is
+// printed, with the previous value when asked; a bad -events is the
+// server's 400, and -prev without -json a usage error, both exit 2.
+func TestCLIWatchEventsPrev(t *testing.T) {
+	t.Parallel()
+	ts := servertest.Start(t)
+	since := cliPut(t, ts.URL, "config/pre", []byte("x"))
+	r1 := cliPut(t, ts.URL, "config/a", []byte("1"))
+	r2 := cliPut(t, ts.URL, "config/a", []byte("2"))
+	r3 := cliDelete(t, ts.URL, "config/a")
+	r4 := cliPut(t, ts.URL, "config/b", []byte("x"))
+	r5 := cliDelete(t, ts.URL, "config/b")
+	for _, mode := range []string{"stream", "poll"} {
+		args := []string{"-server", ts.URL, "watch", "-since", strconv.FormatInt(since, 10), "config/**"}
+		if mode == "poll" {
+			args = append(args, "-poll")
+		}
+		t.Run(mode+"/events delete", func(t *testing.T) {
+			w := cliStartWatch(t, nil, append(args, "-events", "delete")...)
+			want := []string{fmt.Sprintf("%d delete config/a", r3), fmt.Sprintf("%d delete config/b", r5)}
+			got := []string{w.next(t), w.next(t)}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("watch -events delete (-want +got):\n%s", diff)
+			}
+			w.interrupt(t)
+		})
+		t.Run(mode+"/events put prev json", func(t *testing.T) {
+			w := cliStartWatch(t, nil, append(args, "-events", "put", "-prev", "-json")...)
+			want := []cliEvent{
+				{Event: "put", Key: "config/a", Value: cliStr("1"), Revision: r1},
+				{Event: "put", Key: "config/a", Value: cliStr("2"), Revision: r2, PrevRevision: r1, PrevValue: cliStr("1")},
+				{Event: "put", Key: "config/b", Value: cliStr("x"), Revision: r4},
+			}
+			var got []cliEvent
+			for len(got) < len(want) {
+				if ev := w.nextEvent(t); ev.Event != "sync" {
+					got = append(got, ev)
+				}
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("watch -events put -prev -json (-want +got):\n%s", diff)
+			}
+			w.interrupt(t)
+		})
+	}
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		stderr string
+	}{
+		{"bad events", []string{"-events", "both"}, "400 Bad Request: events must be put or delete"},
+		{"prev without json", []string{"-prev"}, "-prev needs -json"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := cliRun(t, nil, nil, append([]string{"-server", ts.URL, "watch", "config/**"}, tc.args...)...)
+			if r.code != 2 || !strings.Contains(r.stderr, tc.stderr) {
+				t.Errorf("watch %q: exit %d, stderr %q; want exit 2 and %q", tc.args, r.code, r.stderr, tc.stderr)
+			}
+		})
 	}
 }
 

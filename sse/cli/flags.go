@@ -25,10 +25,12 @@ type config struct {
 	prefix   string
 	batch    int
 	poll     bool
+	events   string
+	prev     bool
 }
 
 // clientFlags are the flags of the client commands.
-var clientFlags = map[string]bool{"server": true, "token": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true, "prefix": true, "batch": true, "poll": true}
+var clientFlags = map[string]bool{"server": true, "token": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true, "prefix": true, "batch": true, "poll": true, "events": true, "prev": true}
 
 // rawArgs are the commands that parse their own flags.
 var rawArgs = map[string]bool{"bench": true, "hub": true}
@@ -72,6 +74,8 @@ func parseFlags(args []string, getenv func(string) string) (*config, []string, *
 	fs.IntVar(&c.batch, "batch", 1000, "import: the most keys in one transaction (fewer when the server finds it too large)")
 	fs.Int64Var(&c.since, "since", -1, "replay the changes after this `revision` first (-1: none)")
 	fs.BoolVar(&c.poll, "poll", false, "watch with long polls (wait=30s each) instead of a stream, for proxies that buffer streams")
+	fs.StringVar(&c.events, "events", "", "watch: only the changes of this `kind`, put or delete (empty: both)")
+	fs.BoolVar(&c.prev, "prev", false, "watch -json: each change carries its key's previous value (prev_value)")
 
 	var rest []string
 	for {
