@@ -34,7 +34,7 @@ type metrics struct {
 
 	txns        atomic.Int64 // transactions committed (DELETE /kv?prefix= among them)
 	txnChanges  atomic.Int64 // their changes
-	subscribers atomic.Int64 // open streams
+	subscribers atomic.Int64 // open streams and long polls
 	eventsSent  atomic.Int64 // changes written to streams
 	ends        [len(streamEnds) + 1]atomic.Int64
 
@@ -97,8 +97,8 @@ func (m *metrics) txn(changes int) {
 	m.txnChanges.Add(int64(changes))
 }
 
-// streamOpened and streamEnded bracket every stream, with the reason
-// sse.Stream gave for its end.
+// streamOpened and streamEnded bracket every stream and long poll, with
+// the reason sse.Stream gave for its end.
 func (m *metrics) streamOpened() { m.subscribers.Add(1) }
 
 func (m *metrics) streamEnded(why string) {
@@ -115,7 +115,7 @@ func (m *metrics) streamEnded(why string) {
 func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var e expo
 	m.writeHTTP(&e)
-	e.family("kvsse_subscribers", "gauge", "Streams open now.")
+	e.family("kvsse_subscribers", "gauge", "Streams and long polls open now.")
 	e.sample("kvsse_subscribers", "", float64(m.subscribers.Load()))
 	e.family("kvsse_events_sent_total", "counter", "Changes written to streams, replayed and live (snapshot items and control events not counted).")
 	e.sample("kvsse_events_sent_total", "", float64(m.eventsSent.Load()))
