@@ -42,7 +42,8 @@ beside DIR and renamed into place: whole or absent. Prints the revision
 and the number of keys.
 Exit status: 0, 1 when the file is damaged or DIR is not empty (nothing
 is written), 2 on any other error.
-`, flags: []string{"data"}, run: cmdRestore},
+`, flags: []string{"data"}, offline: true, run: cmdRestore,
+			usage: map[string]string{"data": "the data `directory` to make: missing or empty"}},
 		{name: "check", args: "-data DIR", short: "check every record of a data directory (offline, read only)",
 			long: `Reads every snapshot and log segment of the data directory DIR (-data)
 and prints the revision, keys and value bytes a server started on it
@@ -51,7 +52,8 @@ A tail of the last log segment that start-up would cut off (a batch
 never completely written) is printed as a note.
 Exit status: 0, 1 on damage (the file and the offset are printed), 2 on
 any other error.
-`, flags: []string{"data"}, run: cmdCheck},
+`, flags: []string{"data"}, offline: true, run: cmdCheck,
+			usage: map[string]string{"data": "the data `directory` to check"}},
 		{name: "export", args: "[PREFIX]", short: "print every key starting with PREFIX as NDJSON, at one revision",
 			long: `Prints every key that starts with PREFIX (every key without one), read at
 one revision, one JSON object a line, as GET /kv?prefix=P&format=ndjson

@@ -18,8 +18,12 @@ type command struct {
 	args  string   // its arguments, for the usage line: "KEY [VALUE]"
 	short string   // one line, for the list of commands
 	long  string   // what it does and prints, and its exit statuses
-	flags []string // the client flags it reads besides -server and -token
-	run   func(ctx context.Context, c *client, args []string, stdin io.Reader, stdout, stderr io.Writer) error
+	flags []string // the flags it reads, besides -server and -token unless offline
+	// offline: it reads files, not a server, so -server and -token do
+	// not apply.
+	offline bool
+	usage   map[string]string // what a flag of flags means to it, where the flag's own text does not fit
+	run     func(ctx context.Context, c *client, args []string, stdin io.Reader, stdout, stderr io.Writer) error
 }
 
 // findCommand returns the client command called name, or nil.
@@ -75,8 +79,16 @@ func printHelp(w io.Writer, fs *flag.FlagSet, cmd string) error {
 			return usageErr("", "no help for %q: it is not a command", cmd)
 		}
 		fmt.Fprintf(w, "Usage: kvsse %s [flags] %s\n\n%s\nFlags:\n", c.name, c.args, c.long)
-		for _, name := range append(c.flags, "server", "token") {
-			printFlag(w, fs.Lookup(name))
+		names := c.flags
+		if !c.offline {
+			names = append(names[:len(names):len(names)], "server", "token")
+		}
+		for _, name := range names {
+			f := *fs.Lookup(name)
+			if u, ok := c.usage[name]; ok {
+				f.Usage = u
+			}
+			printFlag(w, &f)
 		}
 	}
 	return nil
