@@ -57,18 +57,27 @@ type Change struct {
 	PrevContentType string
 
 	wire *WireCache // set when the change is published
+	base *Change    // set by since: the published change whose new state this one carries
 }
 
 // since returns c as it reads for a consumer that has not seen older, an
 // earlier change of the same key that c replaces in a coalesced queue:
 // c's new state, from older's previous one. It is a new change, with no
-// wire cache: its encodings are its own.
+// wire cache, but MergedFrom tells whose cache holds its new state.
 func (c *Change) since(older *Change) *Change {
 	m := *c
 	m.PrevRevision, m.PrevValue, m.PrevContentType = older.PrevRevision, older.PrevValue, older.PrevContentType
-	m.wire = nil
+	m.wire, m.base = nil, c
 	return &m
 }
+
+// MergedFrom returns, for a change merged from several by a coalescing
+// subscription (see Subscription.TakeMerged), the published change whose
+// new state it carries: the two differ only in their previous state
+// (PrevRevision, PrevValue, PrevContentType), so that an encoding of the
+// published one, shared by every stream, needs only that part redone.
+// It returns nil for any other change.
+func (c *Change) MergedFrom() *Change { return c.base }
 
 // WireCache is the room a published change keeps for the package that
 // writes changes to clients (sse): what it computes from the change once,

@@ -1,7 +1,10 @@
 package sse
 
 import (
+	"bytes"
 	"fmt"
+	"math"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -101,6 +104,57 @@ func TestEncodedShared(t *testing.T) {
 	}
 }
 
+// TestEncodedMerged: a change merged by a coalescing subscription is
+// sent as the published change it carries the new state of, with its own
+// previous state put in: the same bytes, in every format and variant, as
+// the merged change encoded afresh. The merges cover a previous state
+// gained (a key put after a delete), lost (a key created within the
+// merge) and changed, with a binary previous value.
+func TestEncodedMerged(t *testing.T) {
+	f := kv.NewFeed(64, 2, 10)
+	sub := SubscribeAll(t, f, kv.WatchOptions{Coalesce: true})
+	for _, c := range []kv.Change{
+		{Op: kv.OpPut, Key: "a", Value: []byte("1"), Revision: 11},
+		{Op: kv.OpPut, Key: "a", Value: []byte("2"), Revision: 12, PrevRevision: 11, PrevValue: []byte("1")},
+		{Op: kv.OpPut, Key: "b", Value: []byte{0xff}, Revision: 13, PrevRevision: 9, PrevValue: []byte{0xfe}, PrevContentType: "application/octet-stream"},
+		{Op: kv.OpDelete, Key: "b", Revision: 14, PrevRevision: 13, PrevValue: []byte{0xff}},
+		{Op: kv.OpPut, Key: "b", Value: []byte("3"), Revision: 15},
+		{Op: kv.OpPut, Key: "c", Value: []byte("x"), Revision: 16, PrevRevision: 8, PrevValue: []byte("old"), PrevContentType: "text/plain"},
+		{Op: kv.OpPut, Key: "c", Value: []byte("y"), Expires: 1e18, Revision: 17, PrevRevision: 16, PrevValue: []byte("x")},
+		{Op: kv.OpDelete, Key: "d", Revision: 18, PrevRevision: 3, PrevValue: []byte("d")},
+		{Op: kv.OpDelete, Key: "a", Revision: 19, PrevRevision: 12, PrevValue: []byte("2")},
+	} {
+		f.Publish([]kv.Change{c}, c.Revision)
+	}
+	changes, merged, _ := sub.TakeMerged(nil)
+	if !merged {
+		t.Fatal("the queue did not merge")
+	}
+	var keys []string
+	for _, c := range changes {
+		if c.MergedFrom() != nil {
+			keys = append(keys, c.Key)
+		}
+	}
+	if diff := cmp.Diff([]string{"b", "c", "a"}, keys); diff != "" {
+		t.Fatalf("the changes merged from several (-want +got):\n%s", diff)
+	}
+	for _, c := range changes {
+		for _, f := range []Format{SSE, NDJSON} {
+			for _, last := range []bool{false, true} {
+				for _, prev := range []bool{false, true} {
+					e := encoder{format: f, prev: prev}
+					e.change(c, last)
+					fresh := *c // no wire cache: encoded afresh
+					if want := encode(&fresh, f, last, prev).b; string(e.buf) != string(want) {
+						t.Errorf("%s at %d, format %d, last %v, prev %v: sent %q, want %q", c.Key, c.Revision, f, last, prev, e.buf, want)
+					}
+				}
+			}
+		}
+	}
+}
+
 // TestEncoderChanges: in a batch of whole revisions, as Take returns them,
 // only the last change of each revision carries its id (SSE) or
 // "last":true (NDJSON).
@@ -145,7 +199,9 @@ func TestEncoderChanges(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s merged=%t", tt.format.ContentType(), tt.merged), func(t *testing.T) {
 			e := encoder{format: tt.format}
-			e.changes(batch, tt.merged)
+			if next := e.changes(batch, tt.merged, 0, math.MaxInt); next != len(batch) {
+				t.Fatalf("appended %d changes of %d", next, len(batch))
+			}
 			if diff := cmp.Diff(tt.want, string(e.buf)); diff != "" {
 				t.Errorf("batch (-want +got):\n%s", diff)
 			}
@@ -184,5 +240,84 @@ func TestCutAt(t *testing.T) {
 		if got := cutAt(tt.changes, tt.limit); got != tt.want {
 			t.Errorf("%s: cutAt(limit %d) = %d, want %d", tt.name, tt.limit, got, tt.want)
 		}
+	}
+}
+
+// TestDeliverChunks: a backlog far larger than a chunk is appended a
+// chunk at a time, each about a chunk long, and together they are the
+// same bytes as the backlog appended at once; no heartbeat is appended
+// while changes taken wait, as its id would pass the changes queued
+// meanwhile.
+func TestDeliverChunks(t *testing.T) {
+	f := kv.NewFeed(1000, 1000, 0)
+	sub := SubscribeAll(t, f, kv.WatchOptions{})
+	all := SubscribeAll(t, f, kv.WatchOptions{})
+	value := bytes.Repeat([]byte("v"), 1000)
+	publish := func(from, to int64) {
+		for rev := from; rev <= to; rev++ {
+			group := []kv.Change{{Op: kv.OpPut, Key: fmt.Sprint("k", rev%7), Value: value, Revision: rev}}
+			if rev%5 == 0 { // a transaction of three
+				for _, k := range []string{"t1", "t2"} {
+					group = append(group, kv.Change{Op: kv.OpPut, Key: k, Value: value, Revision: rev})
+				}
+			}
+			f.Publish(group, rev)
+		}
+	}
+	publish(1, 100)
+	l := live{sub: sub, opts: StreamOptions{Revision: func() int64 { return 1000 }}, enc: encoder{format: SSE}}
+	var got []byte
+	calls := 0
+	for {
+		if why := l.deliver(); why != "" {
+			t.Fatalf("deliver: %s", why)
+		}
+		calls++
+		if n := len(l.enc.buf); n > chunk+1200 || l.more() && n < chunk {
+			t.Errorf("deliver %d appended %d bytes, more %v: want about %d", calls, n, l.more(), chunk)
+		}
+		got = append(got, l.enc.buf...)
+		l.enc.buf = l.enc.buf[:0]
+		if !l.more() {
+			break
+		}
+		if calls == 2 {
+			publish(101, 140) // queued meanwhile: taken once the batch is done
+		}
+	}
+	batch, _ := all.Take(nil)
+	if len(batch) != 196 {
+		t.Fatalf("published %d changes, want 196", len(batch))
+	}
+	want := encoder{format: SSE}
+	want.changes(batch[:140], false, 0, math.MaxInt)
+	if string(got) != string(want.buf) {
+		t.Errorf("the chunks differ from the batch appended at once")
+	}
+	if calls < 140*1000/chunk {
+		t.Errorf("%d calls delivered 140 KB", calls)
+	}
+
+	// The changes published meanwhile come next, and no heartbeat while
+	// some of them wait.
+	if why := l.heartbeat(); why != "" || !l.more() {
+		t.Fatalf("heartbeat: %q, more %v; want a batch under way", why, l.more())
+	}
+	for l.more() {
+		if why := l.heartbeat(); why != "" {
+			t.Fatal(why)
+		}
+	}
+	if strings.Contains(string(l.enc.buf), "keep-alive") {
+		t.Errorf("a heartbeat was appended while changes waited")
+	}
+	want.buf = want.buf[:0]
+	want.changes(batch[140:], false, 0, math.MaxInt)
+	if string(l.enc.buf) != string(want.buf) {
+		t.Errorf("the changes queued meanwhile differ")
+	}
+	l.enc.buf = l.enc.buf[:0]
+	if why := l.heartbeat(); why != "" || !strings.Contains(string(l.enc.buf), "keep-alive") || !strings.Contains(string(l.enc.buf), "id: 1000\n") {
+		t.Errorf("heartbeat with nothing queued appended %q (%q), want a keep-alive with id 1000", l.enc.buf, why)
 	}
 }

@@ -52,6 +52,14 @@ func appendExpires(b []byte, expires int64) []byte {
 // prev_content_type, after prev_revision; a change whose previous value
 // is not known (see kv.Change.PrevValue) carries only prev_revision.
 func AppendChange(b []byte, c *kv.Change, event, prev bool) []byte {
+	b, _, _ = appendChange(b, c, event, prev)
+	return b
+}
+
+// appendChange is AppendChange, and says where in b the change's
+// previous state stands (see appendPrev): b[prevAt:prevEnd], empty when
+// it has none.
+func appendChange(b []byte, c *kv.Change, event, prev bool) (_ []byte, prevAt, prevEnd int) {
 	b = append(b, '{')
 	if event {
 		b = append(b, `"event":"`...)
@@ -65,15 +73,9 @@ func AppendChange(b []byte, c *kv.Change, event, prev bool) []byte {
 	}
 	b = append(b, `,"revision":`...)
 	b = strconv.AppendInt(b, c.Revision, 10)
-	if c.PrevRevision != 0 {
-		b = append(b, `,"prev_revision":`...)
-		b = strconv.AppendInt(b, c.PrevRevision, 10)
-		if prev && c.PrevValue != nil {
-			b = appendBytes(b, `,"prev_value":`, `,"prev_encoding":"base64"`, c.PrevValue)
-			b = append(b, `,"prev_content_type":`...)
-			b = AppendString(b, c.PrevContentType)
-		}
-	}
+	prevAt = len(b)
+	b = appendPrev(b, c, prev)
+	prevEnd = len(b)
 	if c.Op == kv.OpPut {
 		b = appendExpires(b, c.Expires)
 	}
@@ -82,7 +84,23 @@ func AppendChange(b []byte, c *kv.Change, event, prev bool) []byte {
 		b = append(b, r...)
 		b = append(b, '"')
 	}
-	return append(b, '}')
+	return append(b, '}'), prevAt, prevEnd
+}
+
+// appendPrev appends the fields of c's previous state: prev_revision
+// and, with prev, prev_value and prev_content_type (see AppendChange).
+func appendPrev(b []byte, c *kv.Change, prev bool) []byte {
+	if c.PrevRevision == 0 {
+		return b
+	}
+	b = append(b, `,"prev_revision":`...)
+	b = strconv.AppendInt(b, c.PrevRevision, 10)
+	if prev && c.PrevValue != nil {
+		b = appendBytes(b, `,"prev_value":`, `,"prev_encoding":"base64"`, c.PrevValue)
+		b = append(b, `,"prev_content_type":`...)
+		b = AppendString(b, c.PrevContentType)
+	}
+	return b
 }
 
 // appendChangeLine appends a change's line of an NDJSON stream, without
@@ -91,13 +109,14 @@ func AppendChange(b []byte, c *kv.Change, event, prev bool) []byte {
 // of its revision that the stream sends (a single write's change always
 // is); a line before the last of its revision has no "last" field. The
 // field is always the object's final one, whatever fields come before
-// it, so a reader may look for the suffix `,"last":true}`.
-func appendChangeLine(b []byte, c *kv.Change, last, prev bool) []byte {
-	b = AppendChange(b, c, true, prev)
+// it, so a reader may look for the suffix `,"last":true}`. prevAt and
+// prevEnd are appendChange's.
+func appendChangeLine(b []byte, c *kv.Change, last, prev bool) (_ []byte, prevAt, prevEnd int) {
+	b, prevAt, prevEnd = appendChange(b, c, true, prev)
 	if last {
 		b = append(b[:len(b)-1], `,"last":true}`...)
 	}
-	return b
+	return b, prevAt, prevEnd
 }
 
 // appendValue appends `,"value":` and the value as a JSON string when it

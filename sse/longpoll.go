@@ -129,7 +129,7 @@ func (ps *pollState) answer(b []byte, revoked bool) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		line := encoded(c, NDJSON, endsRevision(sent, i), ps.prev)
+		line := encoded(c, NDJSON, endsRevision(sent, i), ps.prev).b
 		b = append(b, line[:len(line)-1]...) // without its newline
 	}
 	if ps.sent != nil {

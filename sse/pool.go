@@ -394,12 +394,16 @@ func (c *conn) run() {
 		return
 	}
 	beat := c.beatDue.Swap(false)
-	if !beat {
+	if !beat && !c.more() { // the rest of a batch goes at once
 		if wait := c.opts.flushInterval() - time.Since(c.flushed); wait > 0 {
 			c.paceFor(wait)
 			return
 		}
 	}
+	// A signal that changes were queued may have been spent on a run that
+	// went on with a batch taken earlier: once that batch is done, c runs
+	// again to take them.
+	again := c.more()
 	why := ""
 	if beat {
 		why = c.heartbeat()
@@ -414,6 +418,9 @@ func (c *conn) run() {
 		c.beat.Reset(jitter(c.opts.Heartbeat))
 	}
 	c.write()
+	if (again || c.more()) && !c.stalled.Load() && c.werr == nil {
+		c.schedule() // a stalled write schedules c when done
+	}
 }
 
 // paceFor makes c run again in wait, when the stream may flush again:

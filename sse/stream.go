@@ -184,24 +184,31 @@ func (s *stream) run(ctx context.Context) string {
 			s.flush()
 			return EndShutdown
 		case <-beat.C:
-			if why := s.heartbeat(); why != "" {
-				s.flush()
+			if why := s.flushAll(s.heartbeat()); why != "" {
 				return why
-			}
-			if !s.flush() {
-				return EndWrite
 			}
 			beat.Reset(jitter(s.opts.Heartbeat))
 		case <-ready:
 			s.pace(ctx)
-			if why := s.deliver(); why != "" {
-				s.flush()
+			if why := s.flushAll(s.deliver()); why != "" {
 				return why
 			}
-			if !s.flush() {
-				return EndWrite
-			}
 		}
+	}
+}
+
+// flushAll flushes what deliver or heartbeat appended, which returned
+// why, then delivers and flushes the rest of the batch taken, a chunk at
+// a time. It returns why the stream ends, or "".
+func (s *stream) flushAll(why string) string {
+	for {
+		if !s.flush() && why == "" {
+			return EndWrite
+		}
+		if why != "" || !s.more() {
+			return why
+		}
+		why = s.deliver()
 	}
 }
 
@@ -331,27 +338,44 @@ func (e *encoder) change(c *kv.Change, last bool) {
 	if e.sent != nil {
 		e.sent.Add(1)
 	}
-	e.buf = append(e.buf, encoded(c, e.format, last, e.prev)...)
+	if base := c.MergedFrom(); base != nil && base.WireCache() != nil {
+		// A merged change: the published one's shared bytes, with the
+		// previous state put in.
+		w := encoded(base, e.format, last, e.prev)
+		e.buf = append(e.buf, w.b[:w.prevAt]...)
+		e.buf = appendPrev(e.buf, c, e.prev)
+		e.buf = append(e.buf, w.b[w.prevEnd:]...)
+		return
+	}
+	e.buf = append(e.buf, encoded(c, e.format, last, e.prev).b...)
 }
 
-// changes appends a batch of live changes, in order. It must hold whole
-// revisions, as a Take does: a change is the last of its revision when
-// the next one in the batch is of another revision, or when none follows.
-// A merged batch (kv.Subscription.TakeMerged) brings the client to a
-// whole state only at its end: only its last change is a point to resume
-// from.
-func (e *encoder) changes(batch []*kv.Change, merged bool) {
-	need := 0
-	for _, c := range batch {
+// changes appends the live changes of batch from batch[from], in order,
+// until the buffer holds budget bytes or more, and returns the index of
+// the first change not appended (len(batch) when all were). It appends at
+// least one. The batch must hold whole revisions, as a Take does: a
+// change is the last of its revision when the next one in the batch is of
+// another revision, or when none follows. A merged batch
+// (kv.Subscription.TakeMerged) brings the client to a whole state only at
+// its end: only its last change is a point to resume from.
+func (e *encoder) changes(batch []*kv.Change, merged bool, from, budget int) int {
+	need := 0 // about the bytes of the changes within the budget
+	for _, c := range batch[from:] {
+		if len(e.buf)+need >= budget {
+			break
+		}
 		need += len(c.Key) + len(c.Value) + 96
 		if e.prev {
 			need += len(c.PrevValue)
 		}
 	}
 	e.buf = slices.Grow(e.buf, need) // one allocation, not a growth by steps of a quarter
-	for i, c := range batch {
-		e.change(c, i+1 == len(batch) || !merged && endsRevision(batch, i))
+	i := from
+	for i < len(batch) && (i == from || len(e.buf) < budget) {
+		e.change(batch[i], i+1 == len(batch) || !merged && endsRevision(batch, i))
+		i++
 	}
+	return i
 }
 
 // endsRevision reports whether changes[i] is the last of its revision in
@@ -367,13 +391,22 @@ func endsRevision(changes []*kv.Change, i int) bool {
 // then by whether the change is the last of its revision on the stream
 // (1) or not (0): streams whose patterns match different changes of one
 // revision may need both.
-type encodings [2][2][2]atomic.Pointer[[]byte]
+type encodings [2][2][2]atomic.Pointer[wire]
+
+// wire is a change's bytes on the wire, and where its previous state
+// stands in them (see appendPrev): b[prevAt:prevEnd], empty when it has
+// none. A change merged from it (kv.Change.MergedFrom) differs only
+// there.
+type wire struct {
+	b               []byte
+	prevAt, prevEnd int
+}
 
 // encoded returns c's bytes in format f: its event (SSE) or its line
 // (NDJSON), as the last change of its revision on a stream or not (see
 // encoder.change), with its previous value or not. For a published change
 // they are made once and shared, and must not be modified.
-func encoded(c *kv.Change, f Format, last, prev bool) []byte {
+func encoded(c *kv.Change, f Format, last, prev bool) *wire {
 	cache := c.WireCache()
 	if cache == nil {
 		return encode(c, f, last, prev)
@@ -383,12 +416,11 @@ func encoded(c *kv.Change, f Format, last, prev bool) []byte {
 		e = cache.LoadOrStore(new(encodings)).(*encodings)
 	}
 	p := &e[bit(prev)][f][bit(last)]
-	if b := p.Load(); b != nil {
-		return *b
+	if w := p.Load(); w != nil {
+		return w
 	}
-	b := encode(c, f, last, prev)
-	p.CompareAndSwap(nil, &b)
-	return *p.Load()
+	p.CompareAndSwap(nil, encode(c, f, last, prev))
+	return p.Load()
 }
 
 func bit(b bool) int {
@@ -398,11 +430,15 @@ func bit(b bool) int {
 	return 0
 }
 
-func encode(c *kv.Change, f Format, last, prev bool) []byte {
+func encode(c *kv.Change, f Format, last, prev bool) *wire {
+	w := new(wire)
 	if f == NDJSON {
-		return append(appendChangeLine(nil, c, last, prev), '\n')
+		w.b, w.prevAt, w.prevEnd = appendChangeLine(nil, c, last, prev)
+		w.b = append(w.b, '\n')
+	} else {
+		w.b, w.prevAt, w.prevEnd = appendChangeEvent(nil, c, last, prev)
 	}
-	return AppendChangeEvent(nil, c, last, prev)
+	return w
 }
 
 // AppendChangeEvent appends the SSE event of a change: "id: <revision>"
@@ -416,6 +452,13 @@ func encode(c *kv.Change, f Format, last, prev bool) []byte {
 // reach the wire (a fuzz test holds it to what New and Reader make of the
 // same event). prev is AppendChange's.
 func AppendChangeEvent(b []byte, c *kv.Change, last, prev bool) []byte {
+	b, _, _ = appendChangeEvent(b, c, last, prev)
+	return b
+}
+
+// appendChangeEvent is AppendChangeEvent, and says where the change's
+// previous state stands in b, as appendChange.
+func appendChangeEvent(b []byte, c *kv.Change, last, prev bool) (_ []byte, prevAt, prevEnd int) {
 	if last {
 		b = append(b, "id: "...)
 		b = strconv.AppendInt(b, c.Revision, 10)
@@ -424,8 +467,8 @@ func AppendChangeEvent(b []byte, c *kv.Change, last, prev bool) []byte {
 	b = append(b, "event: "...)
 	b = append(b, c.Event()...)
 	b = append(b, "\ndata: "...)
-	b = AppendChange(b, c, false, prev)
-	return append(b, '\n', '\n')
+	b, prevAt, prevEnd = appendChange(b, c, false, prev)
+	return append(b, '\n', '\n'), prevAt, prevEnd
 }
 
 // snapshotItem appends a key of a snapshot: a put event with no id.
