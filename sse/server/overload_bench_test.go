@@ -25,7 +25,7 @@ import (
 // ended. The server is the real binary; its CPU time comes from /proc.
 // Writers change 20 keys (1 KiB values, so that a stream's backlog soon
 // outgrows the sockets' buffers) as fast as the server answers, in
-// transactions of 20 changes, while 20 readers each take at most 64 KiB a
+// transactions of 20 changes, while 100 readers each take at most 64 KiB a
 // second; once the writes end, the readers read at full speed until each
 // has seen the last one.
 //
@@ -55,7 +55,7 @@ func BenchmarkOverloadedStream(b *testing.B) {
 
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			readers := make([]*slowReader, 20)
+			readers := make([]*slowReader, 100)
 			var wg sync.WaitGroup
 			for i := range readers {
 				readers[i] = &slowReader{coalesce: mode == "coalesce", opened: make(chan struct{})}
