@@ -715,6 +715,7 @@ func TestBrowser(t *testing.T) {
 		brPut(t, base, "t/http", "hello")
 		p.waitFor(t, "showing t/http", brRowValue("t/http")+` === 'hello'`, 2*time.Second)
 		t.Logf("shown %v after the PUT", time.Since(start).Round(time.Millisecond))
+		p.waitFor(t, "highlighting the changed row", brRowJS+`('t/http').classList.contains('flash')`, time.Second)
 	})
 
 	t.Run("EditInPage", func(t *testing.T) {
@@ -911,9 +912,89 @@ func TestBrowser(t *testing.T) {
 		t.Logf("status for t**: %q", conn)
 	})
 
+	t.Run("FloodWhileBusy", func(t *testing.T) {
+		brFloodWhileBusy(t, b)
+	})
+
 	t.Run("Screenshots", func(t *testing.T) {
 		brScreenshots(t, p, base)
 	})
+}
+
+// brFloodWhileBusy floods keys that the page watches while its script is
+// busy, so that it reads nothing and its stream falls far behind a small
+// -sub-buffer: the server merges the waiting changes
+// (coalesce=1) instead of ending the stream. Once the page runs again it
+// shows exactly the keys and values the server lists, it was never cut
+// off, and it got fewer events than there were writes.
+func brFloodWhileBusy(t *testing.T, b *brBrowser) {
+	srv := servertest.Start(t, "-sub-buffer", "64", "-sync", "none", "-write-rate", "0")
+	p := b.newPage(t)
+	p.navigate(t, srv.URL+"/?pattern=flood/**")
+	p.waitFor(t, "connected", `document.getElementById('conn').dataset.state === 'live'`, brTimeout)
+	p.do(t, `(() => {
+		window.__states = [];
+		const conn = document.getElementById('conn');
+		new MutationObserver(() => window.__states.push(conn.dataset.state)).observe(conn, {attributes: true});
+	})()`, nil)
+
+	// Paused at its next statement, which the first event of the flood
+	// runs, until the flood is over.
+	for _, m := range []string{"Debugger.enable", "Debugger.pause"} {
+		if err := p.cdp.call(m, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent := func() float64 { return metricsScrape(t, srv.URL+"/metrics").val("kvsse_events_sent_total") }
+	before := sent()
+	const writers, each, keys = 4, 2500, 20 // 10 MB, more than the socket buffers and the browser's hold
+	pad := strings.Repeat("x", 1000)
+	var wg sync.WaitGroup
+	errc := make(chan error, writers)
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				key, value := fmt.Sprintf("flood/%d", (w*each+i)%keys), fmt.Sprintf("%d-%d %s", w, i, pad)
+				method := http.MethodPut
+				if i == each-1 && w == 0 {
+					method, value = http.MethodDelete, "" // one key ends deleted
+				}
+				if _, err := servertest.Write(method, servertest.KeyURL(srv.URL, key), []byte(value)); err != nil {
+					errc <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cdp.call("Debugger.resume", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	want := map[string]string{}
+	for k, e := range servertest.List(t, srv.URL, "flood/") {
+		want[k] = e.Value
+	}
+	wantJSON, _ := json.Marshal(want)
+	shown := `JSON.stringify(Object.fromEntries([...document.querySelectorAll('#rows tr')].map((tr) => [tr.dataset.key, tr.querySelector('td.v').textContent])))`
+	p.waitFor(t, "showing the listing", shown+` === `+brJS(string(wantJSON)), 3*brTimeout)
+	var states []string
+	p.do(t, `window.__states`, &states)
+	for _, s := range states {
+		if s != "live" {
+			t.Errorf("the page's connection went %q during the flood (all: %q): the stream was cut off", s, states)
+			break
+		}
+	}
+	if got := sent() - before; got >= writers*each {
+		t.Errorf("%v events sent for %d writes: the stream never merged", got, writers*each)
+	} else {
+		t.Logf("%d writes reached the busy page as %v events", writers*each, got)
+	}
 }
 
 // brScreenshots fills a view of a few keys and captures it at desktop
