@@ -91,8 +91,12 @@ With -poll, long polls of up to 30 seconds each replace the stream
 -events put or -events delete prints only that kind of change (a
 snapshot's keys are puts). -prev, with -json, adds to each change its
 key's previous value, as prev_value (and prev_content_type).
+-coalesce suits a slow reader that wants the current state, not every
+step: when it falls behind, the changes waiting for it merge to the
+newest of each key and are printed together (revisions are skipped,
+never reordered), instead of the stream being cut off and replayed.
 Exit status: 0 when interrupted, 2 when the server refuses the watch.
-`, flags: []string{"json", "snapshot", "since", "poll", "events", "prev"}, run: cmdWatch},
+`, flags: []string{"json", "snapshot", "since", "poll", "events", "prev", "coalesce"}, run: cmdWatch},
 	}
 	return append(cmds, backupCommands()...)
 }
@@ -362,6 +366,9 @@ func cmdWatch(ctx context.Context, c *client, args []string, _ io.Reader, stdout
 	}
 	if c.cfg.events != "" {
 		q.Set("events", c.cfg.events) // the server names a bad one
+	}
+	if c.cfg.coalesce {
+		q.Set("coalesce", "1") // a long poll ignores it: its answers hold whole revisions
 	}
 	if c.cfg.prev {
 		if !c.cfg.json {

@@ -1669,6 +1669,86 @@ func TestCLIWatchEventsPrev(t *testing.T) {
 	}
 }
 
+// TestCLIWatchCoalesce floods keys that "watch -coalesce" follows while
+// its output is not read, so that it stops reading its stream: the server
+// merges what waits instead of cutting the stream off, the watch never
+// reconnects, prints fewer lines than there were writes, and the state its
+// lines build equals the listing.
+func TestCLIWatchCoalesce(t *testing.T) {
+	t.Parallel()
+	ts := servertest.Start(t, "-sub-buffer", "64", "-sync", "none", "-write-rate", "0")
+	w := cliStartWatch(t, nil, "-server", ts.URL, "watch", "-coalesce", "-since", "0", "flood/**")
+	start := cliPut(t, ts.URL, "flood/start", []byte("1"))
+	if line, want := w.next(t), fmt.Sprintf("%d put flood/start 1", start); line != want {
+		t.Fatalf("watch printed %q, want %q", line, want)
+	}
+	// From here on nothing reads the lines until the flood is over: the
+	// test holds 4,096 of them, then the pipe and the watch's stream fill.
+	const writers, each = 4, 5000
+	pad := strings.Repeat("x", 1000)
+	errc := make(chan error, writers)
+	var wg sync.WaitGroup
+	for n := range writers {
+		wg.Go(func() {
+			c, err := servertest.Dial(ts.URL)
+			if err != nil {
+				errc <- err
+				return
+			}
+			defer c.Close()
+			for i := range each {
+				method, key, body := http.MethodPut, fmt.Sprintf("flood/%d", (n*each+i)%20), fmt.Sprintf("%d-%d-%s", n, i, pad)
+				if n == 0 && i == each-1 {
+					method, body = http.MethodDelete, "" // one key ends deleted
+				}
+				if _, err := c.Write(method, key, []byte(body)); err != nil {
+					errc <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	end := cliPut(t, ts.URL, "flood/end", []byte("1"))
+
+	state := map[string]string{"flood/start": "1"}
+	lines := 0
+	for {
+		f := strings.SplitN(w.next(t), " ", 4)
+		lines++
+		switch {
+		case len(f) == 4 && f[1] == "put":
+			state[f[2]] = f[3]
+		case len(f) == 3 && f[1] == "delete":
+			delete(state, f[2])
+		default:
+			t.Fatalf("watch printed %q", f)
+		}
+		if f[0] == strconv.FormatInt(end, 10) {
+			break
+		}
+	}
+	want := map[string]string{}
+	for k, e := range servertest.List(t, ts.URL, "flood/") {
+		want[k] = e.Value
+	}
+	if diff := cmp.Diff(want, state); diff != "" {
+		t.Errorf("state built from the lines vs the listing (-listing +lines):\n%s", diff)
+	}
+	if lines >= writers*each {
+		t.Errorf("%d lines for %d writes: the stream never merged", lines, writers*each)
+	}
+	t.Logf("%d writes reached the watch as %d lines", writers*each, lines)
+	w.interrupt(t)
+	if strings.Contains(w.stderr.String(), "reconnecting") {
+		t.Errorf("the watch reconnected:\n%s", w.stderr)
+	}
+}
+
 // TestCLIWatchPoll runs "watch -poll" (long polls instead of a stream)
 // against the binary: the same lines as watch, a transaction whole,
 // nothing twice across a server restart; -snapshot -json prints the keys

@@ -27,10 +27,11 @@ type config struct {
 	poll     bool
 	events   string
 	prev     bool
+	coalesce bool
 }
 
 // clientFlags are the flags of the client commands.
-var clientFlags = map[string]bool{"server": true, "token": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true, "prefix": true, "batch": true, "poll": true, "events": true, "prev": true}
+var clientFlags = map[string]bool{"server": true, "token": true, "ttl": true, "if-rev": true, "json": true, "snapshot": true, "since": true, "prefix": true, "batch": true, "poll": true, "events": true, "prev": true, "coalesce": true}
 
 // rawArgs are the commands that parse their own flags.
 var rawArgs = map[string]bool{"bench": true, "hub": true}
@@ -76,6 +77,7 @@ func parseFlags(args []string, getenv func(string) string) (*config, []string, *
 	fs.BoolVar(&c.poll, "poll", false, "watch with long polls (wait=30s each) instead of a stream, for proxies that buffer streams")
 	fs.StringVar(&c.events, "events", "", "watch: only the changes of this `kind`, put or delete (empty: both)")
 	fs.BoolVar(&c.prev, "prev", false, "watch -json: each change carries its key's previous value (prev_value)")
+	fs.BoolVar(&c.coalesce, "coalesce", false, "watch: when this client falls behind, the server merges the waiting changes to the newest per key\ninstead of cutting the stream off")
 
 	var rest []string
 	for {
