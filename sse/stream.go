@@ -347,6 +347,10 @@ func (e *encoder) change(c *kv.Change, last bool) {
 		e.buf = append(e.buf, w.b[w.prevEnd:]...)
 		return
 	}
+	if c.WireCache() == nil { // never published: encoded for this stream alone
+		e.buf, _, _ = appendEncoded(e.buf, c, e.format, last, e.prev)
+		return
+	}
 	e.buf = append(e.buf, encoded(c, e.format, last, e.prev).b...)
 }
 
@@ -432,13 +436,18 @@ func bit(b bool) int {
 
 func encode(c *kv.Change, f Format, last, prev bool) *wire {
 	w := new(wire)
-	if f == NDJSON {
-		w.b, w.prevAt, w.prevEnd = appendChangeLine(nil, c, last, prev)
-		w.b = append(w.b, '\n')
-	} else {
-		w.b, w.prevAt, w.prevEnd = appendChangeEvent(nil, c, last, prev)
-	}
+	w.b, w.prevAt, w.prevEnd = appendEncoded(nil, c, f, last, prev)
 	return w
+}
+
+// appendEncoded appends c's bytes in format f (see encoded), and says
+// where its previous state stands in b, as appendChange.
+func appendEncoded(b []byte, c *kv.Change, f Format, last, prev bool) (_ []byte, prevAt, prevEnd int) {
+	if f == NDJSON {
+		b, prevAt, prevEnd = appendChangeLine(b, c, last, prev)
+		return append(b, '\n'), prevAt, prevEnd
+	}
+	return appendChangeEvent(b, c, last, prev)
 }
 
 // AppendChangeEvent appends the SSE event of a change: "id: <revision>"
