@@ -1685,32 +1685,7 @@ func TestCLIWatchCoalesce(t *testing.T) {
 	// From here on nothing reads the lines until the flood is over: the
 	// test holds 4,096 of them, then the pipe and the watch's stream fill.
 	const writers, each = 4, 5000
-	pad := strings.Repeat("x", 1000)
-	errc := make(chan error, writers)
-	var wg sync.WaitGroup
-	for n := range writers {
-		wg.Go(func() {
-			c, err := servertest.Dial(ts.URL)
-			if err != nil {
-				errc <- err
-				return
-			}
-			defer c.Close()
-			for i := range each {
-				method, key, body := http.MethodPut, fmt.Sprintf("flood/%d", (n*each+i)%20), fmt.Sprintf("%d-%d-%s", n, i, pad)
-				if n == 0 && i == each-1 {
-					method, body = http.MethodDelete, "" // one key ends deleted
-				}
-				if _, err := c.Write(method, key, []byte(body)); err != nil {
-					errc <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errc)
-	if err := <-errc; err != nil {
+	if err := servertest.Flood(ts.URL, "flood/", 20, writers, each); err != nil {
 		t.Fatal(err)
 	}
 	end := cliPut(t, ts.URL, "flood/end", []byte("1"))

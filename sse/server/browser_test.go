@@ -947,28 +947,8 @@ func brFloodWhileBusy(t *testing.T, b *brBrowser) {
 	}
 	sent := func() float64 { return metricsScrape(t, srv.URL+"/metrics").val("kvsse_events_sent_total") }
 	before := sent()
-	const writers, each, keys = 4, 2500, 20 // 10 MB, more than the socket buffers and the browser's hold
-	pad := strings.Repeat("x", 1000)
-	var wg sync.WaitGroup
-	errc := make(chan error, writers)
-	for w := range writers {
-		wg.Go(func() {
-			for i := range each {
-				key, value := fmt.Sprintf("flood/%d", (w*each+i)%keys), fmt.Sprintf("%d-%d %s", w, i, pad)
-				method := http.MethodPut
-				if i == each-1 && w == 0 {
-					method, value = http.MethodDelete, "" // one key ends deleted
-				}
-				if _, err := servertest.Write(method, servertest.KeyURL(srv.URL, key), []byte(value)); err != nil {
-					errc <- err
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errc)
-	if err := <-errc; err != nil {
+	const writers, each = 4, 2500 // 10 MB, more than the socket buffers and the browser's hold
+	if err := servertest.Flood(srv.URL, "flood/", 20, writers, each); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.cdp.call("Debugger.resume", nil, nil); err != nil {

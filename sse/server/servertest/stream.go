@@ -517,6 +517,40 @@ func Writers(base, prefix string, n, count int, value string, halfway <-chan str
 	return ops, nil
 }
 
+// Flood makes writers×each writes of distinct values of about 1 KiB to
+// the keys prefix0 to prefix{keys-1}, in turn, from writers connections of
+// their own, as fast as the server answers, and returns the first error.
+// The first writer's last write is a delete, so that a key ends deleted.
+// It is for tests whose clients must fall behind.
+func Flood(base, prefix string, keys, writers, each int) error {
+	pad := strings.Repeat("x", 1000)
+	errc := make(chan error, writers)
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			c, err := Dial(base)
+			if err != nil {
+				errc <- err
+				return
+			}
+			defer c.Close()
+			for i := range each {
+				method, key, body := http.MethodPut, fmt.Sprintf("%s%d", prefix, (w*each+i)%keys), fmt.Sprintf("%d-%d %s", w, i, pad)
+				if w == 0 && i == each-1 {
+					method, body = http.MethodDelete, ""
+				}
+				if _, err := c.Write(method, key, []byte(body)); err != nil {
+					errc <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	return <-errc
+}
+
 // Result is what Writers started in a goroutine report.
 type Result struct {
 	Ops []Op
