@@ -79,20 +79,36 @@ func (e *access) attrs(d time.Duration, bytes int64) []slog.Attr {
 	return append(attrs, slog.String("remote", e.remote))
 }
 
+// recorderOf returns the recorder that observe made under w, or nil.
+func recorderOf(w http.ResponseWriter) *recorder {
+	for {
+		switch v := w.(type) {
+		case *recorder:
+			return v
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = v.Unwrap()
+		default:
+			return nil
+		}
+	}
+}
+
 // noteOps tells observe how many changes the transaction of w's request
 // asked for, for its access line. On a ResponseWriter that observe did
 // not make it does nothing.
 func noteOps(w http.ResponseWriter, n int) {
-	for {
-		switch v := w.(type) {
-		case *recorder:
-			v.ops = n
-			return
-		case interface{ Unwrap() http.ResponseWriter }:
-			w = v.Unwrap()
-		default:
-			return
-		}
+	if rec := recorderOf(w); rec != nil {
+		rec.ops = n
+	}
+}
+
+// noteStream tells observe that w's response is a stream, whose duration
+// goes to the stream histogram rather than the request latencies: an
+// NDJSON export or a long poll's answer is a request. On a ResponseWriter
+// that observe did not make it does nothing.
+func noteStream(w http.ResponseWriter) {
+	if rec := recorderOf(w); rec != nil {
+		rec.stream = true
 	}
 }
 
@@ -101,18 +117,13 @@ func noteOps(w http.ResponseWriter, n int) {
 // body bytes written after the hand-over. On a ResponseWriter that
 // observe did not make it returns nil.
 func handOver(w http.ResponseWriter) func(bytes int64) {
-	for {
-		switch v := w.(type) {
-		case *recorder:
-			v.handedOver = true
-			e := v.entry()
-			return e.log
-		case interface{ Unwrap() http.ResponseWriter }:
-			w = v.Unwrap()
-		default:
-			return nil
-		}
+	rec := recorderOf(w)
+	if rec == nil {
+		return nil
 	}
+	rec.handedOver = true
+	e := rec.entry()
+	return e.log
 }
 
 // recorder is a ResponseWriter that notes the status, whether the
@@ -122,7 +133,7 @@ func handOver(w http.ResponseWriter) func(bytes int64) {
 type recorder struct {
 	http.ResponseWriter
 	status     int   // the final status; 0 until the header is written
-	stream     bool  // the response is text/event-stream or application/x-ndjson
+	stream     bool  // the response is a /watch stream (noteStream)
 	bytes      int64 // body bytes written
 	handedOver bool  // the response goes on after the handler (handOver)
 	ops        int   // set by noteOps
@@ -142,10 +153,6 @@ func (rec *recorder) WriteHeader(code int) {
 
 func (rec *recorder) setStatus(code int) {
 	rec.status = code
-	switch rec.Header().Get("Content-Type") {
-	case "text/event-stream", "application/x-ndjson":
-		rec.stream = true
-	}
 }
 
 func (rec *recorder) Write(b []byte) (int, error) {

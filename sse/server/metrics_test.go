@@ -616,6 +616,23 @@ func TestMetricsCounters(t *testing.T) {
 	if diff := gocmp.Diff(want, got); diff != "" {
 		t.Errorf("after the stream closed (-want +got):\n%s", diff)
 	}
+
+	// An NDJSON export is a request, timed with the listings, not a
+	// stream, although it is streamed as application/x-ndjson.
+	before = after
+	list := "GET /kv"
+	if resp, b := metricsDo(t, "GET", ts.URL+"/kv?prefix=s/&format=ndjson", ""); resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/x-ndjson" {
+		t.Fatalf("export: %s %q %s", resp.Status, resp.Header.Get("Content-Type"), b)
+	}
+	after = metricsScrape(t, m)
+	got = map[string]float64{
+		"streams timed":  delta("kvsse_stream_duration_seconds_count"),
+		"listings timed": delta("kvsse_http_request_duration_seconds_count", "route", list),
+	}
+	want = map[string]float64{"streams timed": 0, "listings timed": 1}
+	if diff := gocmp.Diff(want, got); diff != "" {
+		t.Errorf("after an export (-want +got):\n%s", diff)
+	}
 }
 
 func TestMetricsLag(t *testing.T) {

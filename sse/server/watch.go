@@ -219,6 +219,8 @@ func (a *api) handleWatch(w http.ResponseWriter, r *http.Request) {
 	patterns, remote, kind := len(wr.opts.Patterns), r.RemoteAddr, "stream"
 	if wr.isPoll() {
 		kind = "poll"
+	} else {
+		noteStream(w)
 	}
 	var logAccess func(bytes int64) // set when the connection is handed over
 	a.streams.Serve(w, r, sub, sse.StreamOptions{
