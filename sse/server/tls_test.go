@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"kvsse/sse/server/servertest"
+
+	gocmp "github.com/google/go-cmp/cmp"
 )
 
 // tlsClient returns a client with transport tr that counts the
@@ -388,4 +390,71 @@ func TestLongPollProtocols(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestH2CCoalesce follows keys with coalesce=1 over HTTP/2, where the
+// stream is written from its handler's goroutine rather than by the pool,
+// while the client reads nothing and the keys are flooded: the stream is
+// merged instead of ended, sent a chunk at a time once the client reads
+// again, and the state it builds equals the listing.
+func TestH2CCoalesce(t *testing.T) {
+	ts := servertest.Start(t, "-sub-buffer", "64", "-sync", "none", "-write-rate", "0")
+	var dials atomic.Int64
+	client := tlsClient(t, &http.Transport{Protocols: tlsProtocols("h2c")}, &dials)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := tlsOpen(ctx, client, ts.URL+"/watch/co/**?coalesce=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	s.sc.Buffer(nil, 1<<20)
+	if s.resp.Proto != "HTTP/2.0" {
+		t.Fatalf("stream over %s, want HTTP/2.0", s.resp.Proto)
+	}
+	if _, err := s.until("sync", ""); err != nil {
+		t.Fatal(err)
+	}
+	// 20 MB, far more than HTTP/2's flow-control windows let through
+	// while the client reads nothing.
+	const writes = 20_000
+	if err := servertest.Flood(ts.URL, "co/", 20, 4, writes/4); err != nil {
+		t.Fatal(err)
+	}
+	end := servertest.Put(t, ts.URL, "co/end", "1")
+
+	// The backlog goes out at once, not a chunk per heartbeat.
+	timer := time.AfterFunc(servertest.Timeout, cancel)
+	defer timer.Stop()
+	state := map[string]string{}
+	events := 0
+	for {
+		e, err := s.next()
+		if err != nil {
+			t.Fatalf("after %d events: %v (the stream must reach co/end within %v)", events, err, servertest.Timeout)
+		}
+		switch e.Event {
+		case "put":
+			state[e.Key] = e.Value
+		case "delete":
+			delete(state, e.Key)
+		default:
+			continue
+		}
+		events++
+		if e.Revision == end {
+			break
+		}
+	}
+	want := map[string]string{}
+	for k, e := range servertest.List(t, ts.URL, "co/") {
+		want[k] = e.Value
+	}
+	if diff := gocmp.Diff(want, state); diff != "" {
+		t.Errorf("state built from the stream vs the listing (-listing +stream):\n%s", diff)
+	}
+	if events >= writes {
+		t.Errorf("%d events for %d writes: the stream never merged", events, writes)
+	}
+	t.Logf("%d writes reached the stalled HTTP/2 client as %d events", writes, events)
 }
