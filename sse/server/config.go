@@ -75,7 +75,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Int64Var(&c.CompactBytes, "compact-bytes", 64<<20, "compact the log into a snapshot when it grows past this many `bytes`")
 	fs.Int64Var(&c.MaxValue, "max-value", 1<<20, "largest value in `bytes`")
 	fs.IntVar(&c.History, "history", 100_000, "committed changes kept for watchers that resume (`events`)")
-	fs.IntVar(&c.SubBuffer, "sub-buffer", 1024, "`events` queued for a watcher before it is disconnected as too slow")
+	fs.IntVar(&c.SubBuffer, "sub-buffer", 1024, "`events` queued for a watcher before it is disconnected as too slow (with coalesce=1: before\nwhat waits merges to the newest per key)")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", 15*time.Second, "interval of stream heartbeats (±10 %)")
 	fs.DurationVar(&c.FlushInterval, "flush-interval", 30*time.Millisecond, "least time between two writes to a busy stream once 1,000 streams are open (a\nshare of it with fewer): events arriving sooner go out together with the next\nwrite (0: write every event at once)")
 	fs.DurationVar(&c.MaxWait, "max-wait", 5*time.Minute, "longest wait= a long poll may ask for")
