@@ -366,6 +366,18 @@ func TestLongPollProtocols(t *testing.T) {
 			}
 			got := make(chan answer, 1)
 			go func() { got <- poll(fmt.Sprintf("?wait=1m&since=%d", first.rev)) }()
+			// The write must find the poll waiting: one that came after it
+			// would be answered at once, and its connection kept.
+			for {
+				_, m, err := servertest.Do(ctx, writer, http.MethodGet, tt.url+"/metrics", "")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if strings.Contains(string(m), "\nkvsse_subscribers 1\n") {
+					break
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
 			resp, b, err := servertest.Do(ctx, writer, http.MethodPut, tt.url+"/kv/"+prefix+"/k", "v")
 			if err != nil || resp.StatusCode != http.StatusCreated {
 				t.Fatalf("PUT: %v %s", err, b)
