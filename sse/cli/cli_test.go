@@ -1707,17 +1707,7 @@ func TestCLIWatchCoalesce(t *testing.T) {
 			break
 		}
 	}
-	want := map[string]string{}
-	for k, e := range servertest.List(t, ts.URL, "flood/") {
-		want[k] = e.Value
-	}
-	if diff := cmp.Diff(want, state); diff != "" {
-		t.Errorf("state built from the lines vs the listing (-listing +lines):\n%s", diff)
-	}
-	if lines >= writers*each {
-		t.Errorf("%d lines for %d writes: the stream never merged", lines, writers*each)
-	}
-	t.Logf("%d writes reached the watch as %d lines", writers*each, lines)
+	servertest.CheckCoalesced(t, ts.URL, "flood/", state, lines, writers*each)
 	w.interrupt(t)
 	if strings.Contains(w.stderr.String(), "reconnecting") {
 		t.Errorf("the watch reconnected:\n%s", w.stderr)

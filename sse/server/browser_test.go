@@ -955,11 +955,7 @@ func brFloodWhileBusy(t *testing.T, b *brBrowser) {
 		t.Fatal(err)
 	}
 
-	want := map[string]string{}
-	for k, e := range servertest.List(t, srv.URL, "flood/") {
-		want[k] = e.Value
-	}
-	wantJSON, _ := json.Marshal(want)
+	wantJSON, _ := json.Marshal(servertest.Values(t, srv.URL, "flood/"))
 	shown := `JSON.stringify(Object.fromEntries([...document.querySelectorAll('#rows tr')].map((tr) => [tr.dataset.key, tr.querySelector('td.v').textContent])))`
 	p.waitFor(t, "showing the listing", shown+` === `+brJS(string(wantJSON)), 3*brTimeout)
 	var states []string

@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"kvsse/sse/server/servertest"
-
-	gocmp "github.com/google/go-cmp/cmp"
 )
 
 // tlsClient returns a client with transport tr that counts the
@@ -458,15 +456,5 @@ func TestH2CCoalesce(t *testing.T) {
 			break
 		}
 	}
-	want := map[string]string{}
-	for k, e := range servertest.List(t, ts.URL, "co/") {
-		want[k] = e.Value
-	}
-	if diff := gocmp.Diff(want, state); diff != "" {
-		t.Errorf("state built from the stream vs the listing (-listing +stream):\n%s", diff)
-	}
-	if events >= writes {
-		t.Errorf("%d events for %d writes: the stream never merged", events, writes)
-	}
-	t.Logf("%d writes reached the stalled HTTP/2 client as %d events", writes, events)
+	servertest.CheckCoalesced(t, ts.URL, "co/", state, events, writes)
 }

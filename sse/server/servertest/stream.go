@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -515,6 +516,45 @@ func Writers(base, prefix string, n, count int, value string, halfway <-chan str
 	}
 	sort.Slice(ops, func(i, j int) bool { return ops[i].Rev < ops[j].Rev })
 	return ops, nil
+}
+
+// Values returns the value of every key starting with prefix on the
+// server at base.
+func Values(t testing.TB, base, prefix string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for k, e := range List(t, base, prefix) {
+		out[k] = e.Value
+	}
+	return out
+}
+
+// CheckCoalesced fails t unless state, the value of each key that a
+// client of a coalescing stream built from its events, is the listing of
+// prefix, and unless the client got fewer events than there were writes,
+// as from a stream that merged them.
+func CheckCoalesced(t testing.TB, base, prefix string, state map[string]string, events, writes int) {
+	t.Helper()
+	want := Values(t, base, prefix)
+	var differ []string
+	for k := range want {
+		if v, ok := state[k]; !ok || v != want[k] {
+			differ = append(differ, k)
+		}
+	}
+	for k := range state {
+		if _, ok := want[k]; !ok {
+			differ = append(differ, k)
+		}
+	}
+	if len(differ) > 0 {
+		slices.Sort(differ)
+		t.Errorf("the state built from the events differs from the listing at %q (of %d keys listed)", differ, len(want))
+	}
+	if events >= writes {
+		t.Errorf("%d events for %d writes: the stream never merged", events, writes)
+	}
+	t.Logf("%d writes reached the client as %d events", writes, events)
 }
 
 // Flood makes writers×each writes of distinct values of about 1 KiB to
