@@ -1,8 +1,6 @@
-package server_test
+package bench
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -15,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"kvsse/sse"
 	"kvsse/sse/server/servertest"
 )
 
@@ -36,7 +35,7 @@ import (
 // The server's CPU time is counted in ticks of 10 ms: run at least
 // 40,000 changes.
 //
-//	go test -run '^$' -bench OverloadedStream -benchtime 40000x -count 3 ./sse/server
+//	go test -run '^$' -bench OverloadedStream -benchtime 40000x -count 3 ./sse/bench
 func BenchmarkOverloadedStream(b *testing.B) {
 	if _, err := os.Stat("/proc/self/stat"); err != nil {
 		b.Skip("needs Linux /proc for the server's CPU time")
@@ -49,9 +48,16 @@ func BenchmarkOverloadedStream(b *testing.B) {
 			defer client.CloseIdleConnections()
 
 			b.ResetTimer()
-			cpu0 := procCPU(b, pid)
+			cpu := func() time.Duration {
+				d, err := procCPU(pid)
+				if err != nil {
+					b.Fatal(err)
+				}
+				return d
+			}
+			cpu0 := cpu()
 			overloadWrites(b, client, p.URL, b.N)
-			cpu1 := procCPU(b, pid)
+			cpu1 := cpu()
 
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -69,7 +75,7 @@ func BenchmarkOverloadedStream(b *testing.B) {
 			for _, r := range readers {
 				<-r.opened
 			}
-			cpu2 := procCPU(b, pid)
+			cpu2 := cpu()
 			overloadWrites(b, client, p.URL, b.N)
 			last := servertest.Put(b, p.URL, "load/end", "1")
 			var delivered, resumes int64
@@ -87,7 +93,7 @@ func BenchmarkOverloadedStream(b *testing.B) {
 				delivered += r.delivered.Load()
 				resumes += r.resumes.Load()
 			}
-			cpu3 := procCPU(b, pid)
+			cpu3 := cpu()
 			cancel()
 			wg.Wait()
 			b.StopTimer()
@@ -102,33 +108,28 @@ func BenchmarkOverloadedStream(b *testing.B) {
 }
 
 // overloadWrites makes n changes of 1 KiB values to the keys load/0 to
-// load/19, in transactions that each change all 20, from 4 connections:
-// a transaction costs the server about as much HTTP work as one PUT, so
-// the cost of the streams stands out of that of the writes.
+// load/19, in transactions that each change all 20 (txnBody, as "kvsse
+// bench -txn 20" makes them), from 4 connections: a transaction costs the
+// server about as much HTTP work as one PUT, so the cost of the streams
+// stands out of that of the writes.
 func overloadWrites(b *testing.B, client *http.Client, base string, n int) {
+	l := &load{cfg: &config{txn: 20}}
+	for k := range 20 {
+		l.keys = append(l.keys, fmt.Sprintf("load/%d", k))
+	}
 	pad := strings.Repeat("x", 1000)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	var failed atomic.Value
 	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for {
 				i := next.Add(1)
 				if (i-1)*20 >= int64(n) {
 					return
 				}
-				var body strings.Builder
-				body.WriteString(`{"then":[`)
-				for k := range 20 {
-					if k > 0 {
-						body.WriteByte(',')
-					}
-					fmt.Fprintf(&body, `{"put":"load/%d","value":"%d%s"}`, k, i, pad)
-				}
-				body.WriteString(`]}`)
-				resp, data, err := servertest.Do(context.Background(), client, http.MethodPost, base+"/txn", body.String())
+				body := l.txnBody(0, []byte(strconv.FormatInt(i, 10)+pad))
+				resp, data, err := servertest.Do(context.Background(), client, http.MethodPost, base+"/txn", string(body))
 				if err == nil && resp.StatusCode != http.StatusOK {
 					err = fmt.Errorf("POST /txn: %s: %s", resp.Status, data)
 				}
@@ -137,7 +138,7 @@ func overloadWrites(b *testing.B, client *http.Client, base string, n int) {
 					return
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if err, ok := failed.Load().(error); ok {
@@ -177,16 +178,17 @@ func (s *slowReader) run(ctx context.Context, client *http.Client, base string) 
 			continue
 		}
 		s.once.Do(func() { close(s.opened) })
-		sc := bufio.NewScanner(&throttled{r: resp.Body, on: &s.slow, perSecond: 64 << 10})
-		for sc.Scan() {
-			line := sc.Bytes()
-			switch {
-			case bytes.HasPrefix(line, []byte("data:")):
+		rd := sse.NewReaderSize(&throttled{r: resp.Body, on: &s.slow, perSecond: 64 << 10}, 1<<20)
+		for {
+			m, err := rd.Next()
+			if err != nil {
+				break
+			}
+			if m.Event == "put" || m.Event == "delete" {
 				s.delivered.Add(1)
-			case bytes.HasPrefix(line, []byte("id:")):
-				if id, err := strconv.ParseInt(string(bytes.TrimSpace(line[3:])), 10, 64); err == nil {
-					s.last.Store(id)
-				}
+			}
+			if id, err := strconv.ParseInt(rd.LastEventID(), 10, 64); err == nil {
+				s.last.Store(id)
 			}
 		}
 		resp.Body.Close()
@@ -216,23 +218,4 @@ func (t *throttled) Read(p []byte) (int, error) {
 	n, err := t.r.Read(p[:min(len(p), 4096)])
 	t.n += n
 	return n, err
-}
-
-// procCPU returns the user and system CPU time of process pid.
-func procCPU(b *testing.B, pid int) time.Duration {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	// The fields after the command name, which is in parentheses.
-	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
-	utime, err := strconv.ParseInt(f[11], 10, 64)
-	if err != nil {
-		b.Fatal(err)
-	}
-	stime, err := strconv.ParseInt(f[12], 10, 64)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
 }
