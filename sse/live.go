@@ -77,13 +77,10 @@ func (l *live) heartbeat() string {
 // all of them, and, in SSE, the retry line that spreads the clients'
 // return.
 func (l *live) shutdown() {
-	rounds := 1
-	if l.more() {
-		rounds = 2 // the rest of the batch taken, then what was queued since
+	for l.more() { // the rest of a batch taken earlier
+		l.deliver()
 	}
-	for range rounds {
-		for l.deliver() == "" && l.more() {
-		}
+	for l.deliver() == "" && l.more() { // what was queued since
 	}
 	if l.opts.Format == SSE {
 		l.enc.retry(l.opts.ShutdownRetry)

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/http"
 	"runtime"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -450,7 +449,6 @@ func (c *conn) frame() {
 	if len(c.enc.buf) == 0 {
 		return
 	}
-	c.pend = slices.Grow(c.pend, len(c.enc.buf)+32) // the chunk's size line and ends
 	c.pend = strconv.AppendInt(c.pend, int64(len(c.enc.buf)), 16)
 	c.pend = append(c.pend, '\r', '\n')
 	c.pend = append(c.pend, c.enc.buf...)

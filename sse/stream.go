@@ -4,7 +4,6 @@ import (
 	"context"
 	"math/rand/v2"
 	"net/http"
-	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -363,17 +362,6 @@ func (e *encoder) change(c *kv.Change, last bool) {
 // (kv.Subscription.TakeMerged) brings the client to a whole state only at
 // its end: only its last change is a point to resume from.
 func (e *encoder) changes(batch []*kv.Change, merged bool, from, budget int) int {
-	need := 0 // about the bytes of the changes within the budget
-	for _, c := range batch[from:] {
-		if len(e.buf)+need >= budget {
-			break
-		}
-		need += len(c.Key) + len(c.Value) + 96
-		if e.prev {
-			need += len(c.PrevValue)
-		}
-	}
-	e.buf = slices.Grow(e.buf, need) // one allocation, not a growth by steps of a quarter
 	i := from
 	for i < len(batch) && (i == from || len(e.buf) < budget) {
 		e.change(batch[i], i+1 == len(batch) || !merged && endsRevision(batch, i))
